@@ -1,0 +1,99 @@
+"""Resolve a model spec to a (model, tokenizer) pair: a hub id, a local path, or a built-in tiny model.
+
+`tiny-random-llama` builds a two-layer Llama with random weights and a byte-level tokenizer in memory: no
+download, a second to build. It is what tests, smoke runs and `cringe demo --quick` on a bare machine use.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TINY_SPEC = "tiny-random-llama"
+
+# ChatML: the same turn markers SmolLM2 and many open chat models use.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + ChatML specials): every string round-trips, nothing is learned."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = byte_level
+    core.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+    core.add_special_tokens(specials)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def build_tiny_model(tokenizer, *, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, dtype=torch.float32):
+    """A randomly initialised Llama sized for tests (about 0.1 M parameters with the byte tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).to(dtype)
+
+
+def _resolve_dtype(dtype):
+    if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto") from None
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False):
+    if spec == TINY_SPEC:
+        return build_tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # Padding positions are masked out of attention and loss, so reusing EOS is safe.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(spec: str, tokenizer=None, dtype=None, trust_remote_code: bool = False):
+    dtype = _resolve_dtype(dtype)
+    if spec == TINY_SPEC:
+        return build_tiny_model(tokenizer or build_tiny_tokenizer(), dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        spec, dtype=dtype if dtype is not None else "auto", trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+
+
+def load_model_and_tokenizer(spec: str, dtype=None, trust_remote_code: bool = False):
+    tokenizer = load_tokenizer(spec, trust_remote_code)
+    return load_model(spec, tokenizer, dtype, trust_remote_code), tokenizer

@@ -1,0 +1,268 @@
+"""CringeConfig and CringeTrainer: Hugging Face `Trainer` with the losses of `cringe.losses`.
+
+The training loop is transformers' own (optimiser, schedule, checkpoints, resume, accelerate/DDP/FSDP/DeepSpeed,
+report_to). What this file adds is `compute_loss`, the loss normalisation that makes gradient accumulation and
+data parallelism equal one large batch, the reference log-probs for the DPO family, and the logged statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from . import losses as L
+from .data import Collator, PreparedData, prepare
+
+logger = logging.getLogger(__name__)
+
+CRINGE_LOSSES = ("pairwise_cringe", "binary_cringe")
+DPO_LOSSES = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
+LOSSES = CRINGE_LOSSES + tuple(DPO_LOSSES) + ("sft",)
+
+
+def data_kind(loss: str) -> str:
+    """The kind of training data a loss needs: 'pairwise', 'binary' or 'sft'."""
+    if loss == "binary_cringe":
+        return "binary"
+    if loss == "sft":
+        return "sft"
+    return "pairwise"
+
+
+@dataclass
+class CringeConfig(TrainingArguments):
+    """Training arguments plus the loss and its hyper-parameters (formulas: README, "What is computed")."""
+
+    loss: str = field(default="pairwise_cringe", metadata={"help": f"one of {', '.join(LOSSES)}"})
+    alpha: float = field(default=1.0, metadata={"help": "weight of the Cringe term (ParlAI default 1.0)"})
+    k: int = field(default=1, metadata={"help": "Cringe: sample the positive from the model's top-k (ParlAI default 1)"})
+    margin: float = field(default=1.0, metadata={"help": "Pairwise Cringe gate margin b (nats)"})
+    temperature: float = field(default=1.0, metadata={"help": "Pairwise Cringe gate temperature tau"})
+    margin_on: str = field(default="sum", metadata={"help": "Delta on sequence log-prob 'sum' or per-token 'mean'"})
+    detach_gate: bool = field(default=True, metadata={"help": "gate is a weight only (no gradient through it)"})
+    detach_positive: bool = field(default=False, metadata={"help": "no gradient into the sampled positive logit"})
+    beta: float = field(default=0.1, metadata={"help": "DPO/IPO/hinge beta"})
+    max_prompt_length: int | None = field(default=512, metadata={"help": "longer prompts are an error (or skipped)"})
+    max_completion_length: int | None = field(default=512, metadata={"help": "longer completions are cut, without EOS"})
+    precompute_ref_logps: bool = field(
+        default=False, metadata={"help": "DPO family: one pass of the reference before training, then no reference model in memory"}
+    )
+    on_invalid: str = field(default="error", metadata={"help": "bad data rows: 'error' stops, 'skip' drops and counts"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N optimiser steps"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: rows carry token ids"})
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.margin_on not in ("sum", "mean"):
+            raise ValueError(f"margin_on must be 'sum' or 'mean', got {self.margin_on!r}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        super().__post_init__()
+
+
+class CringeTrainer(Trainer):
+    """`Trainer` for Pairwise Cringe, binary Cringe, DPO/IPO/hinge and SFT.
+
+    train_dataset may be anything `cringe.data.prepare` loads (a path, a `datasets` name or Dataset, a list of
+    dicts) or an already prepared `PreparedData`. DPO-family losses use `ref_model` when given, else a frozen
+    copy of the starting model (with peft: the base model with adapters disabled), or, with
+    `precompute_ref_logps`, one reference pass before training and no reference model afterwards.
+    """
+
+    # compute_loss divides by the global item count itself (see `_get_num_items_in_batch`).
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model, args: CringeConfig, train_dataset=None, eval_dataset=None, processing_class=None,
+                 ref_model=None, peft_config=None, **kwargs):
+        if processing_class is None:
+            raise ValueError("CringeTrainer needs the tokenizer as processing_class")
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        kind = data_kind(args.loss)
+        prep = dict(kind=kind, max_prompt_length=args.max_prompt_length,
+                    max_completion_length=args.max_completion_length, on_invalid=args.on_invalid)
+        if train_dataset is not None and not isinstance(train_dataset, PreparedData):
+            train_dataset = prepare(train_dataset, processing_class, **prep)
+        if eval_dataset is not None and not isinstance(eval_dataset, PreparedData):
+            eval_dataset = prepare(eval_dataset, processing_class, **prep)
+        if processing_class.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (EOS is fine)")
+        kwargs.setdefault("data_collator", Collator(processing_class.pad_token_id))
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, **kwargs)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._micro = (-1, 0)  # (global_step, micro-batch index within it): seeds the Cringe sampling
+        self.ref_model = None
+        if args.loss in DPO_LOSSES:
+            self._setup_reference(ref_model)
+
+    # ----- reference log-probs (DPO family) ------------------------------------------------------------------
+
+    def _is_peft(self, model) -> bool:
+        return hasattr(self.accelerator.unwrap_model(model), "disable_adapter")
+
+    def _setup_reference(self, ref_model):
+        if self.args.precompute_ref_logps:
+            for dataset in (self.train_dataset, self.eval_dataset):
+                if dataset is not None:
+                    self._precompute_reference(dataset, ref_model)
+            return
+        if ref_model is None and self._is_peft(self.model):
+            return  # the reference is the same model with adapters disabled
+        if ref_model is None:
+            ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        ref_model.eval().requires_grad_(False)
+        self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+
+    @torch.no_grad()
+    def _reference_logps(self, batch, model=None) -> torch.Tensor:
+        model = model if model is not None else self.ref_model
+        if model is None:  # peft: the base model is the reference
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            with unwrapped.disable_adapter():
+                return self._sequence_logps(unwrapped, batch)
+        return self._sequence_logps(model, batch)
+
+    def _precompute_reference(self, dataset: PreparedData, ref_model):
+        """One no-grad pass of the reference over the dataset; the result is cached on the rows."""
+        from tqdm.auto import tqdm
+
+        model = ref_model if ref_model is not None else (None if self._is_peft(self.model) else self.model)
+        if model is not None:
+            model = model.to(self.args.device)
+            was_training = model.training
+            model.eval()
+        batch_size = self.args.per_device_eval_batch_size
+        for start in tqdm(range(0, len(dataset), batch_size), desc="reference log-probs",
+                          disable=not self.is_world_process_zero()):
+            rows = dataset.rows[start:start + batch_size]
+            batch = {k: v.to(self.args.device) for k, v in self.data_collator(rows).items()}
+            logps = self._reference_logps(batch, model).view(2, -1).T.tolist()
+            for row, pair in zip(rows, logps):
+                row["ref_logps"] = pair
+        if model is not None and was_training:
+            model.train()
+
+    # ----- forward and loss ------------------------------------------------------------------------------------
+
+    def _forward(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [S, T-1, V] and the labels they predict [S, T-1]."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return logits[:, :-1], batch["labels"][:, 1:]
+
+    def _sequence_logps(self, model, batch) -> torch.Tensor:
+        logits, labels = self._forward(model, batch)
+        total, count = L.sequence_logps(logits, labels)
+        return total / count.clamp_min(1) if self.args.loss == "ipo" else total
+
+    def _generator(self, device) -> torch.Generator:
+        # Seeded from (seed, process, optimiser step, micro-batch): reproducible, different on every rank, and
+        # a resumed run samples exactly what the uninterrupted run would have, with no state to checkpoint.
+        step = self.state.global_step
+        micro = self._micro[1] + 1 if self._micro[0] == step else 0
+        self._micro = (step, micro)
+        seed = (self.args.seed * 1_000_003 + self.args.process_index * 7_919 + step * 101 + micro) % (2**63)
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def _count_items(self, batch) -> torch.Tensor:
+        """What the loss is normalised by: pairs for the DPO family, completion tokens otherwise."""
+        if self.args.loss in DPO_LOSSES:
+            return torch.tensor(batch["input_ids"].shape[0] // 2)
+        return (batch["labels"][:, 1:] != L.IGNORE_INDEX).sum()
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        count = sum(self._count_items(b) for b in batch_samples).to(device)
+        if self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        args = self.args
+        logits, labels = self._forward(model, inputs)
+        scale = 1.0
+        if num_items_in_batch is not None:
+            # Every rank divides by the global count; DDP then averages gradients over ranks, so multiply back.
+            scale = float(self.accelerator.num_processes)
+        stats: dict[str, torch.Tensor] = {}
+
+        if args.loss == "pairwise_cringe":
+            half = logits.shape[0] // 2
+            out = L.pairwise_cringe_loss(
+                logits[:half], labels[:half], logits[half:], labels[half:],
+                alpha=args.alpha, k=args.k, margin=args.margin, temperature=args.temperature,
+                margin_on=args.margin_on, detach_gate=args.detach_gate, detach_positive=args.detach_positive,
+                generator=self._generator(logits.device) if mode == "train" else None, num_items=num_items_in_batch,
+            )
+            loss, s = out.loss, out.stats
+            stats = {"gate": s["gate"], "gate_open": (s["gate"] > 0.5).float(), "delta": s["delta"],
+                     "logps/chosen": s["chosen_logps"], "logps/rejected": s["rejected_logps"],
+                     "tokens/chosen": s["chosen_tokens"].float(), "tokens/rejected": s["rejected_tokens"].float()}
+        elif args.loss == "binary_cringe":
+            out = L.binary_cringe_loss(
+                logits, labels, inputs["is_positive"], alpha=args.alpha, k=args.k,
+                detach_positive=args.detach_positive,
+                generator=self._generator(logits.device) if mode == "train" else None, num_items=num_items_in_batch,
+            )
+            loss, positive = out.loss, inputs["is_positive"]
+            stats = {"positive_frac": positive.float(), "tokens": out.stats["n_tokens"].float()}
+            for name, sel in (("positive", positive), ("negative", ~positive)):
+                if sel.any():
+                    stats[f"logps/{name}"] = out.stats["logps"][sel]
+        elif args.loss == "sft":
+            out = L.sft_loss(logits, labels, num_items=num_items_in_batch)
+            loss = out.loss
+            stats = {"logps": out.stats["logps"], "tokens": out.stats["n_tokens"].float()}
+        else:
+            total, count = L.sequence_logps(logits, labels)
+            policy = total / count.clamp_min(1) if args.loss == "ipo" else total
+            ref = inputs["ref_logps"] if "ref_logps" in inputs else self._reference_logps(inputs)
+            half = policy.shape[0] // 2
+            losses, chosen_r, rejected_r = L.dpo_loss(policy[:half], policy[half:], ref[:half], ref[half:],
+                                                      beta=args.beta, loss_type=DPO_LOSSES[args.loss])
+            denominator = num_items_in_batch if num_items_in_batch is not None else half
+            loss = losses.sum() / denominator
+            stats = {"rewards/chosen": chosen_r, "rewards/rejected": rejected_r,
+                     "rewards/accuracies": (chosen_r > rejected_r).float(), "rewards/margins": chosen_r - rejected_r,
+                     "logps/chosen": policy[:half].detach(), "logps/rejected": policy[half:].detach()}
+
+        self._record(mode, stats)
+        loss = loss * scale
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Preference evaluation is the loss and its statistics; gathering [S, T, V] logits would only cost memory.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ----- logging -------------------------------------------------------------------------------------------
+
+    def _record(self, mode: str, stats: dict[str, torch.Tensor]):
+        for key, value in stats.items():
+            value = value.detach().float().mean()
+            if self.args.world_size > 1:
+                value = self.accelerator.gather(value.reshape(1)).mean()
+            self._metrics[mode][key].append(value.item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in self._metrics[mode].items():
+            if values:
+                logs[prefix + key] = sum(values) / len(values)
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
