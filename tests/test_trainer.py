@@ -1,0 +1,154 @@
+"""CringeTrainer: every loss trains, gradient accumulation equals one large batch, reference handling,
+resume, LoRA, report_to."""
+
+import glob
+
+import pytest
+import torch
+
+from cringe.models import build_tiny_model
+from cringe.trainer import CringeConfig, CringeTrainer
+
+from .conftest import pair_rows
+
+
+def uneven_rows():
+    # Different completion lengths, so token-level normalisation matters for gradient accumulation.
+    answers = [(" yes", " no, not at all"), (" great, really great stuff", " bad"), (" fine", " awful, awful"),
+               (" good", " terrible and long answer")]
+    return [{"prompt": f"Q{i}?", "chosen": c, "rejected": r} for i, (c, r) in enumerate(answers)]
+
+
+def config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=3e-3,
+                num_train_epochs=3, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                use_cpu=True, seed=0)
+    base.update(kw)
+    return CringeConfig(**base)
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("loss", ["pairwise_cringe", "binary_cringe", "dpo", "ipo", "hinge", "sft"])
+def test_every_loss_trains_and_logs(tmp_path, tokenizer, loss):
+    model = build_tiny_model(tokenizer)
+    trainer = CringeTrainer(model=model, args=config(tmp_path, loss=loss), train_dataset=pair_rows(),
+                            processing_class=tokenizer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == (24 if loss == "binary_cringe" else 12)  # binary Cringe sees each pair as two rows
+    assert logs[-1]["loss"] < logs[0]["loss"]
+    if loss == "pairwise_cringe":
+        for key in ("gate", "gate_open", "delta", "logps/chosen", "logps/rejected", "tokens/chosen"):
+            assert key in logs[0]
+        assert logs[-1]["delta"] > logs[0]["delta"]  # the model learns to prefer the chosen answers
+    if loss in ("dpo", "ipo", "hinge"):
+        assert logs[-1]["rewards/margins"] > 0
+
+
+@pytest.mark.parametrize("loss", ["pairwise_cringe", "binary_cringe", "dpo", "sft"])
+def test_gradient_accumulation_equals_one_large_batch(tmp_path, tokenizer, loss):
+    results = []
+    for batch, accumulation in ((4, 1), (2, 2), (1, 4)):
+        model = build_tiny_model(tokenizer)
+        args = config(tmp_path, loss=loss, k=1, per_device_train_batch_size=batch,
+                      gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=0.5,
+                      lr_scheduler_type="constant", max_grad_norm=0)
+        CringeTrainer(model=model, args=args, train_dataset=uneven_rows(), processing_class=tokenizer).train()
+        results.append(params(model))
+    start = params(build_tiny_model(tokenizer))
+    assert not torch.allclose(results[0], start)
+    torch.testing.assert_close(results[1], results[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results[2], results[0], atol=1e-6, rtol=1e-5)
+
+
+def test_precomputed_reference_matches_live_reference(tmp_path, tokenizer):
+    finals = []
+    for precompute in (False, True):
+        model = build_tiny_model(tokenizer)
+        trainer = CringeTrainer(model=model, args=config(tmp_path, loss="dpo", precompute_ref_logps=precompute,
+                                                         num_train_epochs=2),
+                                train_dataset=pair_rows(8), processing_class=tokenizer)
+        assert (trainer.ref_model is None) == precompute
+        if precompute:
+            assert all(len(r["ref_logps"]) == 2 for r in trainer.train_dataset.rows)
+        trainer.train()
+        finals.append(params(model))
+    torch.testing.assert_close(finals[0], finals[1], atol=1e-6, rtol=1e-5)
+
+
+def test_cringe_losses_load_no_reference(tmp_path, tokenizer):
+    trainer = CringeTrainer(model=build_tiny_model(tokenizer), args=config(tmp_path), train_dataset=pair_rows(4),
+                            processing_class=tokenizer)
+    assert trainer.ref_model is None
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tokenizer):
+    kw = dict(loss="pairwise_cringe", k=3, per_device_train_batch_size=2, max_steps=4, save_strategy="steps",
+              save_steps=2, margin=100.0, lr_scheduler_type="constant")  # k=3, open gate: samples matter
+    full = build_tiny_model(tokenizer)
+    CringeTrainer(model=full, args=config(tmp_path / "a", **kw), train_dataset=pair_rows(8),
+                  processing_class=tokenizer).train()
+    first = build_tiny_model(tokenizer)
+    CringeTrainer(model=first, args=config(tmp_path / "b", **dict(kw, max_steps=2)), train_dataset=pair_rows(8),
+                  processing_class=tokenizer).train()
+    resumed = build_tiny_model(tokenizer)
+    checkpoint = glob.glob(str(tmp_path / "b" / "out" / "checkpoint-2"))[0]
+    CringeTrainer(model=resumed, args=config(tmp_path / "b", **kw), train_dataset=pair_rows(8),
+                  processing_class=tokenizer).train(resume_from_checkpoint=checkpoint)
+    torch.testing.assert_close(params(resumed), params(full), atol=1e-6, rtol=1e-5)
+
+
+def test_lora_trains_adapters_and_saves_a_loadable_merged_model(tmp_path, tokenizer):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from cringe.cli import save_for_inference
+
+    model = build_tiny_model(tokenizer)
+    start = params(model).clone()
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = CringeTrainer(model=model, args=config(tmp_path, loss="dpo", learning_rate=1e-2),
+                            train_dataset=pair_rows(8), processing_class=tokenizer, peft_config=lora)
+    assert trainer.ref_model is None  # the reference is the base model with adapters disabled
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs[-1]["rewards/margins"] > 0.0
+    out = tmp_path / "merged"
+    save_for_inference(trainer, str(out))
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert not torch.allclose(params(loaded), start)
+    assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_report_to_tensorboard_writes_events(tmp_path, tokenizer):
+    pytest.importorskip("tensorboard")
+    args = config(tmp_path, report_to="tensorboard", max_steps=2)
+    CringeTrainer(model=build_tiny_model(tokenizer), args=args, train_dataset=pair_rows(4),
+                  processing_class=tokenizer).train()
+    assert glob.glob(str(tmp_path / "out" / "**" / "events.out.tfevents.*"), recursive=True)
+
+
+def test_evaluation_reports_loss_and_statistics(tmp_path, tokenizer):
+    trainer = CringeTrainer(model=build_tiny_model(tokenizer), args=config(tmp_path, max_steps=1),
+                            train_dataset=pair_rows(4), eval_dataset=pair_rows(4), processing_class=tokenizer)
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics and "eval_gate" in metrics and 0 <= metrics["eval_gate"] <= 1
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("loss", "kto", "loss must be one of"), ("margin_on", "max", "margin_on"), ("k", 0, "k must be"),
+    ("temperature", 0.0, "temperature"), ("beta", -1.0, "beta"),
+])
+def test_config_rejects_bad_values(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, **{field: value})
+
+
+def test_binary_data_with_a_pairwise_loss_is_refused_before_training(tmp_path, tokenizer):
+    rows = [{"prompt": "p", "completion": " c", "label": True}]
+    with pytest.raises(ValueError, match="needs pairs"):
+        CringeTrainer(model=build_tiny_model(tokenizer), args=config(tmp_path, loss="dpo"), train_dataset=rows,
+                      processing_class=tokenizer)
