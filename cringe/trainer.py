@@ -55,6 +55,9 @@ class CringeConfig(TrainingArguments):
     on_invalid: str = field(default="error", metadata={"help": "bad data rows: 'error' stops, 'skip' drops and counts"})
     logging_steps: float = field(default=10, metadata={"help": "log every N optimiser steps"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: rows carry token ids"})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "every trainable parameter gets a gradient; the extra DDP graph walk is waste"}
+    )
 
     def __post_init__(self):
         if self.loss not in LOSSES:
