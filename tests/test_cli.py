@@ -117,16 +117,25 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         # accelerate's `--cpu` launcher starts one process; the multi-process (torchrun) launcher with the
         # config's use_cpu=true gives CPU DDP over gloo.
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cringe", *common,
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         "-m", "cringe", *common,
          "--per_device_train_batch_size", "4", "--output_dir", str(ddp)],
         env=env, capture_output=True, text=True,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     a, b = _weights(single), _weights(ddp)
     start = _weights_of_fresh_model()
     assert any(not torch.allclose(a[k], start[k]) for k in a)
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _weights_of_fresh_model():
