@@ -1,9 +1,14 @@
-"""`cringe` command line: train | demo.
+"""`cringe` command line: train | iterate | evaluate | demo.
 
     cringe train --config run.yaml [--key value ...]
+    cringe iterate --config iter.yaml [--key value ...]      (dotted keys reach nested ones: --train.learning_rate 1e-5)
+    cringe evaluate --policy DIR --baseline DIR --prompts FILE --reward reward.yaml [--samples 1] [--output out.json]
+    cringe demo [--quick] [--output-dir DIR]
 
-Every field of CringeConfig (which extends transformers' TrainingArguments), ModelArguments and DataArguments
-is a YAML key and a command-line flag; flags override the file, as with `trl dpo --config`.
+train: every field of CringeConfig (which extends transformers' TrainingArguments), ModelArguments and
+DataArguments is a YAML key and a command-line flag; flags override the file, as with `trl dpo --config`.
+iterate: the generate -> score -> pair -> train -> evaluate rounds of cringe.loop; rerun the same command to
+resume an interrupted run.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .models import TINY_SPEC
 
@@ -113,12 +119,90 @@ def save_for_inference(trainer, output_dir: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"train": train, "demo": _demo}
+    commands = {"train": train, "iterate": iterate, "evaluate": evaluate, "demo": _demo}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())
         print("\ncommands: " + ", ".join(commands))
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     commands[argv[0]](argv[1:])
+
+
+def iterate(argv: list[str]) -> None:
+    from .loop import IterativeRun, evaluation_table, load_config
+
+    config_path = None
+    if argv[:1] == ["--config"]:
+        config_path, argv = argv[1], argv[2:]
+    elif "--config" in argv:
+        i = argv.index("--config")
+        config_path, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    evaluations = IterativeRun(load_config(config_path, argv)).run()
+    if evaluations:
+        print("\n" + evaluation_table(evaluations))
+
+
+def evaluate(argv: list[str]) -> None:
+    """Sample from a policy and a baseline on held-out prompts, score both, report win rate, reward, KL, length."""
+    import json
+
+    import yaml
+
+    from .data import load_prompts
+    from .evaluate import format_table, kl_estimate, mean_with_ci, sequence_logprobs, text_metrics, win_rate
+    from .generation import SamplingConfig, TransformersSampler
+    from .models import load_model, load_tokenizer
+    from .rewards import load_reward_source
+
+    parser = argparse.ArgumentParser(prog="cringe evaluate")
+    parser.add_argument("--policy", required=True)
+    parser.add_argument("--baseline", required=True, help="the reference policy (also the KL reference)")
+    parser.add_argument("--prompts", required=True)
+    parser.add_argument("--reward", required=True, help="YAML file of a reward source (type: callable|model|judge)")
+    parser.add_argument("--samples", type=int, default=1, help="samples per prompt and policy")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-prompts", type=int, default=None)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="write the metrics as JSON here")
+    args = parser.parse_args(argv)
+
+    with open(args.reward) as f:
+        reward = load_reward_source(yaml.safe_load(f))
+    tokenizer = load_tokenizer(args.baseline)
+    prompts = load_prompts(args.prompts, tokenizer, limit=args.max_prompts)
+    sampling = SamplingConfig(n=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    text = {p.prompt_id: p.text for p in prompts}
+    results, per_model = {}, {}
+    for name, spec in (("policy", args.policy), ("baseline", args.baseline)):
+        model = load_model(spec, tokenizer, args.dtype)
+        samples = TransformersSampler(model, tokenizer).sample([p.ids for p in prompts], sampling)
+        scores = reward.score([text[s.prompt_id] for s in samples], [s.completion for s in samples])
+        per_prompt: dict[int, list[float]] = {}
+        for s, r in zip(samples, scores):
+            per_prompt.setdefault(s.prompt_id, []).append(r)
+        per_model[name] = (model, samples, {k: sum(v) / len(v) for k, v in per_prompt.items()})
+        results[name] = {"reward": mean_with_ci(scores, seed=args.seed),
+                         **text_metrics([s.completion for s in samples], [s.num_tokens for s in samples],
+                                        [s.finish_reason for s in samples])}
+    policy_model, policy_samples, policy_scores = per_model["policy"]
+    baseline_model, _, baseline_scores = per_model["baseline"]
+    ids = sorted(policy_scores)
+    results["win_rate"] = win_rate([policy_scores[i] for i in ids], [baseline_scores[i] for i in ids], seed=args.seed)
+    rows = [{"prompt_ids": s.prompt_ids, "completion_ids": [s.completion_ids]} for s in policy_samples]
+    results["kl_policy_to_baseline"] = kl_estimate(sequence_logprobs(policy_model, rows, tokenizer.pad_token_id),
+                                                   sequence_logprobs(baseline_model, rows, tokenizer.pad_token_id))
+    w = results["win_rate"]
+    table = [{"model": name, "reward": results[name]["reward"]["mean"], "length": results[name]["length_tokens"],
+              "d2": results[name]["distinct_2"], "rep": results[name]["repeated_3gram_rate"]}
+             for name in ("policy", "baseline")]
+    print(format_table(table, [("model", "model"), ("mean reward", "reward"), ("length", "length"),
+                               ("distinct-2", "d2"), ("repeated 3-grams", "rep")]))
+    print(f"\nwin rate of policy vs baseline: {w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}..{w['ci_high']:.3f}, "
+          f"sem {w['sem']:.3f}, n={w['n']}); KL(policy||baseline) ~ {results['kl_policy_to_baseline']['mean']:.3f}")
+    if args.output:
+        from .loop import write_json
+
+        write_json(Path(args.output), results)
 
 
 def _demo(argv: list[str]) -> None:

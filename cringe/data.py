@@ -352,6 +352,38 @@ def tokenize_examples(
 
 
 @dataclass
+class Prompt:
+    """A prompt for generation: `text` is what reward sources see, `ids` what the policy sees."""
+
+    prompt_id: int
+    text: str
+    ids: list[int]
+
+
+def load_prompts(source: Any, tokenizer, *, max_prompt_length: int | None = 512, on_invalid: str = "error",
+                 split: str = "train", limit: int | None = None) -> list[Prompt]:
+    """Prompts from any accepted format (the prompt column; for implicit-prompt pairs, the shared prefix),
+    validated and tokenised exactly as for training."""
+    examples, report = validate(load_rows(source, split=split), on_invalid=on_invalid)
+    prompts = []
+    for ex in examples[:limit] if limit else examples:
+        try:
+            ids = prompt_token_ids(tokenizer, render_prompt(tokenizer, ex.prompt, ex.conversational), ex.conversational)
+            if max_prompt_length is not None and len(ids) > max_prompt_length:
+                raise DataValidationError(ex.row, "prompt", f"{len(ids)} tokens, longer than max_prompt_length={max_prompt_length}")
+        except DataValidationError as err:
+            if on_invalid == "error":
+                raise
+            report.skip(err)
+            continue
+        text = ex.prompt if not ex.conversational else "\n".join(m["content"] for m in ex.prompt if m["role"] == "user")
+        prompts.append(Prompt(len(prompts), text, ids))
+    if not prompts:
+        raise ValueError("no prompts left after validation")
+    return prompts
+
+
+@dataclass
 class PreparedData:
     """Tokenised training data. kind: 'pairwise' (completion_ids = [chosen, rejected]) or 'binary'."""
 

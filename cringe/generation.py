@@ -1,0 +1,185 @@
+"""Sampling N completions per prompt from the current policy: a transformers backend (CPU/GPU) and a vLLM one.
+
+Both take prompts already tokenised by `cringe.data` (the same prompt ids the trainer will use), and return the
+sampled completion token ids as they were generated, so generated text becomes training data without a
+decode/re-encode round trip. A completion that stopped on EOS keeps its EOS; one cut at `max_new_tokens` is
+marked `finish_reason="length"` and never gets an EOS appended (appending one would teach the model to stop
+early).
+
+Every sampling parameter is passed explicitly: transformers' default generation config samples with top_k=50
+and a model's own generation_config may add more. On-policy sampling here means temperature 1, top_p 1, top_k 0
+(off) unless configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 4
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int = 0
+    # Sequences generated together (prompts x n). 32 measured best per sequence for SmolLM2-135M in bf16 on a
+    # 2-core CPU (bench/generation.py); larger batches gain little and pad more.
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("n, max_new_tokens and batch_size must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (use a tiny value for near-greedy sampling)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+
+@dataclass
+class Sample:
+    prompt_id: int
+    sample_id: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    completion: str
+    finish_reason: str  # "stop" (ended with EOS) or "length" (cut at max_new_tokens)
+    num_tokens: int = field(init=False)
+
+    def __post_init__(self):
+        self.num_tokens = len(self.completion_ids)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Sample":
+        d = {k: v for k, v in d.items() if k != "num_tokens"}
+        return cls(**d)
+
+
+def _split_completion(ids: list[int], eos_ids: set[int], pad_id: int | None) -> tuple[list[int], str]:
+    for i, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[: i + 1], "stop"
+    if pad_id is not None and pad_id not in eos_ids:
+        ids = [t for t in ids if t != pad_id]
+    return ids, "length"
+
+
+def _eos_ids(tokenizer, model=None) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, list):
+        ids.update(gen_eos)
+    return {i for i in ids if i is not None}
+
+
+class TransformersSampler:
+    """Batched `model.generate` with left padding and the KV cache, seeded per batch (reproducible for a given
+    batch size)."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.no_grad()
+    def sample(self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0,
+               progress: bool = True) -> list[Sample]:
+        from tqdm.auto import tqdm
+        from transformers import GenerationConfig
+
+        tok, model = self.tokenizer, self.model
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        eos = _eos_ids(tok, model)
+        gen_config = GenerationConfig(
+            do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+            max_new_tokens=config.max_new_tokens, num_return_sequences=config.n, pad_token_id=pad,
+            eos_token_id=sorted(eos), min_p=None, typical_p=1.0, repetition_penalty=1.0, use_cache=True,
+        )
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        prompts_per_batch = max(1, config.batch_size // config.n)
+        samples: list[Sample] = []
+        batches = range(0, len(prompts), prompts_per_batch)
+        for b, start in enumerate(tqdm(batches, desc="sampling", disable=not progress, unit="batch")):
+            chunk = prompts[start:start + prompts_per_batch]
+            width = max(len(p) for p in chunk)
+            input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+            attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            torch.manual_seed(config.seed * 1_000_003 + prompt_ids_offset + start)
+            out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gen_config)
+            generated = out[:, width:].tolist()
+            for row, ids in enumerate(generated):
+                p_index, s_index = divmod(row, config.n)
+                completion, reason = _split_completion(ids, eos, pad)
+                samples.append(Sample(
+                    prompt_id=prompt_ids_offset + start + p_index, sample_id=s_index, prompt_ids=chunk[p_index],
+                    completion_ids=completion, completion=tok.decode(completion, skip_special_tokens=True),
+                    finish_reason=reason))
+        if was_training:
+            model.train()
+        return samples
+
+
+class VLLMSampler:
+    """The same interface on vLLM (GPU). Used when vllm is installed and a GPU is present.
+
+    Not exercised by the CPU test suite (no GPU and no vllm there); it follows vLLM's documented API:
+    `LLM.generate` on token-id prompts with `SamplingParams(n, temperature, top_p, top_k, max_tokens, seed)`.
+    """
+
+    def __init__(self, model_path: str, tokenizer, **llm_kwargs):
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.llm = LLM(model=model_path, **llm_kwargs)
+
+    def sample(self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0,
+               progress: bool = True) -> list[Sample]:
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
+                                top_k=config.top_k if config.top_k > 0 else -1, max_tokens=config.max_new_tokens,
+                                seed=config.seed, skip_special_tokens=True)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=progress)
+        eos = _eos_ids(self.tokenizer)
+        samples = []
+        for i, (prompt, out) in enumerate(zip(prompts, outputs)):
+            for j, completion in enumerate(out.outputs):
+                ids = list(completion.token_ids)
+                # vLLM stops on EOS and reports it; keep it as the transformers backend does.
+                reason = "stop" if completion.finish_reason == "stop" else "length"
+                if reason == "stop" and (not ids or ids[-1] not in eos):
+                    ids.append(self.tokenizer.eos_token_id)
+                samples.append(Sample(prompt_id=prompt_ids_offset + i, sample_id=j, prompt_ids=prompt,
+                                      completion_ids=ids, completion=self.tokenizer.decode(ids, skip_special_tokens=True),
+                                      finish_reason=reason))
+        return samples
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def make_sampler(backend: str, model, tokenizer, model_path: str | None = None):
+    """backend: 'auto' (vLLM when installed with a GPU, else transformers), 'transformers' or 'vllm'."""
+    if backend == "auto":
+        backend = "vllm" if vllm_available() and model_path else "transformers"
+    if backend == "vllm":
+        if model_path is None:
+            raise ValueError("the vLLM backend loads the model from a path: save it first")
+        return VLLMSampler(model_path, tokenizer)
+    if backend == "transformers":
+        return TransformersSampler(model, tokenizer)
+    raise ValueError(f"unknown sampling backend {backend!r}; use auto, transformers or vllm")

@@ -1,0 +1,92 @@
+"""Turn scored samples into training data: best-vs-worst pairs per prompt, or threshold-labelled binary rows.
+
+Rows come out already tokenised (the sampled token ids themselves), ready for `CringeTrainer` as
+`PreparedData`: on-policy tokens are trained exactly as they were generated.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from .data import PreparedData, ValidationReport
+from .generation import Sample
+
+
+@dataclass
+class PairingReport:
+    prompts: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str):
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _group(samples: Sequence[Sample], scores: Sequence[float], drop_truncated: bool, report: PairingReport):
+    if len(samples) != len(scores):
+        raise ValueError(f"{len(samples)} samples but {len(scores)} scores")
+    groups: dict[int, list[tuple[Sample, float]]] = defaultdict(list)
+    for s, r in zip(samples, scores):
+        if drop_truncated and s.finish_reason == "length":
+            report.drop("truncated sample")
+            continue
+        if not s.completion_ids:
+            report.drop("empty sample")
+            continue
+        groups[s.prompt_id].append((s, float(r)))
+    report.prompts = len({s.prompt_id for s in samples})
+    return groups
+
+
+def best_vs_worst(samples: Sequence[Sample], scores: Sequence[float], *, min_gap: float = 0.0,
+                  drop_truncated: bool = False) -> tuple[list[dict], PairingReport]:
+    """One pair per prompt: its highest-scored sample against its lowest. A prompt is dropped when the gap is
+    not above `min_gap` (a tie carries no signal), when fewer than two samples remain, or when best and worst
+    are the same tokens."""
+    report = PairingReport()
+    rows = []
+    for prompt_id, group in sorted(_group(samples, scores, drop_truncated, report).items()):
+        if len(group) < 2:
+            report.drop("fewer than 2 samples")
+            continue
+        # Stable order: on equal scores the earlier sample wins, so reruns pick the same pair.
+        ranked = sorted(group, key=lambda sr: -sr[1])
+        (best, r_best), (worst, r_worst) = ranked[0], ranked[-1]
+        gap = r_best - r_worst
+        if gap <= 0 or gap < min_gap:
+            report.drop("reward gap below min_gap")
+            continue
+        if best.completion_ids == worst.completion_ids:
+            report.drop("identical best and worst")
+            continue
+        rows.append({"row": prompt_id, "prompt_ids": best.prompt_ids,
+                     "completion_ids": [best.completion_ids, worst.completion_ids], "label": None,
+                     "chosen_score": r_best, "rejected_score": r_worst,
+                     "chosen": best.completion, "rejected": worst.completion})
+    report.kept = len(rows)
+    return rows, report
+
+
+def by_threshold(samples: Sequence[Sample], scores: Sequence[float], *, threshold: float,
+                 drop_truncated: bool = False) -> tuple[list[dict], PairingReport]:
+    """Binary feedback: every sample labelled good (score >= threshold) or bad, for binary Cringe."""
+    report = PairingReport()
+    rows = []
+    for prompt_id, group in sorted(_group(samples, scores, drop_truncated, report).items()):
+        for s, r in group:
+            rows.append({"row": prompt_id, "prompt_ids": s.prompt_ids, "completion_ids": [s.completion_ids],
+                         "label": r >= threshold, "score": r, "completion": s.completion})
+    report.kept = len(rows)
+    return rows, report
+
+
+def as_training_data(rows: list[dict], kind: str) -> PreparedData:
+    """kind: 'pairwise' or 'binary'."""
+    if not rows:
+        raise ValueError("no training rows: every prompt was dropped (see the pairing report)")
+    return PreparedData(kind, rows, ValidationReport("generated", False, kept=len(rows)))

@@ -1,0 +1,298 @@
+"""Reward sources behind one interface, `score(prompts, completions) -> list[float]`:
+
+  * `RewardModel`: a Hugging Face sequence-classification model (one logit, or two: logit[1] - logit[0]),
+    batched and truncated, on the model's device;
+  * `CallableReward`: a Python function named as "module:function" (or passed directly);
+  * `PairwiseJudge`: an LLM judge over the OpenAI-compatible chat API (vLLM's server, a hosted model). It asks
+    each pair in both orders to cancel position bias; `score` turns a prompt's completions into round-robin win
+    rates, `compare` judges two lists head to head.
+
+Plus `train_reward_model`: a one-logit reward model from `text,label` rows (binary cross-entropy) or pairwise
+rows (Bradley-Terry), trained with transformers' Trainer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _check_scores(scores, n: int, source: str) -> list[float]:
+    scores = [float(s) for s in scores]
+    if len(scores) != n:
+        raise ValueError(f"{source} returned {len(scores)} scores for {n} completions")
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    if bad:
+        raise ValueError(f"{source} returned non-finite scores at positions {bad[:10]}")
+    return scores
+
+
+class CallableReward:
+    """Wraps `fn(prompts, completions) -> list[float]`; `spec` may be "package.module:function"."""
+
+    def __init__(self, spec: str | Callable):
+        if isinstance(spec, str):
+            module, _, name = spec.partition(":")
+            if not module or not name:
+                raise ValueError(f"reward function must be given as 'module:function', got {spec!r}")
+            spec = getattr(importlib.import_module(module), name)
+        self.fn, self.name = spec, getattr(spec, "__qualname__", repr(spec))
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        return _check_scores(self.fn(list(prompts), list(completions)), len(completions), self.name)
+
+
+class RewardModel:
+    """A sequence-classification reward model. input: 'completion' scores the completion text alone (as a
+    classifier trained on reviews expects); 'prompt+completion' scores the concatenation."""
+
+    def __init__(self, model_or_path, tokenizer=None, *, batch_size: int = 64, max_length: int = 256,
+                 input: str = "prompt+completion", device: str | None = None, trust_remote_code: bool = False):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if input not in ("completion", "prompt+completion"):
+            raise ValueError("input must be 'completion' or 'prompt+completion'")
+        if isinstance(model_or_path, str):
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_or_path, trust_remote_code=trust_remote_code)
+            model_or_path = AutoModelForSequenceClassification.from_pretrained(
+                model_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
+        if tokenizer is None:
+            raise ValueError("pass the reward model's tokenizer")
+        self.model, self.tokenizer = model_or_path.eval(), tokenizer
+        if device is not None:
+            self.model.to(device)
+        self.batch_size, self.max_length, self.input = batch_size, max_length, input
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        texts = list(completions) if self.input == "completion" else [p + c for p, c in zip(prompts, completions)]
+        device = next(self.model.parameters()).device
+        out: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(texts[start:start + self.batch_size], truncation=True, max_length=self.max_length,
+                                 padding=True, return_tensors="pt").to(device)
+            logits = self.model(**enc).logits.float()
+            out += (logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]).tolist()
+        return _check_scores(out, len(texts), "reward model")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LLM judge over the OpenAI-compatible chat API
+# ---------------------------------------------------------------------------------------------------------------
+
+JUDGE_TEMPLATE = (
+    "You compare two responses to the same instruction and say which one is better.\n\n"
+    "Instruction:\n{prompt}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\n"
+    "Answer with exactly one letter: A or B."
+)
+
+
+@dataclass
+class JudgeStats:
+    requests: int = 0
+    retries: int = 0
+    invalid_answers: int = 0
+    failed_requests: int = 0
+    undecided_pairs: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts):
+        with self.lock:
+            for k, v in counts.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("requests", "retries", "invalid_answers", "failed_requests",
+                                              "undecided_pairs")}
+
+
+class JudgeError(RuntimeError):
+    pass
+
+
+class PairwiseJudge:
+    """Pairwise preferences from a chat model behind an OpenAI-compatible `/chat/completions` endpoint.
+
+    The API key is read from the environment variable named by `api_key_env` (never from config files, never
+    logged). Requests retry with exponential backoff on 429, 5xx and timeouts; at most `concurrency` run at once.
+    An answer that is not "A" or "B" is counted as invalid and that order gives no verdict: it is never
+    coerced into one. A pair's result is the mean over the orders that gave a verdict (1 = first better,
+    0.5 = split, 0 = second better), or None when neither did.
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
+                 timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0, template: str = JUDGE_TEMPLATE,
+                 max_tokens: int = 4):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key_env = model, api_key_env
+        self.concurrency, self.timeout, self.max_retries, self.backoff = concurrency, timeout, max_retries, backoff
+        self.template, self.max_tokens = template, max_tokens
+        self.stats = JudgeStats()
+
+    def _ask(self, prompt: str, a: str, b: str) -> str | None:
+        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
+                           "messages": [{"role": "user", "content": self.template.format(prompt=prompt, a=a, b=b)}]})
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        for attempt in range(self.max_retries + 1):
+            self.stats.add(requests=1)
+            try:
+                request = urllib.request.Request(self.url, data=body.encode(), headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())["choices"][0]["message"]["content"]
+            except urllib.error.HTTPError as err:
+                retryable = err.code == 429 or err.code >= 500
+                reason = f"HTTP {err.code}"
+            except (urllib.error.URLError, TimeoutError, OSError) as err:
+                retryable, reason = True, type(err).__name__
+            except (KeyError, IndexError, TypeError, json.JSONDecodeError):
+                self.stats.add(invalid_answers=1)
+                return None
+            if not retryable or attempt == self.max_retries:
+                self.stats.add(failed_requests=1)
+                logger.warning("judge request failed after %d attempts (%s)", attempt + 1, reason)
+                return None
+            self.stats.add(retries=1)
+            time.sleep(self.backoff * 2**attempt * (1 + 0.1 * random.random()))
+        return None
+
+    def _verdict(self, answer: str | None) -> str | None:
+        if answer is None:
+            return None
+        text = answer.strip().strip(".").strip().upper()
+        if text in ("A", "B"):
+            return text
+        self.stats.add(invalid_answers=1)
+        return None
+
+    def _pair(self, prompt: str, first: str, second: str) -> float | None:
+        results = []
+        v = self._verdict(self._ask(prompt, first, second))  # first shown as A
+        if v is not None:
+            results.append(1.0 if v == "A" else 0.0)
+        v = self._verdict(self._ask(prompt, second, first))  # first shown as B
+        if v is not None:
+            results.append(1.0 if v == "B" else 0.0)
+        if not results:
+            self.stats.add(undecided_pairs=1)
+            return None
+        return sum(results) / len(results)
+
+    def compare(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float | None]:
+        """Per prompt: 1 first better, 0 second better, 0.5 split across orders, None no valid verdict."""
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._pair, prompts, first, second))
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """Round-robin within each prompt's completions: a completion's score is its mean result against the
+        others of the same prompt. Undecided comparisons are left out of the mean."""
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(p, []).append(i)
+        jobs = [(p, i, j) for p, idx in groups.items() for a, i in enumerate(idx) for j in idx[a + 1:]]
+        results = self.compare([p for p, _, _ in jobs], [completions[i] for _, i, _ in jobs],
+                               [completions[j] for _, _, j in jobs])
+        wins = [0.0] * len(completions)
+        games = [0] * len(completions)
+        for (_, i, j), r in zip(jobs, results):
+            if r is None:
+                continue
+            wins[i] += r
+            wins[j] += 1 - r
+            games[i] += 1
+            games[j] += 1
+        return [w / g if g else 0.5 for w, g in zip(wins, games)]
+
+
+def load_reward_source(spec: dict):
+    """From a config mapping: {type: callable, function: "mod:fn"} | {type: model, path: ..., input: ...}
+    | {type: judge, base_url: ..., model: ..., api_key_env: ...}."""
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    if kind == "callable":
+        return CallableReward(spec["function"])
+    if kind == "model":
+        return RewardModel(spec.pop("path"), **spec)
+    if kind == "judge":
+        return PairwiseJudge(spec.pop("base_url"), spec.pop("model"), **spec)
+    raise ValueError(f"reward source type must be callable, model or judge, got {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reward-model training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def train_reward_model(rows: Sequence[dict], base_model: str, output_dir: str, *, epochs: float = 1.0,
+                       learning_rate: float = 5e-5, batch_size: int = 32, max_length: int = 256, seed: int = 0,
+                       trust_remote_code: bool = False, **training_kwargs) -> str:
+    """Fine-tune a one-logit sequence classifier as a reward model and save it to `output_dir`.
+
+    rows: {"text", "label": bool} (binary cross-entropy on the logit) or {"chosen", "rejected"} texts
+    (Bradley-Terry: -log sigmoid(r_chosen - r_rejected)). Returns output_dir.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    if not rows:
+        raise ValueError("no rows to train the reward model on")
+    pairwise = "chosen" in rows[0]
+    for i, row in enumerate(rows):
+        fields = ("chosen", "rejected") if pairwise else ("text", "label")
+        for f in fields:
+            if f not in row:
+                raise ValueError(f"row {i}, field '{f}': missing")
+        if not pairwise and not isinstance(row["label"], bool):
+            raise ValueError(f"row {i}, field 'label': expected a boolean, got {row['label']!r}")
+    tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1,
+                                                               trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+    def collate(batch):
+        if pairwise:
+            texts = [r["chosen"] for r in batch] + [r["rejected"] for r in batch]
+            enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            return dict(enc)
+        enc = tokenizer([r["text"] for r in batch], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="pt")
+        return {**enc, "labels": torch.tensor([float(r["label"]) for r in batch])}
+
+    class RewardTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels", None)
+            rewards = model(**inputs).logits[:, 0].float()
+            if pairwise:
+                half = rewards.shape[0] // 2
+                loss = -torch.nn.functional.logsigmoid(rewards[:half] - rewards[half:]).mean()
+            else:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(rewards, labels.float())
+            return (loss, {"rewards": rewards}) if return_outputs else loss
+
+    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, learning_rate=learning_rate,
+                             per_device_train_batch_size=batch_size, remove_unused_columns=False, seed=seed,
+                             save_strategy="no", report_to="none", logging_steps=20,
+                             **training_kwargs)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=list(rows), data_collator=collate)
+    trainer.train()
+    trainer.save_model(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir

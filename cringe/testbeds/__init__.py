@@ -1,0 +1,1 @@
+"""Embedded tasks and rewards that need no download."""
