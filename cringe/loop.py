@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -44,7 +45,7 @@ class IterateConfig:
     loss: str = "pairwise_cringe"  # pairwise_cringe | binary_cringe | dpo | ipo | hinge
     sampling: dict = field(default_factory=dict)  # cringe.generation.SamplingConfig fields
     min_gap: float = 0.0
-    binary_threshold: float | None = None  # binary_cringe: good when score >= threshold (default: median)
+    binary_threshold: float | None = None  # binary_cringe: good when score >= threshold (default: > the mean)
     drop_truncated: bool = False
     mix_previous: bool = False  # train round k on rounds 1..k, not only k
     dpo_reference: str = "previous"  # previous | initial
@@ -227,8 +228,9 @@ class IterativeRun:
         if c.loss == "binary_cringe":
             threshold = c.binary_threshold
             if threshold is None:
-                ordered = sorted(scores)
-                threshold = ordered[len(ordered) // 2]
+                # Default: good means above this round's mean reward (a median would call every sample good
+                # when more than half share the lowest score).
+                threshold = math.nextafter(sum(scores) / len(scores), math.inf)
             rows, report = by_threshold(samples, scores, threshold=threshold, drop_truncated=c.drop_truncated)
         else:
             rows, report = best_vs_worst(samples, scores, min_gap=c.min_gap, drop_truncated=c.drop_truncated)

@@ -1,0 +1,62 @@
+"""Sampling: N per prompt, seeded, explicit parameters, finish reasons, EOS kept only where generated."""
+
+
+
+from cringe.generation import Sample, SamplingConfig, TransformersSampler, _split_completion
+
+
+def prompts(tokenizer, n=3):
+    return [tokenizer(f"Prompt number {i}:")["input_ids"] for i in range(n)]
+
+
+def test_n_samples_per_prompt_with_ids_and_reasons(tokenizer, tiny_model):
+    samples = TransformersSampler(tiny_model, tokenizer).sample(
+        prompts(tokenizer), SamplingConfig(n=4, max_new_tokens=8, batch_size=8), progress=False)
+    assert len(samples) == 12
+    assert sorted({(s.prompt_id, s.sample_id) for s in samples}) == [(p, j) for p in range(3) for j in range(4)]
+    for s in samples:
+        assert s.finish_reason in ("stop", "length") and s.num_tokens == len(s.completion_ids) <= 8
+        if s.finish_reason == "stop":
+            assert s.completion_ids[-1] == tokenizer.eos_token_id
+        else:
+            assert tokenizer.eos_token_id not in s.completion_ids and s.num_tokens == 8
+        assert s.completion == tokenizer.decode(s.completion_ids, skip_special_tokens=True)
+
+
+def test_seeded_and_reproducible(tokenizer, tiny_model):
+    sampler = TransformersSampler(tiny_model, tokenizer)
+    run = lambda seed: [s.completion_ids for s in sampler.sample(  # noqa: E731
+        prompts(tokenizer), SamplingConfig(n=2, max_new_tokens=6, seed=seed), progress=False)]
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_model_generation_defaults_do_not_leak_in(tokenizer, tiny_model):
+    # A model whose own generation config says top_k=1 would sample greedily; our explicit top_k=0 overrides it.
+    tiny_model.generation_config.top_k = 1
+    tiny_model.generation_config.do_sample = False
+    samples = TransformersSampler(tiny_model, tokenizer).sample(
+        prompts(tokenizer, 1), SamplingConfig(n=8, max_new_tokens=6), progress=False)
+    assert len({tuple(s.completion_ids) for s in samples}) > 1
+
+
+def test_eos_forces_stop_reason(tokenizer):
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert _split_completion([5, 6, eos, pad, pad], {eos}, pad) == ([5, 6, eos], "stop")
+    assert _split_completion([5, 6, 7], {eos}, pad) == ([5, 6, 7], "length")
+
+
+def test_sample_round_trips_through_dict():
+    s = Sample(prompt_id=1, sample_id=2, prompt_ids=[1, 2], completion_ids=[3, 4], completion="x", finish_reason="stop")
+    assert Sample.from_dict(s.to_dict()) == s and s.to_dict()["num_tokens"] == 2
+
+
+def test_bad_sampling_config_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError):
+        SamplingConfig(temperature=0)
+    with pytest.raises(ValueError):
+        SamplingConfig(top_p=1.5)
+    with pytest.raises(TypeError):
+        SamplingConfig(topk=3)

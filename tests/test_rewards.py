@@ -1,0 +1,166 @@
+"""Reward sources: Python callables, a sequence-classification reward model (and its training), and the
+pairwise LLM judge against a local OpenAI-compatible server started on 127.0.0.1."""
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from cringe.rewards import CallableReward, PairwiseJudge, RewardModel, load_reward_source, train_reward_model
+
+
+def lengths(prompts, completions):
+    return [float(len(c)) for c in completions]
+
+
+def wrong_count(prompts, completions):
+    return [1.0]
+
+
+def test_callable_by_name_and_checks():
+    r = CallableReward("cringe.testbeds.toy:vowel_share")
+    assert r.score(["p", "p"], ["aaa", "xyz"]) == [1.0, 0.0]
+    assert CallableReward(lengths).score(["p"], ["abcd"]) == [4.0]
+    with pytest.raises(ValueError, match="returned 1 scores for 2"):
+        CallableReward(wrong_count).score(["p", "q"], ["a", "b"])
+    with pytest.raises(ValueError, match="non-finite"):
+        CallableReward(lambda p, c: [float("nan")] * len(c)).score(["p"], ["a"])
+    with pytest.raises(ValueError, match="module:function"):
+        CallableReward("no_colon_here")
+
+
+def tiny_classifier(tokenizer, path=None):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    if path:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return model
+
+
+def test_reward_model_scores_in_batches(tokenizer):
+    rm = RewardModel(tiny_classifier(tokenizer), tokenizer, batch_size=2, max_length=16, input="completion")
+    texts = ["good", "bad", "a much longer completion than the rest", "ok"]
+    scores = rm.score(["p"] * 4, texts)
+    assert len(scores) == 4 and len(set(scores)) > 1
+    single = [rm.score(["p"], [t])[0] for t in texts]
+    assert scores == pytest.approx(single, abs=1e-5)  # batching and padding do not change a score
+
+
+def test_train_reward_model_learns_labels(tmp_path, tokenizer):
+    base = tmp_path / "base"
+    tiny_classifier(tokenizer, base)
+    rows = [{"text": t, "label": good} for _ in range(16) for t, good in (("lovely great", True), ("awful dull", False))]
+    out = train_reward_model(rows, str(base), str(tmp_path / "rm"), epochs=3, learning_rate=3e-3, batch_size=8,
+                             use_cpu=True, disable_tqdm=True)
+    rm = load_reward_source({"type": "model", "path": out, "input": "completion"})
+    good, bad = rm.score(["", ""], ["lovely great", "awful dull"])
+    assert good > bad
+    with pytest.raises(ValueError, match="row 0, field 'label'"):
+        train_reward_model([{"text": "x", "label": 1}], str(base), str(tmp_path / "rm2"))
+
+
+# ----- the judge against a local server ----------------------------------------------------------------------
+
+
+class JudgeServer:
+    """An OpenAI-compatible /chat/completions endpoint on 127.0.0.1 whose answers a test scripts."""
+
+    def __init__(self, answer):
+        self.answer, self.requests, self.auth = answer, [], []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body["messages"][0]["content"])
+                outer.auth.append(self.headers.get("Authorization"))
+                status, content = outer.answer(body["messages"][0]["content"], len(outer.requests))
+                if status == "sleep":
+                    time.sleep(content)
+                    status, content = 200, "A"
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def prefers_good(content, _):
+    a = content.split("Response A:\n")[1].split("\n\nResponse B:")[0]
+    return 200, "A" if "GOOD" in a else "B"
+
+
+def test_judge_asks_both_orders_and_cancels_position_bias(monkeypatch, caplog):
+    monkeypatch.setenv("TEST_JUDGE_KEY", "sk-secret-123")
+    with JudgeServer(prefers_good) as url:
+        judge = PairwiseJudge(url, "m", api_key_env="TEST_JUDGE_KEY", concurrency=2, backoff=0.01)
+        assert judge.compare(["q1", "q2"], ["GOOD one", "bad"], ["bad", "GOOD two"]) == [1.0, 0.0]
+        server_requests = judge.stats.requests
+    assert server_requests == 4
+    with JudgeServer(lambda c, n: (200, "A")) as url:  # a judge that always says A: pure position bias
+        judge = PairwiseJudge(url, "m", api_key_env="TEST_JUDGE_KEY", backoff=0.01)
+        with caplog.at_level(logging.DEBUG):
+            assert judge.compare(["q"], ["x"], ["y"]) == [0.5]
+    assert "sk-secret-123" not in caplog.text
+
+
+def test_judge_round_robin_scores():
+    with JudgeServer(prefers_good) as url:
+        judge = PairwiseJudge(url, "m", backoff=0.01)
+        scores = judge.score(["p", "p", "p", "other"], ["GOOD a", "bad", "bad too", "alone"])
+    assert scores == [1.0, 0.25, 0.25, 0.5]
+
+
+def test_judge_retries_429_then_succeeds():
+    with JudgeServer(lambda c, n: (429, "") if n == 1 else prefers_good(c, n)) as url:
+        judge = PairwiseJudge(url, "m", concurrency=1, backoff=0.01)
+        assert judge.compare(["q"], ["GOOD"], ["bad"]) == [1.0]
+    assert judge.stats.retries == 1 and judge.stats.failed_requests == 0
+
+
+def test_judge_counts_malformed_answers_and_never_coerces_them():
+    with JudgeServer(lambda c, n: (200, "Both are fine, really.")) as url:
+        judge = PairwiseJudge(url, "m", backoff=0.01)
+        assert judge.compare(["q"], ["a"], ["b"]) == [None]
+    assert judge.stats.invalid_answers == 2 and judge.stats.undecided_pairs == 1
+    # one valid order is used alone
+    with JudgeServer(lambda c, n: (200, "A") if n == 1 else (200, "???")) as url:
+        judge = PairwiseJudge(url, "m", concurrency=1, backoff=0.01)
+        assert judge.compare(["q"], ["a"], ["b"]) == [1.0]
+
+
+def test_judge_timeout_is_retried_then_reported():
+    with JudgeServer(lambda c, n: ("sleep", 1.0)) as url:
+        judge = PairwiseJudge(url, "m", timeout=0.2, max_retries=1, backoff=0.01, concurrency=1)
+        t0 = time.time()
+        assert judge.compare(["q"], ["a"], ["b"]) == [None]
+        assert time.time() - t0 < 5
+    assert judge.stats.failed_requests == 2 and judge.stats.retries == 2
