@@ -17,7 +17,8 @@ exact for our tokenisation; TRL tokenises the same text its own way, within a to
   * trl dpo (...)          TRL's DPOTrainer (trl installed: `pip install -e .[bench]`), default reference
                            handling and with precompute_ref_log_probs
 Models: tiny (random 4-layer Llama), smollm2 (SmolLM2-135M-Instruct, 49k vocabulary), gemma3 (Gemma-3-270M,
-262k vocabulary); fp32 on the CPU. Prints a markdown table and writes it, with the raw numbers, under
+262k vocabulary), llama128k-1b (random ~1.2B Llama-3-style, 128k vocabulary; GPU), llama128k-smoke (the same
+shape of model, tiny, to check the path on a CPU); fp32 on the CPU, bf16 with --device cuda. Prints a markdown table and writes it, with the raw numbers, under
 bench/results/.
 """
 
@@ -66,12 +67,32 @@ def synthetic_text(tokenizer, pairs: int, prompt_tokens: int, completion_tokens:
             for _ in range(pairs)]
 
 
+def random_llama(tokenizer, size: str):
+    """A randomly initialised Llama-3-style model with a 128k vocabulary (the byte tokenizer writes the text;
+    the LM head is as wide as Llama-3's either way). size: '1b' (~1.2B parameters) or 'smoke' (tiny, for CPU)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dims = {"1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                       num_key_value_heads=8),
+            "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2)}[size]
+    config = LlamaConfig(vocab_size=128256, max_position_embeddings=4096, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **dims)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
 def load(model_name: str):
     from cringe.models import build_tiny_model, build_tiny_tokenizer, load_model_and_tokenizer
 
     if model_name == "tiny":
         tokenizer = build_tiny_tokenizer()
         return build_tiny_model(tokenizer, hidden_size=256, num_layers=4), tokenizer
+    if model_name.startswith("llama128k-"):
+        tokenizer = build_tiny_tokenizer()
+        return random_llama(tokenizer, model_name.split("-", 1)[1]), tokenizer
     spec = {"smollm2": "smollm2-135m-instruct", "gemma3": "gemma3-270m"}[model_name]
     return load_model_and_tokenizer(spec, dtype="float32")
 
@@ -90,7 +111,22 @@ def timer_callback(times: list):
 
 
 COMMON = dict(learning_rate=1e-6, lr_scheduler_type="constant", save_strategy="no", report_to="none",
-              logging_steps=1000, disable_tqdm=True, use_cpu=True, seed=0, dataloader_num_workers=0)
+              logging_steps=1000, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+
+
+def _device_args(spec: dict) -> dict:
+    if spec["device"] == "cuda":
+        return {"bf16": True, "use_cpu": False}
+    return {"use_cpu": True}
+
+
+def _peak_memory(spec: dict, loaded_kb: int) -> dict:
+    if spec["device"] == "cuda":
+        import torch
+
+        return {"peak_rss_gb": torch.cuda.max_memory_allocated() / 2**30,
+                "peak_above_loaded_gb": (torch.cuda.max_memory_allocated() - spec["_loaded_cuda"]) / 2**30}
+    return {"peak_rss_gb": _status_kb("VmHWM") / 2**20, "peak_above_loaded_gb": (_status_kb("VmHWM") - loaded_kb) / 2**20}
 
 
 def worker(spec: dict) -> dict:
@@ -98,6 +134,10 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     model, tokenizer = load(spec["model"])
+    if spec["device"] == "cuda":
+        model = model.to("cuda", torch.bfloat16)
+        torch.cuda.reset_peak_memory_stats()
+        spec["_loaded_cuda"] = torch.cuda.memory_allocated()
     steps = spec["warmup"] + spec["steps"]
     pairs = spec["pairs"]
     rows = synthetic_text(tokenizer, pairs * steps, spec["prompt_tokens"], spec["completion_tokens"], seed=0)
@@ -112,7 +152,7 @@ def worker(spec: dict) -> dict:
 
         config = DPOConfig(output_dir="/tmp/cringe-bench-trl", per_device_train_batch_size=pairs, max_steps=steps,
                            beta=0.1, max_length=None, precompute_ref_log_probs=spec["loss"] == "trl_precompute",
-                           **COMMON)
+                           **COMMON, **_device_args(spec))
         trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=config,
                              train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
                              callbacks=[timer_callback(times)])
@@ -124,7 +164,8 @@ def worker(spec: dict) -> dict:
             rows = [{"prompt": r["prompt"], "completion": c, "label": True} for r in rows for c in (r["chosen"], r["rejected"])]
         config = CringeConfig(output_dir="/tmp/cringe-bench", loss=loss,
                               per_device_train_batch_size=2 * pairs if loss == "sft" else pairs, max_steps=steps,
-                              max_prompt_length=None, max_completion_length=None, **COMMON, **spec.get("extra", {}))
+                              max_prompt_length=None, max_completion_length=None, **COMMON, **_device_args(spec),
+                              **spec.get("extra", {}))
         trainer = CringeTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer,
                                 callbacks=[timer_callback(times)])
     trainer.train()
@@ -135,7 +176,7 @@ def worker(spec: dict) -> dict:
         tokens = sum(len(r["prompt_ids"]) + sum(len(c) for c in r["completion_ids"]) for r in data.rows) / len(data.rows)
         tokens = tokens * (1 if spec["loss"] == "sft" else 0.5)  # per sequence
     return {"seconds_per_step": statistics.median(measured), "steps": measured, "tokens_per_sequence": tokens,
-            "peak_rss_gb": _status_kb("VmHWM") / 2**20, "peak_above_loaded_gb": (_status_kb("VmHWM") - loaded_kb) / 2**20}
+            **_peak_memory(spec, loaded_kb)}
 
 
 # ----- driver ----------------------------------------------------------------------------------------------
@@ -156,7 +197,7 @@ CONFIGS = {
 def run_config(model: str, name: str, loss: str, extra: dict, args) -> dict:
     spec = {"model": model, "loss": loss, "extra": extra, "pairs": args.pairs, "prompt_tokens": args.prompt_tokens,
             "completion_tokens": args.completion_tokens, "warmup": args.warmup, "steps": args.steps,
-            "threads": args.threads}
+            "threads": args.threads, "device": args.device}
     out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
@@ -174,14 +215,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: bf16 on the GPU; memory is torch.cuda.max_memory_allocated instead of RSS")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    if args.device == "cuda":
+        import torch
+
+        machine = f"{torch.cuda.get_device_name()}, bf16, " + machine
     header = (f"pairs={args.pairs}, prompt={args.prompt_tokens}, completion={args.completion_tokens} tokens (+EOS), "
-              f"median of {args.steps} steps after {args.warmup} warm-up, fp32, {machine}")
+              f"median of {args.steps} steps after {args.warmup} warm-up, {'fp32' if args.device == 'cpu' else 'bf16'}, {machine}")
     print(header, flush=True)
     report = {"settings": vars(args), "machine": machine, "date": time.strftime("%Y-%m-%d"), "results": {}}
     lines = [f"# train_step benchmark ({report['date']})", "", header, ""]
@@ -196,7 +243,8 @@ def main() -> None:
             print(f"  {model:8s} {name:24s} {results[name]}", flush=True)
         report["results"][model] = results
         base = results["sft"]
-        lines += [f"## {model}", "", "| configuration | s/step | x sft | peak RSS GB | x sft | peak above loaded policy GB | x sft |",
+        mem = "peak RSS GB" if args.device == "cpu" else "peak GPU memory GiB"
+        lines += [f"## {model}", "", f"| configuration | s/step | x sft | {mem} | x sft | peak above loaded policy GB | x sft |",
                   "|---|---|---|---|---|---|---|"]
         for name, r in results.items():
             if "error" in r:

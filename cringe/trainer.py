@@ -55,6 +55,10 @@ class CringeConfig(TrainingArguments):
                                          "no [tokens, vocab] logits tensor; same values and gradients"}
     )
     chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk with chunked_loss"})
+    padding_free: bool = field(
+        default=False, metadata={"help": "pack each batch into one row with position_ids (no pad tokens); "
+                                         "needs chunked_loss and a model whose attention honours packed position_ids"}
+    )
     precompute_ref_logps: bool = field(
         default=False, metadata={"help": "DPO family: one pass of the reference before training, then no reference model in memory"}
     )
@@ -76,7 +80,22 @@ class CringeConfig(TrainingArguments):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.padding_free and not self.chunked_loss:
+            raise ValueError("padding_free needs chunked_loss: the packed batch is scored token by token")
         super().__post_init__()
+
+
+def _pairwise_stats(s: dict) -> dict:
+    return {"gate": s["gate"], "gate_open": (s["gate"] > 0.5).float(), "delta": s["delta"],
+            "logps/chosen": s["chosen_logps"], "logps/rejected": s["rejected_logps"],
+            "tokens/chosen": s["chosen_tokens"].float(), "tokens/rejected": s["rejected_tokens"].float()}
+
+
+def _dpo_stats(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> dict:
+    return {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            "logps/chosen": chosen_logps, "logps/rejected": rejected_logps}
 
 
 class CringeTrainer(Trainer):
@@ -108,7 +127,7 @@ class CringeTrainer(Trainer):
             eval_dataset = prepare(eval_dataset, processing_class, **prep)
         if processing_class.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (EOS is fine)")
-        kwargs.setdefault("data_collator", Collator(processing_class.pad_token_id))
+        kwargs.setdefault("data_collator", Collator(processing_class.pad_token_id, padding_free=args.padding_free))
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -193,21 +212,26 @@ class CringeTrainer(Trainer):
             captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
         handle = lm.get_decoder().register_forward_hook(hook)
+        packed = "position_ids" in batch
+        inputs = ({"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]})
         try:
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+            model(input_ids=batch["input_ids"], use_cache=False, **inputs,
                   logits_to_keep=torch.empty(0, dtype=torch.long, device=batch["input_ids"].device))
         finally:
             handle.remove()
         labels = batch["labels"][:, 1:]
         mask = labels != L.IGNORE_INDEX
-        seq_index = torch.arange(labels.shape[0], device=labels.device).unsqueeze(-1).expand_as(labels)[mask]
+        if packed:
+            seq_index = batch["seq_id"][:, 1:][mask]
+        else:
+            seq_index = torch.arange(labels.shape[0], device=labels.device).unsqueeze(-1).expand_as(labels)[mask]
         return captured["hidden"][:, :-1][mask], labels[mask], seq_index, head.weight, head.bias
 
     def _sequence_logps(self, model, batch) -> torch.Tensor:
         if self.args.chunked_loss:
             hidden, targets, seq_index, weight, bias = self._forward_hidden(model, batch)
             tok, _ = C.head_pass(hidden, weight, bias, targets, chunk_size=self.args.chunk_size)
-            n_seq = batch["labels"].shape[0]
+            n_seq = int(batch["num_sequences"])
             total = torch.zeros(n_seq, device=tok.device).index_add_(0, seq_index, tok)
             count = torch.bincount(seq_index, minlength=n_seq)
         else:
@@ -227,7 +251,7 @@ class CringeTrainer(Trainer):
     def _count_items(self, batch) -> torch.Tensor:
         """What the loss is normalised by: pairs for the DPO family, completion tokens otherwise."""
         if self.args.loss in DPO_LOSSES:
-            return torch.tensor(batch["input_ids"].shape[0] // 2)
+            return batch["num_sequences"] // 2
         return (batch["labels"][:, 1:] != L.IGNORE_INDEX).sum()
 
     def _get_num_items_in_batch(self, batch_samples, device):
@@ -256,10 +280,7 @@ class CringeTrainer(Trainer):
                 margin_on=args.margin_on, detach_gate=args.detach_gate, detach_positive=args.detach_positive,
                 generator=self._generator(logits.device) if mode == "train" else None, num_items=num_items_in_batch,
             )
-            loss, s = out.loss, out.stats
-            stats = {"gate": s["gate"], "gate_open": (s["gate"] > 0.5).float(), "delta": s["delta"],
-                     "logps/chosen": s["chosen_logps"], "logps/rejected": s["rejected_logps"],
-                     "tokens/chosen": s["chosen_tokens"].float(), "tokens/rejected": s["rejected_tokens"].float()}
+            loss, stats = out.loss, _pairwise_stats(out.stats)
         elif args.loss == "binary_cringe":
             out = L.binary_cringe_loss(
                 logits, labels, inputs["is_positive"], alpha=args.alpha, k=args.k,
@@ -284,9 +305,7 @@ class CringeTrainer(Trainer):
                                                       beta=args.beta, loss_type=DPO_LOSSES[args.loss])
             denominator = num_items_in_batch if num_items_in_batch is not None else half
             loss = losses.sum() / denominator
-            stats = {"rewards/chosen": chosen_r, "rewards/rejected": rejected_r,
-                     "rewards/accuracies": (chosen_r > rejected_r).float(), "rewards/margins": chosen_r - rejected_r,
-                     "logps/chosen": policy[:half].detach(), "logps/rejected": policy[half:].detach()}
+            stats = _dpo_stats(chosen_r, rejected_r, policy[:half].detach(), policy[half:].detach())
 
         self._record(mode, stats)
         loss = loss * scale
@@ -299,15 +318,13 @@ class CringeTrainer(Trainer):
         hidden, targets, seq_index, weight, bias = self._forward_hidden(model, inputs)
         common = dict(num_items=num_items_in_batch, chunk_size=args.chunk_size)
         generator = self._generator(hidden.device) if mode == "train" else None
-        n_seq = inputs["labels"].shape[0]
+        n_seq = int(inputs["num_sequences"])
         if args.loss == "pairwise_cringe":
             loss, s = C.pairwise_cringe_loss(
                 hidden, weight, bias, targets, seq_index, n_seq // 2, alpha=args.alpha, k=args.k, margin=args.margin,
                 temperature=args.temperature, margin_on=args.margin_on, detach_gate=args.detach_gate,
                 detach_positive=args.detach_positive, generator=generator, **common)
-            stats = {"gate": s["gate"], "gate_open": (s["gate"] > 0.5).float(), "delta": s["delta"],
-                     "logps/chosen": s["chosen_logps"], "logps/rejected": s["rejected_logps"],
-                     "tokens/chosen": s["chosen_tokens"].float(), "tokens/rejected": s["rejected_tokens"].float()}
+            stats = _pairwise_stats(s)
         elif args.loss == "binary_cringe":
             positive = inputs["is_positive"]
             loss = C.binary_cringe_loss(hidden, weight, bias, targets, positive[seq_index], alpha=args.alpha, k=args.k,
@@ -323,9 +340,7 @@ class CringeTrainer(Trainer):
                 hidden, weight, bias, targets, seq_index, n_seq // 2, ref, beta=args.beta,
                 loss_type=DPO_LOSSES[args.loss], length_average=args.loss == "ipo", **common)
             half = n_seq // 2
-            stats = {"rewards/chosen": chosen_r, "rewards/rejected": rejected_r,
-                     "rewards/accuracies": (chosen_r > rejected_r).float(), "rewards/margins": chosen_r - rejected_r,
-                     "logps/chosen": policy[:half], "logps/rejected": policy[half:]}
+            stats = _dpo_stats(chosen_r, rejected_r, policy[:half], policy[half:])
         self._record(mode, stats)
         if num_items_in_batch is not None:
             loss = loss * float(self.accelerator.num_processes)

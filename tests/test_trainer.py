@@ -183,3 +183,27 @@ def test_chunked_loss_with_lora(tmp_path, tokenizer):
         trainer.train()
         finals.append(torch.cat([p.detach().flatten() for n, p in trainer.model.named_parameters() if "lora" in n]))
     torch.testing.assert_close(finals[1], finals[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["pairwise_cringe", "binary_cringe", "dpo", "sft"])
+def test_padding_free_batches_train_exactly_like_padded_ones(tmp_path, tokenizer, loss):
+    finals, logs = [], []
+    for padding_free in (False, True):
+        model = build_tiny_model(tokenizer)
+        args = config(tmp_path, loss=loss, k=3, margin=100.0, chunked_loss=True, padding_free=padding_free,
+                      max_steps=3, per_device_train_batch_size=4, lr_scheduler_type="constant", optim="sgd",
+                      learning_rate=0.5)
+        trainer = CringeTrainer(model=model, args=args, train_dataset=uneven_rows(), processing_class=tokenizer)
+        if padding_free:
+            batch = trainer.data_collator(trainer.train_dataset.rows[:2])
+            assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+        trainer.train()
+        finals.append(params(model))
+        logs.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
+    torch.testing.assert_close(finals[1], finals[0], atol=1e-5, rtol=1e-4)
+    assert logs[1] == pytest.approx(logs[0], rel=1e-4)
+
+
+def test_padding_free_needs_the_chunked_loss(tmp_path):
+    with pytest.raises(ValueError, match="padding_free needs chunked_loss"):
+        config(tmp_path, padding_free=True)
