@@ -15,7 +15,9 @@ exact for our tokenisation; TRL tokenises the same text its own way, within a to
   * dpo (precomputed ref)  our DPO, reference log-probs computed once before training (not timed per step)
   * ... chunked            the same loss with `chunked_loss=True` (LM head fused, chunked over tokens)
   * trl dpo (...)          TRL's DPOTrainer (trl installed: `pip install -e .[bench]`), default reference
-                           handling and with precompute_ref_log_probs
+                           handling and with precompute_ref_log_probs. Note TRL's DPOConfig defaults to
+                           gradient_checkpointing=True and bf16=True (autocast, also on the CPU), which our rows
+                           do not use; "fp32, no grad ckpt" turns both off for a like-for-like row
 Models: tiny (random 4-layer Llama), smollm2 (SmolLM2-135M-Instruct, 49k vocabulary), gemma3 (Gemma-3-270M,
 262k vocabulary), llama128k-1b (random ~1.2B Llama-3-style, 128k vocabulary; GPU), llama128k-smoke (the same
 shape of model, tiny, to check the path on a CPU); fp32 on the CPU, bf16 with --device cuda. Prints a markdown table and writes it, with the raw numbers, under
@@ -150,9 +152,12 @@ def worker(spec: dict) -> dict:
         import datasets
         from trl import DPOConfig, DPOTrainer
 
+        # TRL's own defaults differ from TrainingArguments': gradient_checkpointing=True and bf16=True. The
+        # "matched" configuration turns both off to compare like for like with our fp32, no-checkpointing rows.
+        matched = {"gradient_checkpointing": False, "bf16": False} if spec["loss"] == "trl_matched" else {}
         config = DPOConfig(output_dir="/tmp/cringe-bench-trl", per_device_train_batch_size=pairs, max_steps=steps,
                            beta=0.1, max_length=None, precompute_ref_log_probs=spec["loss"] == "trl_precompute",
-                           **COMMON, **_device_args(spec))
+                           **COMMON, **{**_device_args(spec), **matched})
         trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=config,
                              train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
                              callbacks=[timer_callback(times)])
@@ -173,8 +178,9 @@ def worker(spec: dict) -> dict:
     tokens = None
     if not spec["loss"].startswith("trl"):
         data = trainer.train_dataset
-        tokens = sum(len(r["prompt_ids"]) + sum(len(c) for c in r["completion_ids"]) for r in data.rows) / len(data.rows)
-        tokens = tokens * (1 if spec["loss"] == "sft" else 0.5)  # per sequence
+        n_completions = len(data.rows[0]["completion_ids"])
+        tokens = sum(n_completions * len(r["prompt_ids"]) + sum(len(c) for c in r["completion_ids"])
+                     for r in data.rows) / (n_completions * len(data.rows))  # per sequence
     return {"seconds_per_step": statistics.median(measured), "steps": measured, "tokens_per_sequence": tokens,
             **_peak_memory(spec, loaded_kb)}
 
@@ -191,6 +197,7 @@ CONFIGS = {
     "dpo (precomputed ref) chunked": ("dpo", {"precompute_ref_logps": True, **CHUNKED}),
     "trl dpo (ref copy)": ("trl", {}),
     "trl dpo (precompute_ref_log_probs)": ("trl_precompute", {}),
+    "trl dpo (ref copy, fp32, no grad ckpt)": ("trl_matched", {}),
 }
 
 

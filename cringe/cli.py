@@ -42,6 +42,16 @@ class DataArguments:
     eval_dataset: str | None = field(default=None, metadata={"help": "optional evaluation data, same formats"})
 
 
+def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(path given with --config, the other arguments)."""
+    if "--config" not in argv:
+        return None, argv
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise SystemExit("--config needs a path")
+    return argv[i + 1], argv[:i] + argv[i + 2:]
+
+
 def parse_train_args(argv: list[str]):
     """(ModelArguments, DataArguments, CringeConfig) from an optional --config YAML plus flags."""
     import yaml
@@ -51,12 +61,7 @@ def parse_train_args(argv: list[str]):
 
     parser = HfArgumentParser((ModelArguments, DataArguments, CringeConfig), prog="cringe train")
     parser.add_argument("--config", default=None, help="YAML file of arguments; command-line flags override it")
-    config_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            parser.error("--config needs a path")
-        config_path = argv[i + 1]
+    config_path, argv = split_config_flag(argv)
     if config_path:
         with open(config_path) as f:
             values = yaml.safe_load(f) or {}
@@ -71,7 +76,7 @@ def parse_train_args(argv: list[str]):
         for action in parser._actions:
             if action.dest in values:
                 action.required = False
-    model_args, data_args, config, _ = parser.parse_args_into_dataclasses(argv)
+    model_args, data_args, config = parser.parse_args_into_dataclasses(argv)[:3]
     if data_args.dataset is None:
         parser.error("--dataset is required (in the YAML file or on the command line)")
     return model_args, data_args, config
@@ -130,12 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 def iterate(argv: list[str]) -> None:
     from .loop import IterativeRun, evaluation_table, load_config
 
-    config_path = None
-    if argv[:1] == ["--config"]:
-        config_path, argv = argv[1], argv[2:]
-    elif "--config" in argv:
-        i = argv.index("--config")
-        config_path, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    config_path, argv = split_config_flag(argv)
     evaluations = IterativeRun(load_config(config_path, argv)).run()
     if evaluations:
         print("\n" + evaluation_table(evaluations))

@@ -73,6 +73,9 @@ class IterateConfig:
         from .generation import SamplingConfig
 
         SamplingConfig(**self.sampling)  # validates the keys and values now, not rounds later
+        owned = sorted({"loss", "output_dir"} & set(self.train))
+        if owned:
+            raise ValueError(f"train: {owned} are set by the loop (use the top-level keys loss / output_dir)")
 
     # Keys that do not change what a round computes: changing them on resume is allowed.
     RESUMABLE_KEYS = ("rounds", "output_dir", "backend")
@@ -248,9 +251,8 @@ class IterativeRun:
         if c.mix_previous:
             rows = [r for j in range(1, k) for r in read_jsonl(self.dir / f"round-{j}" / "pairs.jsonl")] + rows
         data = as_training_data(rows, "binary" if c.loss == "binary_cringe" else "pairwise")
-        train_args = {"save_strategy": "epoch", "report_to": "none", **c.train}
-        args = CringeConfig(output_dir=str(round_dir / "checkpoints"), loss=c.loss,
-                            seed=c.seed + k, **train_args)
+        train_args = {"save_strategy": "epoch", "report_to": "none", "seed": c.seed + k, **c.train}
+        args = CringeConfig(output_dir=str(round_dir / "checkpoints"), loss=c.loss, **train_args)
         model = self.load_model(k - 1)
         ref_model = self.load_model(0) if c.loss in ("dpo", "ipo", "hinge") and c.dpo_reference == "initial" else None
         trainer = CringeTrainer(model=model, args=args, train_dataset=data, processing_class=self.tokenizer,

@@ -50,9 +50,10 @@ class CringeConfig(TrainingArguments):
     beta: float = field(default=0.1, metadata={"help": "DPO/IPO/hinge beta"})
     max_prompt_length: int | None = field(default=512, metadata={"help": "longer prompts are an error (or skipped)"})
     max_completion_length: int | None = field(default=512, metadata={"help": "longer completions are cut, without EOS"})
-    chunked_loss: bool = field(
-        default=False, metadata={"help": "fuse the LM head into the loss and chunk over tokens (cringe.chunked): "
-                                         "no [tokens, vocab] logits tensor; same values and gradients"}
+    chunked_loss: bool | None = field(
+        default=None, metadata={"help": "fuse the LM head into the loss and chunk over tokens (cringe.chunked): "
+                                        "no [tokens, vocab] logits tensor; same values and gradients. "
+                                        "Default (unset): on wherever the model supports it"}
     )
     chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk with chunked_loss"})
     padding_free: bool = field(
@@ -80,9 +81,34 @@ class CringeConfig(TrainingArguments):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.padding_free and not self.chunked_loss:
+        if self.padding_free and self.chunked_loss is False:
             raise ValueError("padding_free needs chunked_loss: the packed batch is scored token by token")
         super().__post_init__()
+
+
+def _causal_lm(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the LM
+
+
+def chunked_unsupported_reason(model) -> str | None:
+    """Why `cringe.chunked` cannot score this model (None when it can): it needs a plain linear LM head, a
+    decoder to hook, and a forward that accepts `logits_to_keep`."""
+    import inspect
+
+    lm = _causal_lm(model)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or hasattr(head, "lora_A"):
+        return "the model has no plain linear LM head (LoRA on lm_head is not supported)"
+    for name in ("final_logit_softcapping", "logit_scale"):
+        if getattr(lm.config, name, None) not in (None, 1.0):
+            return f"the model applies {name} to its logits (the head is not linear)"
+    if "logits_to_keep" not in inspect.signature(lm.forward).parameters:
+        return "the model's forward does not accept logits_to_keep"
+    try:
+        lm.get_decoder()
+    except (AttributeError, NotImplementedError):
+        return "the model has no get_decoder()"
+    return None
 
 
 def _pairwise_stats(s: dict) -> dict:
@@ -131,6 +157,14 @@ class CringeTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        unsupported = chunked_unsupported_reason(self.model)
+        if args.chunked_loss and unsupported:
+            raise ValueError(f"chunked_loss: {unsupported}")
+        # bench/train_step.py measured the chunked path faster and leaner than the plain one on every model it
+        # ran (README, Performance): it is the default wherever the model allows it.
+        self.use_chunked = not unsupported if args.chunked_loss is None else args.chunked_loss
+        if args.padding_free and not self.use_chunked:
+            raise ValueError(f"padding_free needs the chunked loss, which this model cannot use: {unsupported}")
         self._micro = (-1, 0)  # (global_step, micro-batch index within it): seeds the Cringe sampling
         self.ref_model = None
         if args.loss in DPO_LOSSES:
@@ -197,15 +231,8 @@ class CringeTrainer(Trainer):
         is called through its wrapper (DDP hooks stay intact) with `logits_to_keep` empty, so it computes no
         logits; a forward hook on the decoder captures its output.
         """
-        lm = self.accelerator.unwrap_model(model)
-        if hasattr(lm, "get_base_model"):  # peft
-            lm = lm.get_base_model()
+        lm = _causal_lm(self.accelerator.unwrap_model(model))
         head = lm.get_output_embeddings()
-        if hasattr(head, "lora_A") or not hasattr(head, "weight"):
-            raise ValueError("chunked_loss needs a plain linear LM head (LoRA on lm_head is not supported)")
-        for name in ("final_logit_softcapping", "logit_scale"):
-            if getattr(lm.config, name, None) not in (None, 1.0):
-                raise ValueError(f"chunked_loss does not support models with {name} (the head is not linear)")
         captured = {}
 
         def hook(module, args, output):
@@ -228,7 +255,7 @@ class CringeTrainer(Trainer):
         return captured["hidden"][:, :-1][mask], labels[mask], seq_index, head.weight, head.bias
 
     def _sequence_logps(self, model, batch) -> torch.Tensor:
-        if self.args.chunked_loss:
+        if self.use_chunked:
             hidden, targets, seq_index, weight, bias = self._forward_hidden(model, batch)
             tok, _ = C.head_pass(hidden, weight, bias, targets, chunk_size=self.args.chunk_size)
             n_seq = int(batch["num_sequences"])
@@ -261,7 +288,7 @@ class CringeTrainer(Trainer):
         return count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.args.chunked_loss:
+        if self.use_chunked:
             return self._compute_chunked_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if model.training else "eval"
         args = self.args

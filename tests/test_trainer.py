@@ -206,4 +206,17 @@ def test_padding_free_batches_train_exactly_like_padded_ones(tmp_path, tokenizer
 
 def test_padding_free_needs_the_chunked_loss(tmp_path):
     with pytest.raises(ValueError, match="padding_free needs chunked_loss"):
-        config(tmp_path, padding_free=True)
+        config(tmp_path, padding_free=True, chunked_loss=False)
+
+
+def test_chunked_loss_is_the_default_where_the_model_allows_it(tmp_path, tokenizer):
+    trainer = CringeTrainer(model=build_tiny_model(tokenizer), args=config(tmp_path), train_dataset=pair_rows(4),
+                            processing_class=tokenizer)
+    assert trainer.use_chunked
+    capped = build_tiny_model(tokenizer)
+    capped.config.final_logit_softcapping = 30.0  # a non-linear head: the plain path must be used
+    trainer = CringeTrainer(model=capped, args=config(tmp_path), train_dataset=pair_rows(4), processing_class=tokenizer)
+    assert not trainer.use_chunked
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        CringeTrainer(model=capped, args=config(tmp_path, chunked_loss=True), train_dataset=pair_rows(4),
+                      processing_class=tokenizer)
