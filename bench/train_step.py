@@ -17,7 +17,7 @@ exact for our tokenisation; TRL tokenises the same text its own way, within a to
   * trl dpo (...)          TRL's DPOTrainer (trl installed: `pip install -e .[bench]`), default reference
                            handling and with precompute_ref_log_probs. Note TRL's DPOConfig defaults to
                            gradient_checkpointing=True and bf16=True (autocast, also on the CPU), which our rows
-                           do not use; "fp32, no grad ckpt" turns both off for a like-for-like row
+                           do not use; "fp32; no grad ckpt" turns both off for a like-for-like row
 Models: tiny (random 4-layer Llama), smollm2 (SmolLM2-135M-Instruct, 49k vocabulary), gemma3 (Gemma-3-270M,
 262k vocabulary), llama128k-1b (random ~1.2B Llama-3-style, 128k vocabulary; GPU), llama128k-smoke (the same
 shape of model, tiny, to check the path on a CPU); fp32 on the CPU, bf16 with --device cuda. Prints a markdown table and writes it, with the raw numbers, under
@@ -188,16 +188,17 @@ def worker(spec: dict) -> dict:
 # ----- driver ----------------------------------------------------------------------------------------------
 
 CHUNKED = {"chunked_loss": True}
+PLAIN = {"chunked_loss": False}  # explicit: the chunked loss is the trainer's default where the model allows it
 CONFIGS = {
-    "sft": ("sft", {}),
+    "sft": ("sft", PLAIN),
     "sft chunked": ("sft", CHUNKED),
-    "pairwise_cringe": ("pairwise_cringe", {}),
+    "pairwise_cringe": ("pairwise_cringe", PLAIN),
     "pairwise_cringe chunked": ("pairwise_cringe", CHUNKED),
-    "dpo (ref copy)": ("dpo", {}),
+    "dpo (ref copy)": ("dpo", PLAIN),
     "dpo (precomputed ref) chunked": ("dpo", {"precompute_ref_logps": True, **CHUNKED}),
     "trl dpo (ref copy)": ("trl", {}),
     "trl dpo (precompute_ref_log_probs)": ("trl_precompute", {}),
-    "trl dpo (ref copy, fp32, no grad ckpt)": ("trl_matched", {}),
+    "trl dpo (ref copy; fp32; no grad ckpt)": ("trl_matched", {}),
 }
 
 
@@ -222,6 +223,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--tag", default="", help="suffix for the results file names (keeps other runs' files)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: bf16 on the GPU; memory is torch.cuda.max_memory_allocated instead of RSS")
     args = parser.parse_args()
@@ -271,7 +273,7 @@ def main() -> None:
     table = "\n".join(lines)
     print("\n" + table)
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"train_step-{report['date']}"
+    stem = RESULTS / f"train_step-{report['date']}{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".md").write_text(table)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
 
