@@ -148,7 +148,8 @@ def evaluate(argv: list[str]) -> None:
     import yaml
 
     from .data import load_prompts
-    from .evaluate import format_table, kl_estimate, mean_with_ci, sequence_logprobs, text_metrics, win_rate
+    from .evaluate import (format_table, kl_estimate, mean_by_prompt, mean_with_ci, sequence_logprobs,
+                           text_metrics, win_rate)
     from .generation import SamplingConfig, TransformersSampler
     from .models import load_model, load_tokenizer
     from .rewards import load_reward_source
@@ -177,10 +178,7 @@ def evaluate(argv: list[str]) -> None:
         model = load_model(spec, tokenizer, args.dtype)
         samples = TransformersSampler(model, tokenizer).sample([p.ids for p in prompts], sampling)
         scores = reward.score([text[s.prompt_id] for s in samples], [s.completion for s in samples])
-        per_prompt: dict[int, list[float]] = {}
-        for s, r in zip(samples, scores):
-            per_prompt.setdefault(s.prompt_id, []).append(r)
-        per_model[name] = (model, samples, {k: sum(v) / len(v) for k, v in per_prompt.items()})
+        per_model[name] = (model, samples, mean_by_prompt(samples, scores))
         results[name] = {"reward": mean_with_ci(scores, seed=args.seed),
                          **text_metrics([s.completion for s in samples], [s.num_tokens for s in samples],
                                         [s.finish_reason for s in samples])}

@@ -52,6 +52,14 @@ def win_rate(policy_scores: Sequence[float], baseline_scores: Sequence[float], *
     return win_rate_from_outcomes(outcomes, seed=seed, n_boot=n_boot)
 
 
+def mean_by_prompt(samples, scores: Sequence[float]) -> dict[int, float]:
+    """Mean score of each prompt's samples (objects with a `prompt_id`): the per-prompt value a win rate compares."""
+    totals: dict[int, list[float]] = {}
+    for s, r in zip(samples, scores):
+        totals.setdefault(s.prompt_id, []).append(r)
+    return {k: sum(v) / len(v) for k, v in totals.items()}
+
+
 def mean_with_ci(values: Sequence[float], *, seed: int = 0) -> dict:
     mean, sem = _mean_sem(values)
     lo, hi = _bootstrap_ci(values, seed, 2_000)

@@ -286,15 +286,15 @@ class IterativeRun:
         return self.sample(model_index, prompts, path, n=self.config.eval_samples)
 
     def evaluate(self, k: int, round_dir: Path) -> dict:
-        from .evaluate import kl_estimate, mean_with_ci, sequence_logprobs, text_metrics, win_rate
+        from .evaluate import kl_estimate, mean_by_prompt, mean_with_ci, sequence_logprobs, text_metrics, win_rate
 
         prompts, base_samples, base_scores = self.baseline()
         samples = self._load_or_sample(k, prompts, round_dir / "eval_samples.jsonl")
         scores_path = round_dir / "eval_scores.jsonl"
         scores = ([r["score"] for r in read_jsonl(scores_path)] if scores_path.exists()
                   else self.score(prompts, samples, scores_path, evaluation=True))
-        per_prompt = _mean_by_prompt(samples, scores)
-        base_per_prompt = _mean_by_prompt(base_samples, base_scores)
+        per_prompt = mean_by_prompt(samples, scores)
+        base_per_prompt = mean_by_prompt(base_samples, base_scores)
         ids = sorted(per_prompt)
         rows = [{"prompt_ids": s.prompt_ids, "completion_ids": [s.completion_ids]} for s in samples]
         pad = self.tokenizer.pad_token_id
@@ -354,13 +354,6 @@ class IterativeRun:
 
     def _scores(self, round_dir: Path) -> list[float]:
         return [r["score"] for r in read_jsonl(round_dir / "scores.jsonl")]
-
-
-def _mean_by_prompt(samples, scores) -> dict[int, float]:
-    totals: dict[int, list[float]] = {}
-    for s, r in zip(samples, scores):
-        totals.setdefault(s.prompt_id, []).append(r)
-    return {k: sum(v) / len(v) for k, v in totals.items()}
 
 
 def evaluation_table(evaluations: list[dict]) -> str:

@@ -127,3 +127,20 @@ def test_atomic_writes_leave_no_partial_file(tmp_path):
     target = tmp_path / "x.jsonl"
     write_jsonl(target, [{"a": 1}])
     assert target.read_text() == '{"a": 1}\n' and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_cringe_evaluate_compares_a_trained_round_with_the_start(tmp_path, capsys):
+    from cringe.cli import evaluate
+
+    path = write_config(tmp_path, tmp_path / "run", rounds=1)
+    IterativeRun(load_config(str(path), [])).run()
+    reward = tmp_path / "reward.yaml"
+    reward.write_text('type: callable\nfunction: "cringe.testbeds.toy:vowel_share"\n')
+    out = tmp_path / "eval.json"
+    evaluate(["--policy", str(tmp_path / "run" / "round-1" / "model"), "--baseline", "tiny-random-llama",
+              "--prompts", str(tmp_path / "prompts.jsonl"), "--reward", str(reward), "--samples", "2",
+              "--max-new-tokens", "8", "--output", str(out)])
+    result = json.loads(out.read_text())
+    assert result["win_rate"]["n"] == 12 and 0 <= result["win_rate"]["win_rate"] <= 1
+    assert result["kl_policy_to_baseline"]["n"] == 24 and result["kl_policy_to_baseline"]["mean"] > 0
+    assert "win rate of policy vs baseline" in capsys.readouterr().out
