@@ -84,7 +84,7 @@ def repeated_ngram_rate(texts: Sequence[str], n: int = 3) -> float:
 
 
 @torch.no_grad()
-def sequence_logprobs(model, rows: Sequence[dict], pad_token_id: int, batch_size: int = 16) -> list[float]:
+def sequence_logprobs(model, rows: Sequence[dict], pad_token_id: int, batch_size: int = 32) -> list[float]:
     """log pi(completion | prompt) for rows {prompt_ids, completion_ids: [ids]} (the first completion)."""
     from .data import Collator
     from .losses import sequence_logps

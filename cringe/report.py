@@ -147,7 +147,8 @@ def markdown(results: dict, images: list[Path]) -> str:
         "Labelled samples: proxy-labelled samples the method trained on. Train s: wall seconds of training.",
         "",
         f"Training, all methods: lr {p['learning_rate']} constant, {p['epochs']} epoch(s) per round, "
-        f"{p['pairs_per_step']} pairs per step, fp32; DPO beta {p['beta']} (reference: the round's starting policy, "
+        f"{p['pairs_per_step']} pairs per step, fp32 weights{' with bf16 autocast' if p.get('bf16') else ''}; "
+        f"sampling in {p.get('sampling_dtype') or 'the training dtype'}; DPO beta {p['beta']} (reference: the round's starting policy, "
         f"log-probs precomputed). Pairwise Cringe: alpha {pc['alpha']}, k {pc['k']}, margin {pc['margin']}, "
         f"temperature {pc['temperature']}, Delta on the {pc['margin_on']} of log-probs, gate detached: "
         f"{pc['detach_gate']} (the library defaults, chosen by the sweep in bench/sweep_pairwise_cringe.py).",
