@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import platform
 import shutil
 import sys
@@ -38,10 +39,11 @@ METHODS = {
     "pairwise_cringe": ("pairwise_cringe", False),
     "iterative_dpo": ("dpo", True),
     "iterative_pairwise_cringe": ("pairwise_cringe", True),
+    "rloo": ("rloo", False),  # TRL's RLOOTrainer on the proxy reward: opt-in (--methods ...,rloo), see README
 }
 LABELS = {"sft": "SFT (start, baseline)", "dpo": "DPO", "binary_cringe": "Binary Cringe",
           "pairwise_cringe": "Pairwise Cringe", "iterative_dpo": "Iterative DPO",
-          "iterative_pairwise_cringe": "Iterative Pairwise Cringe"}
+          "iterative_pairwise_cringe": "Iterative Pairwise Cringe", "rloo": "RLOO (TRL, PPO family)"}
 
 
 @dataclass(frozen=True)
@@ -54,15 +56,16 @@ class Preset:
     eval_prompts: int = 64
     eval_every: int = 1
     epochs: float = 1.0
-    learning_rate: float = 3e-5
+    learning_rate: float = 1e-4
     pairs_per_step: int = 8
     beta: float = 0.1  # DPO
     bf16: bool = True  # bf16 autocast for training (fp32 weights): 1.27x faster per step on this CPU
     sampling_dtype: str | None = "bfloat16"  # the fast sampling path on this CPU (2x fp32)
     sampling_batch: int = 64
     proxy_epochs: float = 1.0
+    rloo_beta: float = 0.05  # RLOO's KL penalty to the start (TRL's default); 0 loads no reference model
     sizes: SplitSizes = field(default_factory=SplitSizes)
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = tuple(m for m in METHODS if m != "rloo")
 
 
 PRESETS = {
@@ -71,7 +74,7 @@ PRESETS = {
                     sizes=SplitSizes(proxy_train=1000, gold_train=10000)),
     # what `make test` runs: the whole pipeline on a tiny random policy, in seconds
     "smoke": Preset(policy="tiny-random-llama", rounds=2, round_prompts=4, max_new_tokens=6, eval_prompts=6,
-                    learning_rate=1e-3, pairs_per_step=2, bf16=False, sampling_dtype=None, sampling_batch=16,
+                    learning_rate=1e-3, pairs_per_step=2, bf16=False, sampling_dtype=None, sampling_batch=16, rloo_beta=0.0,
                     proxy_epochs=0.5, sizes=SplitSizes(proxy_train=32, gold_train=300, classifier_test=50,
                                                        train_prompts=8, eval_prompts=6)),
 }
@@ -195,6 +198,8 @@ class Demo:
 
         p = self.preset
         loss, iterative = METHODS[name]
+        if loss == "rloo":  # trained by TRL; the run directory is used for sampling and evaluation only
+            loss = "pairwise_cringe"
         return IterateConfig(**self.base_config(), output_dir=str(self.out / "methods" / name), loss=loss,
                              rounds=p.rounds if iterative else 1, round_prompts=p.round_prompts if iterative else None,
                              train=self.train_args(loss))
@@ -232,12 +237,14 @@ class Demo:
         for name in p.methods:
             loss, iterative = METHODS[name]
             rounds, prompts = (p.rounds, p.round_prompts) if iterative else (1, n_train)
-            seqs = prompts * (p.samples_per_prompt if loss == "binary_cringe" else 2)
+            seqs = prompts * (p.samples_per_prompt if loss in ("binary_cringe", "rloo") else 2)
             for k in range(1, rounds + 1):
                 if k > 1:
                     self.progress.plan(f"{name} round {k}: samples.jsonl",
                                        prompts * p.samples_per_prompt * p.max_new_tokens / rate)
                 train = seqs * seq_tokens * p.epochs / train_rate * (1.3 if loss == "dpo" else 1.0)
+                if loss == "rloo":  # its own fp32 sampling, and a reference pass when beta > 0
+                    train = train * (1.5 if p.rloo_beta else 1.2) + seqs * p.max_new_tokens / (rate / 2)
                 self.progress.plan(f"{name} round {k}: model", train)
                 if k % p.eval_every == 0 or k == rounds:
                     self.progress.plan(f"{name} round {k}: eval.json", eval_cost)
@@ -248,6 +255,9 @@ class Demo:
         for name in self.preset.methods:
             config = self.method_config(name)
             run = IterativeRun(config, on_step=lambda k, step, s, name=name: self._step_done(name, k, step, s))
+            if name == "rloo":
+                self.run_rloo(run)
+                continue
             self.seed_from_m0(run, m0)
             for key in list(self.progress.estimates):  # finished on an earlier run of this command
                 if key.startswith(f"{name} round "):
@@ -256,6 +266,59 @@ class Demo:
                         self.progress.finish(key, 0.0, skipped=True)
             logger.info("method %s: loss %s, %d round(s)", name, config.loss, config.rounds)
             run.run()
+
+    def run_rloo(self, run) -> None:
+        """The paper's PPO row, as TRL's RLOO (a PPO-family method: on-policy samples, leave-one-out baseline,
+        KL penalty to the start) on the proxy reward, with the same labelled-sample budget: each training prompt
+        once, samples_per_prompt samples each. TRL samples in the training dtype inside its loop."""
+        from datasets import Dataset
+        from trl import RLOOConfig, RLOOTrainer
+
+        from .loop import read_jsonl, write_json
+        from .models import load_model, load_tokenizer
+        from .rewards import load_reward_source
+
+        p, c = self.preset, run.config
+        run.check_state()
+        round_dir = run.dir / "round-1"
+        round_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("baseline_samples.jsonl", "baseline_scores.jsonl"):
+            if not (run.dir / name).exists():
+                shutil.copyfile(self.out / "m0" / name, run.dir / name)
+        if not (round_dir / "model").exists():
+            t0 = time.time()
+            proxy = load_reward_source(c.reward)
+
+            def proxy_reward(prompts, completions, **_):
+                texts = [x[-1]["content"] if isinstance(x, list) else x for x in completions]
+                return proxy.score([""] * len(texts), texts)
+
+            tokenizer = load_tokenizer(c.model)
+            model = load_model(c.model, tokenizer, "float32")
+            n = p.samples_per_prompt
+            args = RLOOConfig(
+                output_dir=str(round_dir / "checkpoints"), learning_rate=p.learning_rate, lr_scheduler_type="constant",
+                num_train_epochs=p.epochs, per_device_train_batch_size=p.pairs_per_step * 2 // n * n or n,
+                num_generations=n, max_completion_length=p.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+                beta=p.rloo_beta, bf16=p.bf16, use_cpu=True, report_to="none", save_strategy="no", logging_steps=5,
+                seed=self.seed, disable_dropout=True)
+            trainer = RLOOTrainer(model=model, reward_funcs=[proxy_reward], args=args, processing_class=tokenizer,
+                                  train_dataset=Dataset.from_list(read_jsonl(Path(c.prompts))))
+            trainer.train()
+            tmp = round_dir / ".model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            trainer.save_model(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            write_json(tmp / "train_log.json", trainer.state.log_history)
+            os.replace(tmp, round_dir / "model")
+            shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)
+            run.log_step(1, "model", time.time() - t0)
+            self._step_done("rloo", 1, "model", time.time() - t0)
+        if not (round_dir / "eval.json").exists():
+            t0 = time.time()
+            run.evaluate(1, round_dir)
+            run.log_step(1, "eval.json", time.time() - t0)
+            self._step_done("rloo", 1, "eval.json", time.time() - t0)
 
     def _step_done(self, name: str, k: int, step: str, seconds: float) -> None:
         key = f"{name} round {k}: {step}"
@@ -304,9 +367,15 @@ class Demo:
                     continue
                 e = json.loads((round_dir / "eval.json").read_text())
                 proxy = self.proxy_scores(round_dir, "eval_samples.jsonl", "eval_proxy_scores.jsonl")
-                labelled = sum(len(read_jsonl(run_dir / f"round-{j}" / "samples.jsonl")) for j in range(1, k + 1))
+                if name == "rloo":  # sampled and labelled inside TRL's loop: each prompt once, N samples each
+                    n_prompts = len(read_jsonl(Path(state["config"]["prompts"])))
+                    labelled = n_prompts * self.preset.samples_per_prompt
+                    pairs = [n_prompts]
+                else:
+                    labelled = sum(len(read_jsonl(run_dir / f"round-{j}" / "samples.jsonl")) for j in range(1, k + 1))
+                    pairs = [json.loads((run_dir / f"round-{j}" / "pairing.json").read_text())["kept"]
+                             for j in range(1, k + 1)]
                 train_s = sum(s["seconds"] for s in state.get("steps", []) if s["step"] == "model" and s["round"] <= k)
-                pairs = [json.loads((run_dir / f"round-{j}" / "pairing.json").read_text())["kept"] for j in range(1, k + 1)]
                 curve.append({"method": name, "label": LABELS[name], "round": k, "win_rate": e["win_rate_vs_initial"],
                               "gold_reward": e["reward"], "proxy_reward": mean_with_ci(proxy, seed=self.seed),
                               "kl": e["kl_to_initial"], **{m: e[m] for m in ("length_tokens", "truncated_rate",

@@ -48,3 +48,15 @@ def test_unknown_method_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--preset", "smoke", "--methods", "ppo"])
     assert "unknown methods ['ppo']" in capsys.readouterr().err
+
+
+def test_demo_smoke_rloo_row_through_trl(tmp_path, monkeypatch):
+    pytest.importorskip("trl")
+    monkeypatch.setenv("CRINGE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    main(["--preset", "smoke", "--methods", "rloo", "--output-dir", str(out)])
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert set(rows) == {"sft", "rloo"}
+    assert rows["rloo"]["labelled_samples"] == 32 and 0 <= rows["rloo"]["win_rate"]["win_rate"] <= 1
+    assert (out / "methods" / "rloo" / "round-1" / "model" / "model.safetensors").exists()
+    assert "RLOO (TRL, PPO family)" in (out / "report.md").read_text()
