@@ -70,7 +70,7 @@ class Preset:
 
 PRESETS = {
     "default": Preset(),
-    "quick": Preset(round_prompts=8, max_new_tokens=24, eval_prompts=32, eval_every=3,
+    "quick": Preset(rounds=2, round_prompts=12, max_new_tokens=24, eval_prompts=32, eval_every=2,
                     sizes=SplitSizes(proxy_train=1000, gold_train=10000)),
     # what `make test` runs: the whole pipeline on a tiny random policy, in seconds
     "smoke": Preset(policy="tiny-random-llama", rounds=2, round_prompts=4, max_new_tokens=6, eval_prompts=6,
@@ -411,10 +411,11 @@ class Demo:
 
 
 def pairwise_cringe_settings() -> dict:
-    from .trainer import CringeConfig
+    from .trainer import PAIRWISE_CRINGE_ALPHA, CringeConfig
 
     fields = {f.name: f.default for f in dataclasses.fields(CringeConfig)}
-    return {k: fields[k] for k in ("alpha", "k", "margin", "temperature", "margin_on", "detach_gate")}
+    settings = {k: fields[k] for k in ("k", "margin", "temperature", "margin_on", "detach_gate")}
+    return {"alpha": PAIRWISE_CRINGE_ALPHA, **settings}
 
 
 def machine_description() -> str:
