@@ -101,6 +101,8 @@ def plots(results: dict, out: Path) -> list[Path]:
                                    [r["win_rate"]["ci_high"] - r["win_rate"]["win_rate"] for r in curve]],
                              marker="o", capsize=3, label=curve[0]["label"])
             axes[1].plot(ks, [r["kl"]["mean"] for r in curve], marker="o", label=curve[0]["label"])
+        for ax in axes:
+            ax.set_xticks(sorted({r["round"] for c in multi.values() for r in c}))
         axes[0].axhline(0.5, color="grey", linestyle="--", linewidth=1)
         axes[0].set_xlabel("round")
         axes[0].set_ylabel("gold win rate vs SFT")
