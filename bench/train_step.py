@@ -221,6 +221,8 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--models", default="tiny,smollm2")
     parser.add_argument("--configs", default="all", help="comma-separated names from: " + ", ".join(CONFIGS))
+    parser.add_argument("--baseline", default="sft", help="configuration the ratio columns divide by; 'none' runs "
+                        "only --configs (e.g. long sequences where the plain sft row would not fit in memory)")
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--completion-tokens", type=int, default=64)
@@ -248,16 +250,19 @@ def main() -> None:
     for model in args.models.split(","):
         results = {}
         names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
-        if "sft" not in names:
-            names.insert(0, "sft")  # the baseline every ratio is taken against
+        if args.baseline not in names and args.baseline != "none":
+            names.insert(0, args.baseline)  # the baseline every "x" column is taken against
         for name in names:
             loss, extra = CONFIGS[name]
             results[name] = run_config(model, name, loss, extra, args)
             print(f"  {model:8s} {name:24s} {results[name]}", flush=True)
         report["results"][model] = results
-        base = results["sft"]
+        base = results.get(args.baseline)
+        if base is None or "error" in base:  # --baseline none (or it failed): no ratio columns
+            base = {"seconds_per_step": float("nan"), "peak_rss_gb": float("nan"), "peak_above_loaded_gb": float("nan")}
         mem = "peak RSS GB" if args.device == "cpu" else "peak GPU memory GiB"
-        lines += [f"## {model}", "", f"| configuration | s/step | x sft | {mem} | x sft | peak above loaded policy GB | x sft |",
+        x = f"x {args.baseline}"
+        lines += [f"## {model}", "", f"| configuration | s/step | {x} | {mem} | {x} | peak above loaded policy GB | {x} |",
                   "|---|---|---|---|---|---|---|"]
         for name, r in results.items():
             if "error" in r:
@@ -267,7 +272,7 @@ def main() -> None:
                          f"| {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / base['peak_rss_gb']:.2f} "
                          f"| {r['peak_above_loaded_gb']:.2f} | {r['peak_above_loaded_gb'] / base['peak_above_loaded_gb']:.2f} |")
         lines.append("")
-        for name in ("pairwise_cringe", "pairwise_cringe chunked"):
+        for name in ("pairwise_cringe", "pairwise_cringe chunked", "pairwise_cringe chunked bf16 grad ckpt"):
             for other in ("dpo (ref copy)", "trl dpo (ref copy)"):
                 r, o = results.get(name, {}), results.get(other, {})
                 if r and o and "error" not in r and "error" not in o:
