@@ -71,8 +71,8 @@ class Preset:
 PRESETS = {
     "default": Preset(),
     # ~5 minutes from an empty cache: smaller classifiers (their set-up is most of the difference), 2 rounds
-    "quick": Preset(rounds=2, round_prompts=12, max_new_tokens=20, eval_prompts=32, eval_every=2,
-                    sizes=SplitSizes(proxy_train=600, gold_train=5000, classifier_test=1000)),
+    "quick": Preset(rounds=2, round_prompts=12, max_new_tokens=16, eval_prompts=24, eval_every=2,
+                    sizes=SplitSizes(proxy_train=600, gold_train=5000, classifier_test=500)),
     # what `make test` runs: the whole pipeline on a tiny random policy, in seconds
     "smoke": Preset(policy="tiny-random-llama", rounds=2, round_prompts=4, max_new_tokens=6, eval_prompts=6,
                     learning_rate=1e-3, pairs_per_step=2, bf16=False, sampling_dtype=None, sampling_batch=16, rloo_beta=0.0,
