@@ -63,7 +63,7 @@ def main() -> None:
     assert not eval_texts & {r["text"] for r in validation}, "validation prompts must not be evaluation prompts"
     val_file = sentiment.write_prompt_file(validation, out / "data" / "validation_prompts.jsonl")
     proxy_spec = demo.base_config()["reward"]
-    gold_spec = demo.base_config()["eval_reward"]
+    judge = load_reward_source(demo.base_config()["eval_reward"])  # gold: printed beside, never used to select
 
     chosen = list(VARIANTS) if not args.variants else [v.strip() for v in args.variants.split(",")]
     rows = []
@@ -78,7 +78,6 @@ def main() -> None:
         t0 = time.time()
         evaluation = run.run()[-1]
         round_dir = run.dir / "round-1"
-        judge = load_reward_source(gold_spec)
         samples = read_jsonl(round_dir / "eval_samples.jsonl")
         base = read_jsonl(run.dir / "baseline_samples.jsonl")
         g = judge.score([""] * len(samples), [s["completion"] for s in samples])

