@@ -158,6 +158,7 @@ class IterativeRun:
         self.on_step = on_step  # called as on_step(round, step_name, seconds) after each finished step
         self.dir = Path(config.output_dir)
         self._tokenizer = None
+        self._prompts: dict[bool, list] = {}
         self._reward = None
         self._eval_reward = None
 
@@ -226,12 +227,16 @@ class IterativeRun:
 
     # steps
     def prompts(self, evaluation: bool = False):
+        """The training (or held-out) prompts, read, validated and tokenised once per run."""
         from .data import load_prompts
 
-        c = self.config
-        source = c.eval_prompts if evaluation else c.prompts
-        limit = c.max_eval_prompts if evaluation else c.max_prompts
-        return load_prompts(source, self.tokenizer, max_prompt_length=c.max_prompt_length, limit=limit)
+        if evaluation not in self._prompts:
+            c = self.config
+            source = c.eval_prompts if evaluation else c.prompts
+            limit = c.max_eval_prompts if evaluation else c.max_prompts
+            self._prompts[evaluation] = load_prompts(source, self.tokenizer, max_prompt_length=c.max_prompt_length,
+                                                     limit=limit)
+        return self._prompts[evaluation]
 
     def round_prompt_list(self, k: int):
         """The prompts round k samples: all of them, or round k's slice of `round_prompts` (prompt ids stay the
