@@ -1,12 +1,33 @@
 #!/usr/bin/env bash
-# The train-step comparison on one GPU (H100/H200 class): a random ~1.2B Llama-3-style model with a 128k
-# vocabulary, 2,048-token sequences (1,024 prompt + 1,024 completion), bf16; sft, Pairwise Cringe (plain and
-# chunked), our DPO and TRL's DPOTrainer, side by side, one table. Expected to finish in under 8 minutes.
-#   bash bench/gpu.sh            (from the repository root, in an environment with the package and trl)
+# One GPU (H100/H200 class), about 5 minutes: (1) the chunked losses equal the plain ones at a real size on the GPU
+# (bench/cuda_parity.py); (2) the train-step comparison on a random ~1.5B Llama-3-style model with a 128k vocabulary,
+# 4 pairs x 2,048-token sequences (1,024 prompt + 1,024 completion), bf16 weights: sft, Pairwise Cringe (plain,
+# chunked, + gradient checkpointing, + optimizer in backward), our DPO and TRL's DPOTrainer, one table.
+#   bash bench/gpu.sh [extra train_step.py arguments]      (repository root; python with torch, transformers, trl)
+# RESULTS_DIR (default bench/results) receives the table, the raw numbers and any failed configuration's traceback.
+# With no network there, put wheels of what is missing (trl, datasets, dill, multiprocess, transformers) in WHEELS
+# (default .whl): they are installed into /tmp/site and put first on PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python}
+PY=${PY:-python3}
+RESULTS_DIR=${RESULTS_DIR:-bench/results}
+WHEELS=${WHEELS:-.whl}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  # A carried transformers that this image's other packages cannot import falls back to the image's own.
+  "$PY" -c "import transformers" 2>/dev/null || { echo "carried transformers does not import here; using the image's"; rm -rf /tmp/site/transformers*; }
+fi
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu.sh needs a CUDA GPU')"
-"$PY" -c "import trl" 2>/dev/null || "$PY" -m pip install -q "trl>=1.0"
-exec "$PY" bench/train_step.py --device cuda --models llama128k-1b --pairs 4 \
-  --prompt-tokens 1024 --completion-tokens 1024 --steps 5 --warmup 2 "$@"
+"$PY" -c "import torch, transformers, accelerate; print('torch', torch.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '|', torch.cuda.get_device_name())"
+"$PY" -c "import trl; print('trl', trl.__version__)" || echo "trl does not import: its rows will fail"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader || true
+mkdir -p "$RESULTS_DIR"
+"$PY" bench/cuda_parity.py 2>&1 | tee "$RESULTS_DIR/cuda_parity.txt"
+CONFIGS="pairwise_cringe,pairwise_cringe chunked,pairwise_cringe chunked bf16 grad ckpt"
+CONFIGS+=",pairwise_cringe chunked bf16 grad ckpt optim-in-bwd,dpo (ref copy),dpo (precomputed ref) chunked"
+CONFIGS+=",trl dpo (ref copy),trl dpo (precompute_ref_log_probs),trl dpo (ref copy; fp32; no grad ckpt)"
+exec "$PY" bench/train_step.py --device cuda --models llama128k-1b --pairs 4 --prompt-tokens 1024 \
+  --completion-tokens 1024 --steps 5 --warmup 2 --configs "$CONFIGS" --config-timeout 150 \
+  --results-dir "$RESULTS_DIR" --tag gpu "$@"

@@ -61,6 +61,8 @@ def synthetic_text(tokenizer, pairs: int, prompt_tokens: int, completion_tokens:
     rng = random.Random(seed)
     special = set(tokenizer.all_special_ids)
     vocab = [i for i in range(min(len(tokenizer), 30000)) if i not in special]
+    if len(tokenizer) < 1000:  # the byte tokenizer: bytes >= 128 alone decode to U+FFFD (3 bytes); keep ASCII
+        vocab = [i for i in vocab if tokenizer.encode(tokenizer.decode([i]), add_special_tokens=False) == [i]]
 
     def text(n):
         return tokenizer.decode([rng.choice(vocab) for _ in range(n)])
@@ -83,6 +85,9 @@ def random_llama(tokenizer, size: str):
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **dims)
     torch.manual_seed(0)
+    if torch.cuda.is_available() and size != "smoke":  # initialised on the GPU in bf16: seconds instead of a minute
+        with torch.device("cuda"):
+            return LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
     return LlamaForCausalLM(config)
 
 
@@ -169,8 +174,8 @@ def worker(spec: dict) -> dict:
             rows = [{"prompt": r["prompt"], "completion": c, "label": True} for r in rows for c in (r["chosen"], r["rejected"])]
         config = CringeConfig(output_dir="/tmp/cringe-bench", loss=loss,
                               per_device_train_batch_size=2 * pairs if loss == "sft" else pairs, max_steps=steps,
-                              max_prompt_length=None, max_completion_length=None, **COMMON, **_device_args(spec),
-                              **spec.get("extra", {}))
+                              max_prompt_length=None, max_completion_length=None,
+                              **{**COMMON, **_device_args(spec), **spec.get("extra", {})})
         trainer = CringeTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer,
                                 callbacks=[timer_callback(times)])
     trainer.train()
@@ -198,6 +203,14 @@ CONFIGS = {
     "pairwise_cringe chunked bf16": ("pairwise_cringe", {"bf16": True, **CHUNKED}),
     "pairwise_cringe chunked bf16 grad ckpt": ("pairwise_cringe", {"bf16": True, "gradient_checkpointing": True,
                                                                     **CHUNKED}),
+    # The optimiser step inside backward (cringe.optim_in_backward): no full set of gradients; no clipping.
+    "pairwise_cringe chunked bf16 grad ckpt optim-in-bwd": ("pairwise_cringe", {
+        "bf16": True, "gradient_checkpointing": True, "optimizer_in_backward": True, "max_grad_norm": 0, **CHUNKED}),
+    # Not AdamW: Adafactor's factored second moment and no first moment. A different optimiser (TRL's users can
+    # pick it too), shown for what the optimiser state costs.
+    "pairwise_cringe chunked bf16 grad ckpt optim-in-bwd adafactor": ("pairwise_cringe", {
+        "bf16": True, "gradient_checkpointing": True, "optimizer_in_backward": True, "max_grad_norm": 0,
+        "optim": "adafactor", **CHUNKED}),
     "dpo (ref copy)": ("dpo", PLAIN),
     "dpo (precomputed ref) chunked": ("dpo", {"precompute_ref_logps": True, **CHUNKED}),
     "trl dpo (ref copy)": ("trl", {}),
@@ -210,8 +223,14 @@ def run_config(model: str, name: str, loss: str, extra: dict, args) -> dict:
     spec = {"model": model, "loss": loss, "extra": extra, "pairs": args.pairs, "prompt_tokens": args.prompt_tokens,
             "completion_tokens": args.completion_tokens, "warmup": args.warmup, "steps": args.steps,
             "threads": args.threads, "device": args.device}
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    try:
+        out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                             timeout=args.config_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.config_timeout} s"}
     if out.returncode != 0:
+        if args.results_dir:  # keep the whole traceback where the table is written
+            (Path(args.results_dir) / f"error-{model}-{name.replace(' ', '_')}.txt").write_text(out.stderr)
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -230,6 +249,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tag", default="", help="suffix for the results file names (keeps other runs' files)")
+    parser.add_argument("--results-dir", default=str(RESULTS), help="where the table and raw numbers are written "
+                        "(after every configuration, so a run cut short keeps what it measured)")
+    parser.add_argument("--config-timeout", type=float, default=None, help="seconds one configuration may take")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: bf16 on the GPU; memory is torch.cuda.max_memory_allocated instead of RSS")
     args = parser.parse_args()
@@ -245,10 +267,13 @@ def main() -> None:
     header = (f"pairs={args.pairs}, prompt={args.prompt_tokens}, completion={args.completion_tokens} tokens (+EOS), "
               f"median of {args.steps} steps after {args.warmup} warm-up, {'fp32' if args.device == 'cpu' else 'bf16'}, {machine}")
     print(header, flush=True)
-    report = {"settings": vars(args), "machine": machine, "date": time.strftime("%Y-%m-%d"), "results": {}}
-    lines = [f"# train_step benchmark ({report['date']})", "", header, ""]
+    report = {"settings": vars(args), "header": header, "machine": machine, "date": time.strftime("%Y-%m-%d"),
+              "results": {}}
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stem = results_dir / f"train_step-{report['date']}{'-' + args.tag if args.tag else ''}"
     for model in args.models.split(","):
-        results = {}
+        results = report["results"].setdefault(model, {})
         names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
         if args.baseline not in names and args.baseline != "none":
             names.insert(0, args.baseline)  # the baseline every "x" column is taken against
@@ -256,12 +281,31 @@ def main() -> None:
             loss, extra = CONFIGS[name]
             results[name] = run_config(model, name, loss, extra, args)
             print(f"  {model:8s} {name:24s} {results[name]}", flush=True)
-        report["results"][model] = results
+            write_atomically(stem.with_suffix(".md"), render(report, args))
+            write_atomically(stem.with_suffix(".json"), json.dumps(report, indent=2))
+    print("\n" + render(report, args))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# The ratios the issue asks for: each Pairwise Cringe row against our DPO and TRL's DPOTrainer.
+OURS = ("pairwise_cringe", "pairwise_cringe chunked", "pairwise_cringe chunked bf16 grad ckpt",
+        "pairwise_cringe chunked bf16 grad ckpt optim-in-bwd")
+THEIRS = ("dpo (ref copy)", "trl dpo (ref copy)", "trl dpo (ref copy; fp32; no grad ckpt)")
+
+
+def render(report: dict, args) -> str:
+    lines = [f"# train_step benchmark ({report['date']})", "", report["header"], ""]
+    mem = "peak RSS GB" if args.device == "cpu" else "peak GPU memory GiB"
+    x = f"x {args.baseline}"
+    for model, results in report["results"].items():
         base = results.get(args.baseline)
         if base is None or "error" in base:  # --baseline none (or it failed): no ratio columns
             base = {"seconds_per_step": float("nan"), "peak_rss_gb": float("nan"), "peak_above_loaded_gb": float("nan")}
-        mem = "peak RSS GB" if args.device == "cpu" else "peak GPU memory GiB"
-        x = f"x {args.baseline}"
         lines += [f"## {model}", "", f"| configuration | s/step | {x} | {mem} | {x} | peak above loaded policy GB | {x} |",
                   "|---|---|---|---|---|---|---|"]
         for name, r in results.items():
@@ -272,20 +316,14 @@ def main() -> None:
                          f"| {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / base['peak_rss_gb']:.2f} "
                          f"| {r['peak_above_loaded_gb']:.2f} | {r['peak_above_loaded_gb'] / base['peak_above_loaded_gb']:.2f} |")
         lines.append("")
-        for name in ("pairwise_cringe", "pairwise_cringe chunked", "pairwise_cringe chunked bf16 grad ckpt"):
-            for other in ("dpo (ref copy)", "trl dpo (ref copy)"):
+        for name in OURS:
+            for other in THEIRS:
                 r, o = results.get(name, {}), results.get(other, {})
                 if r and o and "error" not in r and "error" not in o:
                     lines.append(f"- {name} / {other}: time {r['seconds_per_step'] / o['seconds_per_step']:.2f}x, "
-                                 f"peak RSS {r['peak_rss_gb'] / o['peak_rss_gb']:.2f}x")
+                                 f"peak memory {r['peak_rss_gb'] / o['peak_rss_gb']:.2f}x")
         lines.append("")
-    table = "\n".join(lines)
-    print("\n" + table)
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"train_step-{report['date']}{'-' + args.tag if args.tag else ''}"
-    stem.with_suffix(".md").write_text(table)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
-
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

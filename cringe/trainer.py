@@ -72,6 +72,11 @@ class CringeConfig(TrainingArguments):
     precompute_ref_logps: bool = field(
         default=False, metadata={"help": "DPO family: one pass of the reference before training, then no reference model in memory"}
     )
+    optimizer_in_backward: bool = field(
+        default=False, metadata={"help": "step each parameter inside backward as soon as its gradient exists and free "
+                                         "it (cringe.optim_in_backward): no full set of gradients in memory. Needs "
+                                         "max_grad_norm=0, gradient_accumulation_steps=1 and one process"}
+    )
     on_invalid: str = field(default="error", metadata={"help": "bad data rows: 'error' stops, 'skip' drops and counts"})
     logging_steps: float = field(default=10, metadata={"help": "log every N optimiser steps"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: rows carry token ids"})
@@ -94,7 +99,24 @@ class CringeConfig(TrainingArguments):
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.padding_free and self.chunked_loss is False:
             raise ValueError("padding_free needs chunked_loss: the packed batch is scored token by token")
+        if self.optimizer_in_backward:
+            _check_optimizer_in_backward(self)
         super().__post_init__()
+
+
+def _check_optimizer_in_backward(args) -> None:
+    # Each of these needs every gradient at once, which optimizer_in_backward never has.
+    if args.max_grad_norm:
+        raise ValueError(f"optimizer_in_backward cannot clip the global gradient norm (each parameter is stepped "
+                         f"before the others' gradients exist): set max_grad_norm=0 (got {args.max_grad_norm})")
+    if args.gradient_accumulation_steps != 1:
+        raise ValueError(f"optimizer_in_backward steps on every backward pass, so it cannot accumulate gradients: "
+                         f"set gradient_accumulation_steps=1 (got {args.gradient_accumulation_steps})")
+    if args.fp16:
+        raise ValueError("optimizer_in_backward does not work with fp16 loss scaling (the gradients would be "
+                         "applied before they are unscaled): use bf16")
+    if args.deepspeed or args.fsdp:
+        raise ValueError("optimizer_in_backward does not work with DeepSpeed or FSDP, which own the optimiser step")
 
 
 def _causal_lm(model):
@@ -176,10 +198,27 @@ class CringeTrainer(Trainer):
         self.use_chunked = not unsupported if args.chunked_loss is None else args.chunked_loss
         if args.padding_free and not self.use_chunked:
             raise ValueError(f"padding_free needs the chunked loss, which this model cannot use: {unsupported}")
+        if args.optimizer_in_backward and args.world_size > 1:
+            raise ValueError("optimizer_in_backward needs a single process: DDP averages gradients after backward, "
+                             "after this optimiser has already applied them")
         self._micro = (-1, 0)  # (global_step, micro-batch index within it): seeds the Cringe sampling
         self.ref_model = None
         if args.loss in DPO_LOSSES:
             self._setup_reference(ref_model)
+
+    def create_optimizer(self, model=None):
+        if not self.args.optimizer_in_backward or self.optimizer is not None:
+            return super().create_optimizer(model)
+        from .optim_in_backward import OptimizerInBackward
+
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in trainable if n in decay], "weight_decay": self.args.weight_decay},
+                  {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0}]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = OptimizerInBackward([g for g in groups if g["params"]], optimizer_cls, **optimizer_kwargs)
+        return self.optimizer
 
     # ----- reference log-probs (DPO family) ------------------------------------------------------------------
 
