@@ -3,9 +3,10 @@ same on the CPU at toy sizes).
 
     python bench/cuda_parity.py [--pairs 4] [--tokens 512] [--hidden 2048] [--vocab 128256]
 
-fp32 with TF32 off: every objective's value and its gradients (hidden states, head weight) through
-`cringe.chunked` against `cringe.losses` on the full logits, as relative errors ||chunked - plain|| / ||plain||;
-sampled positives (k=3) come from the same uniforms on both paths. Exits non-zero above --tolerance.
+Every objective's value and its gradients (hidden states, head weight) through `cringe.chunked` in fp32 (TF32 off)
+and through `cringe.losses` on the full logits in fp32, each against the plain path in float64, as relative errors
+||x - x64|| / ||x64||; sampled positives (k=3) come from the same uniforms on every path. Exits non-zero where the
+chunked path is further from float64 than 2x the plain fp32 path (+ --tolerance).
 """
 
 from __future__ import annotations
@@ -24,14 +25,21 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare(plain_fn, chunked_fn, hidden, weight) -> dict:
-    results = []
-    for fn in (plain_fn, chunked_fn):
-        h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    """Each fp32 path against the plain path in float64: the chunked path passes when its error is no larger than
+    the plain fp32 path's own (within a factor of 2), i.e. chunking adds no error beyond fp32 rounding. Sums over
+    thousands of tokens of log-probs near -10 leave the plain fp32 path itself ~1e-5 off in places."""
+    results = {}
+    for name, fn, dtype in (("reference", plain_fn, torch.float64), ("plain", plain_fn, torch.float32),
+                            ("chunked", chunked_fn, torch.float32)):
+        h = hidden.detach().to(dtype).requires_grad_()
+        w = weight.detach().to(dtype).requires_grad_()
         loss = fn(h, w)
         loss.backward()
-        results.append((loss.detach(), h.grad, w.grad))
-    (lp, hp, wp), (lc, hc, wc) = results
-    return {"loss": rel(lc, lp), "grad_hidden": rel(hc, hp), "grad_weight": rel(wc, wp)}
+        results[name] = (loss.detach(), h.grad, w.grad)
+    out = {}
+    for i, part in enumerate(("loss", "grad_hidden", "grad_weight")):
+        out[part] = {path: rel(results[path][i], results["reference"][i]) for path in ("plain", "chunked")}
+    return out
 
 
 def main() -> None:
@@ -41,7 +49,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--chunk-size", type=int, default=1024)
-    parser.add_argument("--tolerance", type=float, default=1e-5)
+    parser.add_argument("--tolerance", type=float, default=1e-6, help="absolute slack on top of 2x the plain error")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -88,17 +96,19 @@ def main() -> None:
                                  chunk_size=args.chunk_size)[0]
 
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    print(f"{name}: {2 * b} sequences x {t} tokens, hidden {args.hidden}, vocabulary "
-          f"{args.vocab}, fp32 (TF32 off), chunk {args.chunk_size}; relative error chunked vs plain")
-    worst = 0.0
-    for name, plain, chunked in (("pairwise_cringe", plain_pc, chunked_pc), ("sft", plain_sft, chunked_sft),
-                                 ("dpo", plain_dpo, chunked_dpo)):
+    print(f"{name}: {2 * b} sequences x {t} tokens, hidden {args.hidden}, vocabulary {args.vocab}, chunk "
+          f"{args.chunk_size}; relative error of each fp32 path (TF32 off) against the plain path in float64")
+    failed = []
+    for loss_name, plain, chunked in (("pairwise_cringe", plain_pc, chunked_pc), ("sft", plain_sft, chunked_sft),
+                                      ("dpo", plain_dpo, chunked_dpo)):
         errors = compare(plain, chunked, hidden, weight)
-        worst = max(worst, *errors.values())
-        print(f"  {name:16s} " + "  ".join(f"{k} {v:.2e}" for k, v in errors.items()), flush=True)
-    print(f"worst {worst:.2e} (tolerance {args.tolerance:.0e}): {'PASS' if worst <= args.tolerance else 'FAIL'}")
-    sys.exit(0 if worst <= args.tolerance else 1)
-
+        print(f"  {loss_name:16s} " + "  ".join(f"{part}: plain {e['plain']:.1e} chunked {e['chunked']:.1e}"
+                                                   for part, e in errors.items()), flush=True)
+        failed += [f"{loss_name} {part}" for part, e in errors.items()
+                   if e["chunked"] > 2 * e["plain"] + args.tolerance]
+    print("PASS: chunked within 2x the plain fp32 error (+ %.0e)" % args.tolerance if not failed
+          else f"FAIL: {', '.join(failed)}")
+    sys.exit(1 if failed else 0)
 
 if __name__ == "__main__":
     main()

@@ -197,6 +197,7 @@ PLAIN = {"chunked_loss": False}  # explicit: the chunked loss is the trainer's d
 CONFIGS = {
     "sft": ("sft", PLAIN),
     "sft chunked": ("sft", CHUNKED),
+    "sft grad ckpt": ("sft", {"gradient_checkpointing": True, **PLAIN}),  # the floor for the grad ckpt rows
     "pairwise_cringe": ("pairwise_cringe", PLAIN),
     "pairwise_cringe chunked": ("pairwise_cringe", CHUNKED),
     "pairwise_cringe chunked padding-free": ("pairwise_cringe", {"padding_free": True, **CHUNKED}),

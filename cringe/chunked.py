@@ -179,6 +179,16 @@ def _fused(hidden, weight, bias, targets, a, c=None, uniforms=None, k=1, detach_
     return total, logps
 
 
+def sequence_sums(values: torch.Tensor, seq_index: torch.Tensor, num_sequences: int) -> torch.Tensor:
+    """Per-sequence sums of per-token values: values [N], seq_index [N] -> [num_sequences] float32.
+
+    Accumulated in float64: on a GPU index_add_ adds with atomics in no fixed order, and a sequence log-prob of
+    thousands of tokens (~ -10 each) summed so in fp32 was 20x further from the float64 value than the plain
+    path's tree reduction, enough to move DPO's gradients by 6e-5 (bench/cuda_parity.py on an H200)."""
+    total = torch.zeros(num_sequences, device=values.device, dtype=torch.float64)
+    return total.index_add_(0, seq_index, values.double()).float()
+
+
 def _norm(num_items, fallback: int, device) -> torch.Tensor:
     return L._normaliser(num_items, torch.tensor(float(fallback), device=device))
 
@@ -227,19 +237,17 @@ def pairwise_cringe_loss(hidden, weight, bias, targets, seq_index, num_pairs, *,
     h_c, y_c, h_r, y_r = hidden[cho_idx], targets[cho_idx], hidden[rej_idx], targets[rej_idx]
     u_r = uniforms.to(torch.float32)
 
-    def seq_sum(values, idx, length):
-        return torch.zeros(length, device=device, dtype=torch.float32).index_add_(0, idx, values.float())
-
     # One no-graph pass over the rejected tokens gives everything the gate and the sparse Cringe gradient need.
     rejected_tok_lp, (j_r, cr, sig) = head_pass(h_r, weight, bias, y_r, k=k, uniforms=u_r, chunk_size=chunk_size)
-    cr_sums = seq_sum(cr, pair[rej_idx], B)
+    cr_sums = sequence_sums(cr, pair[rej_idx], B)
     if detach_gate:
         # Chosen tokens: cross-entropy with fixed weights; their log-probs come out of the same fused pass.
         ce_total, chosen_tok_lp = _fused(h_c, weight, bias, y_c, torch.ones_like(y_c, dtype=torch.float32) / n,
                                          chunk_size=chunk_size)
     else:
         chosen_tok_lp, _ = head_pass(h_c, weight, bias, y_c, chunk_size=chunk_size)
-    chosen_lp, rejected_lp = seq_sum(chosen_tok_lp, pair[cho_idx], B), seq_sum(rejected_tok_lp, pair[rej_idx], B)
+    chosen_lp = sequence_sums(chosen_tok_lp, pair[cho_idx], B)
+    rejected_lp = sequence_sums(rejected_tok_lp, pair[rej_idx], B)
     delta = L.pairwise_delta(chosen_lp, rejected_lp, chosen_n, rejected_n, margin_on)
     gate = L.soft_margin_gate(delta, margin, temperature)
 
@@ -276,7 +284,7 @@ def dpo_family_loss(hidden, weight, bias, targets, seq_index, num_pairs, ref_log
     tok_lp, _ = head_pass(hidden, weight, bias, targets, chunk_size=chunk_size)
     counts = torch.bincount(seq_index, minlength=2 * B).clamp_min(1)
     scale = 1.0 / counts if length_average else torch.ones(2 * B, device=device)
-    policy = (torch.zeros(2 * B, device=device).index_add_(0, seq_index, tok_lp) * scale).requires_grad_()
+    policy = (sequence_sums(tok_lp, seq_index, 2 * B) * scale).requires_grad_()
     with torch.enable_grad():
         losses, chosen_r, rejected_r = L.dpo_loss(policy[:B], policy[B:], ref_logps[:B], ref_logps[B:], beta, loss_type)
         (d_policy,) = torch.autograd.grad(losses.sum() / n, policy)

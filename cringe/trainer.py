@@ -309,7 +309,7 @@ class CringeTrainer(Trainer):
             hidden, targets, seq_index, weight, bias = self._forward_hidden(model, batch)
             tok, _ = C.head_pass(hidden, weight, bias, targets, chunk_size=self.args.chunk_size)
             n_seq = int(batch["num_sequences"])
-            total = torch.zeros(n_seq, device=tok.device).index_add_(0, seq_index, tok)
+            total = C.sequence_sums(tok, seq_index, n_seq)
             count = torch.bincount(seq_index, minlength=n_seq)
         else:
             logits, labels = self._forward(model, batch)

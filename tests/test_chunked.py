@@ -167,3 +167,12 @@ def test_bf16_hidden_states_match_fp32_closely():
     half, _ = C.pairwise_cringe_loss(x.bfloat16(), weight.bfloat16(), bias.bfloat16(), y, seq, b, k=1, uniforms=u)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, full, atol=0.05, rtol=0.02)
+
+
+def test_sequence_sums_accumulate_in_float64():
+    # 40,000 log-probs near -5 in one sequence: an fp32 running sum drifts; float64 then one rounding does not.
+    values = -torch.rand(40_000, generator=torch.Generator().manual_seed(0)) * 10
+    seq_index = torch.zeros(40_000, dtype=torch.long)
+    exact = values.double().sum().float()
+    assert torch.zeros(1).index_add_(0, seq_index, values)[0] != exact  # the naive sum this replaces
+    assert C.sequence_sums(values, seq_index, 1)[0] == exact
