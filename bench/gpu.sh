@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU (H100/H200 class), about 5 minutes: (1) the chunked losses equal the plain ones at a real size on the GPU
-# (bench/cuda_parity.py); (2) the train-step comparison on a random ~1.5B Llama-3-style model with a 128k vocabulary,
+# (bench/cuda_parity.py); (2) the train-step comparison on a random 1.5B Llama-3-style model with a 128k vocabulary,
 # 4 pairs x 2,048-token sequences (1,024 prompt + 1,024 completion), bf16 weights: sft, Pairwise Cringe (plain,
 # chunked, + gradient checkpointing, + optimizer in backward), our DPO and TRL's DPOTrainer, one table.
 #   bash bench/gpu.sh [extra train_step.py arguments]      (repository root; python with torch, transformers, trl)

@@ -4,8 +4,10 @@
                                [--prompt-tokens 64] [--completion-tokens 64] [--steps 5] [--warmup 1]
 
 Each configuration runs in a fresh subprocess so that its peak resident memory (VmHWM, reset after the policy
-is loaded, so it counts the reference model, the optimiser state and the step itself) is its own. Time is the
-median over `--steps` optimiser steps after `--warmup` steps. Every configuration sees the same text: `pairs`
+is loaded, so it counts the reference model, the optimiser state and every step, warm-up included) is its own;
+on a GPU, torch.cuda.max_memory_allocated likewise. Time is the median over `--steps` optimiser steps after
+`--warmup` steps. Measure memory over at least two steps: the first one allocates the optimiser state, so a
+one-step peak flatters whichever configuration holds gradients and Adam's moments at the same time. Every configuration sees the same text: `pairs`
 prompts with a chosen and a rejected completion each, made of random vocabulary tokens (so the lengths are
 exact for our tokenisation; TRL tokenises the same text its own way, within a token or two):
   * sft                    cross-entropy on all 2 x pairs completions: one forward+backward over the same
@@ -14,12 +16,14 @@ exact for our tokenisation; TRL tokenises the same text its own way, within a to
   * dpo (ref copy)         our DPO with a frozen reference copy in memory (a second forward per step)
   * dpo (precomputed ref)  our DPO, reference log-probs computed once before training (not timed per step)
   * ... chunked            the same loss with `chunked_loss=True` (LM head fused, chunked over tokens)
+  * ... bf16 grad ckpt     bf16 autocast and gradient checkpointing (TRL's DPOConfig defaults)
+  * ... optim-in-bwd       `optimizer_in_backward=True` (each parameter stepped in backward; no clipping)
   * trl dpo (...)          TRL's DPOTrainer (trl installed: `pip install -e .[bench]`), default reference
                            handling and with precompute_ref_log_probs. Note TRL's DPOConfig defaults to
                            gradient_checkpointing=True and bf16=True (autocast, also on the CPU), which our rows
                            do not use; "fp32; no grad ckpt" turns both off for a like-for-like row
 Models: tiny (random 4-layer Llama), smollm2 (SmolLM2-135M-Instruct, 49k vocabulary), gemma3 (Gemma-3-270M,
-262k vocabulary), llama128k-1b (random ~1.2B Llama-3-style, 128k vocabulary; GPU), llama128k-smoke (the same
+262k vocabulary), llama128k-1b (random 1.5B Llama-3-style, 128k vocabulary, untied head; GPU: bench/gpu.sh), llama128k-smoke (the same
 shape of model, tiny, to check the path on a CPU); fp32 on the CPU, bf16 with --device cuda. Prints a markdown table and writes it, with the raw numbers, under
 bench/results/.
 """
@@ -205,6 +209,8 @@ CONFIGS = {
     "pairwise_cringe chunked bf16 grad ckpt": ("pairwise_cringe", {"bf16": True, "gradient_checkpointing": True,
                                                                     **CHUNKED}),
     # The optimiser step inside backward (cringe.optim_in_backward): no full set of gradients; no clipping.
+    "pairwise_cringe chunked optim-in-bwd": ("pairwise_cringe", {"optimizer_in_backward": True, "max_grad_norm": 0,
+                                                                 **CHUNKED}),
     "pairwise_cringe chunked bf16 grad ckpt optim-in-bwd": ("pairwise_cringe", {
         "bf16": True, "gradient_checkpointing": True, "optimizer_in_backward": True, "max_grad_norm": 0, **CHUNKED}),
     # Not AdamW: Adafactor's factored second moment and no first moment. A different optimiser (TRL's users can

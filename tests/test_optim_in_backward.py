@@ -25,10 +25,12 @@ def train(tmp_path, tokenizer, in_backward, **kw):
 
 @pytest.mark.parametrize("loss, optim, chunked", [
     ("pairwise_cringe", "adamw_torch", True), ("pairwise_cringe", "adamw_torch", False),
-    ("dpo", "adamw_torch", True), ("sft", "adafactor", True),
+    ("dpo", "adamw_torch", True), ("sft", "adafactor", True), ("pairwise_cringe", "adamw_torch", "checkpointing"),
 ])
 def test_optimizer_in_backward_trains_exactly_like_the_ordinary_step(tmp_path, tokenizer, loss, optim, chunked):
-    kw = dict(loss=loss, optim=optim, chunked_loss=chunked, k=3, margin=100.0)
+    # "checkpointing": layers are recomputed inside backward, after later layers were already stepped
+    kw = dict(loss=loss, optim=optim, chunked_loss=bool(chunked), k=3, margin=100.0,
+              gradient_checkpointing=chunked == "checkpointing")
     ordinary, _ = train(tmp_path / "a", tokenizer, False, **kw)
     in_backward, trainer = train(tmp_path / "b", tokenizer, True, **kw)
     assert not torch.allclose(params(ordinary), params(build_tiny_model(tokenizer)))
