@@ -1,8 +1,10 @@
 """The optimiser step inside the backward pass: each parameter is updated, and its gradient freed, as soon as
 autograd has accumulated it, so the full set of gradients never exists at once (torchtune's `optimizer_in_bwd`).
 
-For a full fine-tune with AdamW this removes one parameter-sized buffer from the peak (the gradients): with
-Gemma-3-270M, 1.07 GB of fp32 gradients. It costs three things, which `CringeConfig` refuses rather than
+For a full fine-tune with AdamW this can remove one parameter-sized buffer (the gradients) from the peak, where
+the peak is the optimiser step. Measured so far it is not: with the fused head (cringe.chunked) the peak is in the
+forward pass, before any gradient exists, and this saved 0-3% on an H200 and raised RSS on a CPU (README,
+Performance). It costs three things, which `CringeConfig` refuses rather than
 silently changes: no global gradient-norm clipping (a parameter is stepped before the others' gradients exist),
 no gradient accumulation (every micro-batch would step), and no data parallelism (DDP all-reduces gradients after
 they are accumulated, i.e. after this step has used them).

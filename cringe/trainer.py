@@ -73,9 +73,10 @@ class CringeConfig(TrainingArguments):
         default=False, metadata={"help": "DPO family: one pass of the reference before training, then no reference model in memory"}
     )
     optimizer_in_backward: bool = field(
-        default=False, metadata={"help": "step each parameter inside backward as soon as its gradient exists and free "
-                                         "it (cringe.optim_in_backward): no full set of gradients in memory. Needs "
-                                         "max_grad_norm=0, gradient_accumulation_steps=1 and one process"}
+        default=False, metadata={"help": "experimental: step each parameter inside backward as soon as its gradient "
+                                         "exists and free it (cringe.optim_in_backward). Needs max_grad_norm=0, "
+                                         "gradient_accumulation_steps=1 and one process. Lowered no peak measured so "
+                                         "far (README, Performance)"}
     )
     on_invalid: str = field(default="error", metadata={"help": "bad data rows: 'error' stops, 'skip' drops and counts"})
     logging_steps: float = field(default=10, metadata={"help": "log every N optimiser steps"})
