@@ -208,6 +208,8 @@ CONFIGS = {
     "pairwise_cringe chunked bf16": ("pairwise_cringe", {"bf16": True, **CHUNKED}),
     "pairwise_cringe chunked bf16 grad ckpt": ("pairwise_cringe", {"bf16": True, "gradient_checkpointing": True,
                                                                     **CHUNKED}),
+    "pairwise_cringe chunked bf16 grad ckpt chunk 256": ("pairwise_cringe", {
+        "bf16": True, "gradient_checkpointing": True, "chunk_size": 256, **CHUNKED}),
     # The optimiser step inside backward (cringe.optim_in_backward): no full set of gradients; no clipping.
     "pairwise_cringe chunked optim-in-bwd": ("pairwise_cringe", {"optimizer_in_backward": True, "max_grad_norm": 0,
                                                                  **CHUNKED}),
