@@ -21,21 +21,24 @@ import torch
 
 
 class OptimizerInBackward(torch.optim.Optimizer):
-    """One `optimizer_cls` per trainable parameter, stepped by a post-accumulate-grad hook.
+    """Takes over an ordinary optimiser, built but never stepped: one optimiser of its class per trainable
+    parameter, with that parameter's group settings, stepped by a post-accumulate-grad hook.
 
-    To `Trainer`, accelerate and the LR scheduler it is an ordinary optimiser: `param_groups` are the real groups
-    (weight decay per group, the `lr` the scheduler writes), `step()` and `zero_grad()` do nothing because the work
-    is done in backward, and `state_dict()` / `load_state_dict()` carry every per-parameter state.
+    To `Trainer`, accelerate and the LR scheduler it is an ordinary optimiser: `param_groups` are the original
+    groups (weight decay per group, the `lr` the scheduler writes), `step()` and `zero_grad()` do nothing because the
+    work is done in backward, and `state_dict()` / `load_state_dict()` carry every per-parameter state.
     """
 
-    def __init__(self, param_groups: list[dict], optimizer_cls: type[torch.optim.Optimizer], **defaults):
-        super().__init__(param_groups, defaults)
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        super().__init__([dict(group) for group in optimizer.param_groups], optimizer.defaults)
         self._inner: dict[torch.Tensor, tuple[torch.optim.Optimizer, dict]] = {}
         self._handles = []
         for group in self.param_groups:
             settings = {key: value for key, value in group.items() if key != "params"}
             for param in group["params"]:
-                self._inner[param] = (optimizer_cls([param], **settings), group)
+                inner = type(optimizer)([param])
+                inner.param_groups[0].update(settings)  # the group's own keys, whatever the constructor calls them
+                self._inner[param] = (inner, group)
                 self._handles.append(param.register_post_accumulate_grad_hook(self._step_parameter))
 
     def _step_parameter(self, param: torch.Tensor) -> None:

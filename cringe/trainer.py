@@ -212,13 +212,8 @@ class CringeTrainer(Trainer):
             return super().create_optimizer(model)
         from .optim_in_backward import OptimizerInBackward
 
-        model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(model))
-        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-        groups = [{"params": [p for n, p in trainable if n in decay], "weight_decay": self.args.weight_decay},
-                  {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0}]
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        self.optimizer = OptimizerInBackward([g for g in groups if g["params"]], optimizer_cls, **optimizer_kwargs)
+        # Trainer builds the groups (weight decay, the optim choice, optimizer_cls_and_kwargs); we take them over.
+        self.optimizer = OptimizerInBackward(super().create_optimizer(model))
         return self.optimizer
 
     # ----- reference log-probs (DPO family) ------------------------------------------------------------------
