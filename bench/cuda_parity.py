@@ -110,5 +110,6 @@ def main() -> None:
           else f"FAIL: {', '.join(failed)}")
     sys.exit(1 if failed else 0)
 
+
 if __name__ == "__main__":
     main()

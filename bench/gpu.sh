@@ -4,7 +4,8 @@
 # 4 pairs x 2,048-token sequences (1,024 prompt + 1,024 completion), bf16 weights: sft, Pairwise Cringe (plain,
 # chunked, + gradient checkpointing, + optimizer in backward), our DPO and TRL's DPOTrainer, one table.
 #   bash bench/gpu.sh [extra train_step.py arguments]      (repository root; python with torch, transformers, trl)
-# CONFIGS (comma-separated train_step.py names) picks the rows; RESULTS_DIR (default bench/results) receives the table, the raw numbers and any failed configuration's traceback.
+# CONFIGS (comma-separated train_step.py names) picks the rows; RESULTS_DIR (default bench/results) receives the
+# table, the raw numbers and any failed configuration's traceback.
 # With no network there, put wheels of what is missing (trl, datasets, dill, multiprocess, transformers) in WHEELS
 # (default .whl): they are installed into /tmp/site and put first on PYTHONPATH.
 set -euo pipefail

@@ -238,8 +238,8 @@ def run_config(model: str, name: str, loss: str, extra: dict, args) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.config_timeout} s"}
     if out.returncode != 0:
-        if args.results_dir:  # keep the whole traceback where the table is written
-            (Path(args.results_dir) / f"error-{model}-{name.replace(' ', '_')}.txt").write_text(out.stderr)
+        # keep the whole traceback where the table is written
+        (Path(args.results_dir) / f"error-{model}-{name.replace(' ', '_')}.txt").write_text(out.stderr)
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -333,6 +333,7 @@ def render(report: dict, args) -> str:
                                  f"peak memory {r['peak_rss_gb'] / o['peak_rss_gb']:.2f}x")
         lines.append("")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()
