@@ -10,7 +10,6 @@ and how far bf16 sequence log-probs are from fp32 ones.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,23 +23,22 @@ def main() -> None:
     parser.add_argument("--round", type=int, default=1)
     args = parser.parse_args()
 
-    from cringe.evaluate import sequence_logprobs
-    from cringe.loop import read_jsonl
+    from cringe import rundir
     from cringe.models import load_model, load_tokenizer
+    from cringe.stages import completion_logprobs
 
-    run = Path(args.run)
-    config = json.loads((run / "state.json").read_text())["config"]
+    run = rundir.RunDir(args.run)
+    config = run.config()
     tokenizer = load_tokenizer(config["model"])
-    rows = [{"prompt_ids": s["prompt_ids"], "completion_ids": [s["completion_ids"]]}
-            for s in read_jsonl(run / f"round-{args.round}" / "eval_samples.jsonl")]
+    samples = run.samples(run.file(args.round, rundir.EVAL_SAMPLES))
     logps, seconds = {}, {}
     for dtype in ("float32", "bfloat16"):
-        for who, path in (("policy", str(run / f"round-{args.round}" / "model")), ("start", config["model"])):
+        for who, path in (("policy", str(run.model(args.round))), ("start", config["model"])):
             model = load_model(path, tokenizer, dtype)
             t0 = time.time()
-            logps[dtype, who] = sequence_logprobs(model, rows, tokenizer.pad_token_id)
+            logps[dtype, who] = completion_logprobs(model, samples, tokenizer.pad_token_id)
             seconds[dtype, who] = time.time() - t0
-    print(f"{len(rows)} samples from {run}/round-{args.round}")
+    print(f"{len(samples)} samples from {run.round(args.round)}")
     for dtype in ("float32", "bfloat16"):
         kl = [p - s for p, s in zip(logps[dtype, "policy"], logps[dtype, "start"])]
         print(f"{dtype}: KL {sum(kl) / len(kl):.3f} nats, passes {seconds[dtype, 'policy']:.1f} s + "

@@ -45,8 +45,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from cringe.demo import PRESETS, Demo, machine_description
-    from cringe.evaluate import format_table, mean_with_ci, win_rate
-    from cringe.loop import IterativeRun, read_jsonl
+    from cringe import rundir
+    from cringe.evaluate import compare, format_table
+    from cringe.loop import IterativeRun
     from cringe.rewards import load_reward_source
     from cringe.testbeds import sentiment
 
@@ -76,20 +77,19 @@ def main() -> None:
         run = IterativeRun(config)
         demo.seed_from_m0(run, m0, baseline=False)  # M0 is sampled on the validation prompts instead
         t0 = time.time()
-        evaluation = run.run()[-1]
-        round_dir = run.dir / "round-1"
-        samples = read_jsonl(round_dir / "eval_samples.jsonl")
-        base = read_jsonl(run.dir / "baseline_samples.jsonl")
-        g = judge.score([""] * len(samples), [s["completion"] for s in samples])
-        g0 = judge.score([""] * len(base), [s["completion"] for s in base])
-        log = json.loads((round_dir / "model" / "train_log.json").read_text())
+        evaluation = run.run()[-1]  # proxy-scored: the selection criterion
+        d = run.run_dir
+        samples, base = d.samples(d.file(1, rundir.EVAL_SAMPLES)), d.samples(d.baseline_samples)
+        gold = compare(samples, judge.score([""] * len(samples), [s.completion for s in samples]),
+                       base, judge.score([""] * len(base), [s.completion for s in base]))
+        log = json.loads((d.model(1) / "train_log.json").read_text())
         gates = [h["gate"] for h in log if "gate" in h]
+        w = evaluation["win_rate"]
         rows.append({
             "variant": name, **settings,
-            "proxy_win": evaluation["win_rate_vs_initial"]["win_rate"],
-            "proxy_ci": f"{evaluation['win_rate_vs_initial']['ci_low']:.3f}..{evaluation['win_rate_vs_initial']['ci_high']:.3f}",
-            "gold_win": win_rate(g, g0)["win_rate"], "gold_reward": mean_with_ci(g)["mean"],
-            "kl": evaluation["kl_to_initial"]["mean"], "length": evaluation["length_tokens"],
+            "proxy_win": w["win_rate"], "proxy_ci": f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
+            "gold_win": gold["win_rate"]["win_rate"], "gold_reward": gold["reward"]["mean"],
+            "kl": evaluation["kl"]["mean"], "length": evaluation["text"]["length_tokens"],
             "gate_first": gates[0] if gates else float("nan"), "gate_last": gates[-1] if gates else float("nan"),
             "seconds": round(time.time() - t0),
         })

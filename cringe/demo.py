@@ -1,4 +1,4 @@
-"""`cringe demo`: the paper's comparison reproduced offline on a CPU (DESIGN §4).
+"""`cringe demo`: the paper's comparison reproduced offline on a CPU (docs/design.md, "The embedded default").
 
 The policy (SmolLM2-135M-Instruct) continues the opening words of movie reviews; the goal is a positive
 continuation. Every method starts from the same policy (the "SFT" row) and gets the same budget of labelled
@@ -16,9 +16,7 @@ again resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 import platform
 import shutil
@@ -27,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import rundir
+from .rundir import RunDir
 from .testbeds.sentiment import SplitSizes
 
 logger = logging.getLogger("cringe.demo")
@@ -180,13 +180,14 @@ class Demo:
         p = self.preset
         run = IterativeRun(IterateConfig(**self.base_config(), output_dir=str(self.out / "m0"), rounds=1))
         run.check_state()
-        samples_path, scores_path = run.dir / "samples.jsonl", run.dir / "scores.jsonl"
+        # M0's training samples live at the top of m0/ (not in a round): every method's round 1 copies them.
+        samples_path, scores_path = run.dir / rundir.SAMPLES, run.dir / rundir.SCORES
         t0 = time.time()
         prompts = run.prompts()
         if not samples_path.exists():
             run.sample(0, prompts, samples_path)
         if not scores_path.exists():
-            run.score(prompts, run._samples(run.dir), scores_path)
+            run.score(prompts, run.run_dir.samples(samples_path), scores_path)
         self.progress.finish("M0 samples", time.time() - t0,
                              note=f"{p.samples_per_prompt} x {p.rounds * p.round_prompts} training prompts, proxy-labelled")
         t0 = time.time()
@@ -209,21 +210,23 @@ class Demo:
     def copy_baseline(self, run) -> None:
         """M0's held-out samples and gold scores: sampled once, every method is compared with them."""
         run.dir.mkdir(parents=True, exist_ok=True)
-        for name in ("baseline_samples.jsonl", "baseline_scores.jsonl"):
-            if not (run.dir / name).exists():
-                shutil.copyfile(self.out / "m0" / name, run.dir / name)
+        m0 = RunDir(self.out / "m0")
+        for source, target in ((m0.baseline_samples, run.run_dir.baseline_samples),
+                               (m0.baseline_scores, run.run_dir.baseline_scores)):
+            if not target.exists():
+                shutil.copyfile(source, target)
 
     def seed_from_m0(self, run, m0, baseline: bool = True) -> None:
         """Round 1 of every method labels the same M0 samples (fair, and sampled once): copy them in, and M0's
         held-out samples unless the run evaluates on other prompts (baseline=False)."""
-        from .loop import read_jsonl, write_jsonl
+        from .files import read_jsonl, write_jsonl
 
         if baseline:
             self.copy_baseline(run)
-        round1 = run.dir / "round-1"
+        round1 = run.run_dir.round(1)
         round1.mkdir(exist_ok=True)
         ids = {q.prompt_id for q in run.round_prompt_list(1)}
-        for name in ("samples.jsonl", "scores.jsonl"):
+        for name in (rundir.SAMPLES, rundir.SCORES):
             if not (round1 / name).exists():
                 write_jsonl(round1 / name, [r for r in read_jsonl(m0.dir / name) if r["prompt_id"] in ids])
 
@@ -247,13 +250,13 @@ class Demo:
             seqs = prompts * (p.samples_per_prompt if loss in ("binary_cringe", "rloo") else 2)
             for k in range(1, rounds + 1):
                 if k > 1:
-                    self.plan_step(name, k, "samples.jsonl", prompts * p.samples_per_prompt * p.max_new_tokens / rate)
+                    self.plan_step(name, k, rundir.SAMPLES, prompts * p.samples_per_prompt * p.max_new_tokens / rate)
                 train = seqs * seq_tokens * p.epochs / train_rate * (1.3 if loss == "dpo" else 1.0)
                 if loss == "rloo":  # its own fp32 sampling, and a reference pass when beta > 0
                     train = train * (1.5 if p.rloo_beta else 1.2) + seqs * p.max_new_tokens / (rate / 2)
-                self.plan_step(name, k, "model", train)
+                self.plan_step(name, k, rundir.MODEL, train)
                 if k % p.eval_every == 0 or k == rounds:
-                    self.plan_step(name, k, "eval.json", eval_cost)
+                    self.plan_step(name, k, rundir.EVAL, eval_cost)
 
     @staticmethod
     def _step_key(name: str, k: int, step: str) -> str:
@@ -270,57 +273,19 @@ class Demo:
             config = self.method_config(name)
             run = IterativeRun(config, on_step=lambda k, step, s, name=name: self._step_done(name, k, step, s))
             if name == "rloo":
-                self.run_rloo(run)
+                from .rloo import run_rloo
+
+                p = self.preset
+                run_rloo(run, samples_per_prompt=p.samples_per_prompt, learning_rate=p.learning_rate,
+                         epochs=p.epochs, batch_size=p.pairs_per_step * 2, max_new_tokens=p.max_new_tokens,
+                         beta=p.rloo_beta, bf16=p.bf16, seed=self.seed, before_training=self.copy_baseline)
                 continue
             self.seed_from_m0(run, m0)
             for k, step in self.method_steps.get(name, []):  # finished on an earlier run of this command
-                if (run.dir / f"round-{k}" / step).exists():
+                if run.run_dir.file(k, step).exists():
                     self.progress.finish(self._step_key(name, k, step), 0.0, skipped=True)
             logger.info("method %s: loss %s, %d round(s)", name, config.loss, config.rounds)
             run.run()
-
-    def run_rloo(self, run) -> None:
-        """The paper's PPO row, as TRL's RLOO (a PPO-family method: on-policy samples, leave-one-out baseline,
-        KL penalty to the start) on the proxy reward, with the same labelled-sample budget: each training prompt
-        once, samples_per_prompt samples each. TRL samples in the training dtype inside its loop."""
-        from datasets import Dataset
-        from trl import RLOOConfig, RLOOTrainer
-
-        from .loop import publish_model, read_jsonl
-        from .models import load_model, load_tokenizer
-        from .rewards import load_reward_source
-
-        p, c = self.preset, run.config
-        run.check_state()
-        self.copy_baseline(run)
-        round_dir = run.dir / "round-1"
-        round_dir.mkdir(parents=True, exist_ok=True)
-        if not (round_dir / "model").exists():
-            t0 = time.time()
-            proxy = load_reward_source(c.reward)
-
-            def proxy_reward(prompts, completions, **_):
-                texts = [x[-1]["content"] if isinstance(x, list) else x for x in completions]
-                return proxy.score([""] * len(texts), texts)
-
-            tokenizer = load_tokenizer(c.model)
-            model = load_model(c.model, tokenizer, "float32")
-            n = p.samples_per_prompt
-            args = RLOOConfig(
-                output_dir=str(round_dir / "checkpoints"), learning_rate=p.learning_rate, lr_scheduler_type="constant",
-                num_train_epochs=p.epochs, per_device_train_batch_size=p.pairs_per_step * 2 // n * n or n,
-                num_generations=n, max_completion_length=p.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-                beta=p.rloo_beta, bf16=p.bf16, use_cpu=True, report_to="none", save_strategy="no", logging_steps=5,
-                seed=self.seed, disable_dropout=True)
-            trainer = RLOOTrainer(model=model, reward_funcs=[proxy_reward], args=args, processing_class=tokenizer,
-                                  train_dataset=Dataset.from_list(read_jsonl(Path(c.prompts))))
-            trainer.train()
-            publish_model(trainer, round_dir)
-            run.finish_step(1, "model", time.time() - t0)
-        if not (round_dir / "eval.json").exists():
-            t0 = time.time()
-            run.evaluate(1, round_dir)
-            run.finish_step(1, "eval.json", time.time() - t0)
 
     def _step_done(self, name: str, k: int, step: str, seconds: float) -> None:
         key = self._step_key(name, k, step)
@@ -328,62 +293,49 @@ class Demo:
             self.progress.finish(key, seconds)
 
     # ----- stage 4: collect and report ----------------------------------------------------------------------
-    def proxy_scores(self, run_dir: Path, samples_name: str, scores_name: str) -> list[float]:
-        from .generation import Sample
-        from .loop import read_jsonl, write_jsonl
+    def proxy_scores(self, samples_path: Path, scores_path: Path) -> list[float]:
+        """Proxy-reward scores of held-out samples (gold scored them for the comparison), cached beside them."""
+        from .files import write_jsonl
         from .rewards import load_reward_source
+        from .stages import per_sample
 
-        path = run_dir / scores_name
-        if not path.exists():
-            samples = [Sample.from_dict(d) for d in read_jsonl(run_dir / samples_name)]
+        if not scores_path.exists():
+            samples = RunDir(samples_path.parent).samples(samples_path)
             if not hasattr(self, "_proxy"):
                 self._proxy = load_reward_source(self.base_config()["reward"])
             scores = self._proxy.score([""] * len(samples), [s.completion for s in samples])
-            write_jsonl(path, [{"prompt_id": s.prompt_id, "sample_id": s.sample_id, "score": r}
-                               for s, r in zip(samples, scores)])
-        return [r["score"] for r in read_jsonl(path)]
+            write_jsonl(scores_path, per_sample(scores, samples))
+        return RunDir(scores_path.parent).scores(scores_path)
 
     def collect(self, m0) -> dict:
-        from .evaluate import mean_with_ci, text_metrics
-        from .generation import Sample
-        from .loop import read_jsonl
+        """One row per method (its last evaluated round) and every evaluated round: the loop's comparison
+        (cringe.evaluate.compare's schema, gold-scored) plus the proxy reward and the labelling budget."""
+        from .evaluate import mean_with_ci, summarise
+        from .files import read_jsonl
 
-        base_samples = [Sample.from_dict(d) for d in read_jsonl(m0.dir / "baseline_samples.jsonl")]
-        base_gold = [r["score"] for r in read_jsonl(m0.dir / "baseline_scores.jsonl")]
-        base_proxy = self.proxy_scores(m0.dir, "baseline_samples.jsonl", "baseline_proxy_scores.jsonl")
-        rows = [{"method": "sft", "label": LABELS["sft"], "round": 0, "win_rate": None,
-                 "gold_reward": mean_with_ci(base_gold, seed=self.seed),
-                 "proxy_reward": mean_with_ci(base_proxy, seed=self.seed), "kl": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
-                 **text_metrics([s.completion for s in base_samples], [s.num_tokens for s in base_samples],
-                                [s.finish_reason for s in base_samples]),
-                 "labelled_samples": 0, "train_seconds": 0.0}]
+        start = m0.run_dir
+        base = summarise(start.samples(start.baseline_samples), start.scores(start.baseline_scores), seed=self.seed)
+        base_proxy = self.proxy_scores(start.baseline_samples, start.path / "baseline_proxy_scores.jsonl")
+        rows = [{"method": "sft", "label": LABELS["sft"], "round": 0, "win_rate": None, "reward": base["reward"],
+                 "text": base["text"], "kl": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
+                 "proxy_reward": mean_with_ci(base_proxy, seed=self.seed), "labelled_samples": 0,
+                 "train_seconds": 0.0}]
         curves = {}
         for name in self.preset.methods:
-            run_dir = self.out / "methods" / name
-            state = json.loads((run_dir / "state.json").read_text())
-            rounds = state["config"]["rounds"]
+            run = RunDir(self.out / "methods" / name)
+            config = run.config()
             curve = []
-            for k in range(1, rounds + 1):
-                round_dir = run_dir / f"round-{k}"
-                if not (round_dir / "eval.json").exists():
-                    continue
-                e = json.loads((round_dir / "eval.json").read_text())
-                proxy = self.proxy_scores(round_dir, "eval_samples.jsonl", "eval_proxy_scores.jsonl")
+            for k in run.evaluated_rounds():
+                comparison = run.evaluation(k)
+                proxy = self.proxy_scores(run.file(k, rundir.EVAL_SAMPLES), run.file(k, "eval_proxy_scores.jsonl"))
                 if name == "rloo":  # sampled and labelled inside TRL's loop: each prompt once, N samples each
-                    n_prompts = len(read_jsonl(Path(state["config"]["prompts"])))
-                    labelled = n_prompts * self.preset.samples_per_prompt
-                    pairs = [n_prompts]
+                    n_prompts = len(read_jsonl(Path(config["prompts"])))
+                    labelled, kept = n_prompts * self.preset.samples_per_prompt, n_prompts
                 else:
-                    labelled = sum(len(read_jsonl(run_dir / f"round-{j}" / "samples.jsonl")) for j in range(1, k + 1))
-                    pairs = [json.loads((run_dir / f"round-{j}" / "pairing.json").read_text())["kept"]
-                             for j in range(1, k + 1)]
-                train_s = sum(s["seconds"] for s in state.get("steps", []) if s["step"] == "model" and s["round"] <= k)
-                curve.append({"method": name, "label": LABELS[name], "round": k, "win_rate": e["win_rate_vs_initial"],
-                              "gold_reward": e["reward"], "proxy_reward": mean_with_ci(proxy, seed=self.seed),
-                              "kl": e["kl_to_initial"], **{m: e[m] for m in ("length_tokens", "truncated_rate",
-                                                                              "distinct_1", "distinct_2",
-                                                                              "repeated_3gram_rate")},
-                              "labelled_samples": labelled, "training_rows": sum(pairs), "train_seconds": train_s})
+                    labelled, kept = run.labelled_samples(k), run.rows_kept(k)
+                curve.append({"method": name, "label": LABELS[name], **comparison,
+                              "proxy_reward": mean_with_ci(proxy, seed=self.seed), "labelled_samples": labelled,
+                              "training_rows": kept, "train_seconds": run.seconds(rundir.MODEL, k)})
             curves[name] = curve
             if curve:
                 rows.append(curve[-1])
@@ -436,26 +388,35 @@ def machine_description() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+@dataclass
+class DemoArguments:
+    output_dir: str = field(default="runs/demo", metadata={"help": "where everything lands; rerun to resume"})
+    quick: bool = field(default=False, metadata={"help": "the small preset (about 5 minutes on 2 CPU cores)"})
+    preset: str | None = field(default=None, metadata={"help": "default | quick | smoke (tests)",
+                                                       "choices": tuple(sorted(PRESETS))})
+    methods: str | None = field(default=None, metadata={"help": f"comma-separated subset of {','.join(METHODS)}"})
+    seed: int = 0
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cringe demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", default="runs/demo")
-    parser.add_argument("--quick", action="store_true", help="the small preset (about 5 minutes on 2 CPU cores)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="default | quick | smoke (tests)")
-    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    from .config import make_parser, parse
+    from .errors import UserError
+
+    argv = list(sys.argv[2:] if argv is None else argv)
+    parser = make_parser(DemoArguments, prog="cringe demo", description=__doc__.split("\n\n")[0])
+    (args,) = parse(parser, argv, 1)
     name = args.preset or ("quick" if args.quick else "default")
     preset = PRESETS[name]
     if args.methods:
         chosen = tuple(m.strip() for m in args.methods.split(",") if m.strip())
         unknown = [m for m in chosen if m not in METHODS]
         if unknown:
-            parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+            raise UserError(f"unknown methods {unknown}; choose from {list(METHODS)}")
         preset = dataclasses.replace(preset, methods=chosen)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("cringe").setLevel(logging.INFO)
-    command = "cringe demo " + " ".join(argv if argv is not None else sys.argv[2:])
+    command = "cringe demo " + " ".join(argv)
     results = Demo(preset, args.output_dir, seed=args.seed).run(command.strip())
     print("\n" + (Path(args.output_dir) / "report.md").read_text())
     print(f"report: {Path(args.output_dir) / 'report.html'} (wall time {_fmt(results['meta']['wall_seconds'])})")

@@ -4,6 +4,9 @@
 and reports the standard error of the mean and a bootstrap 95% interval. The other metrics make reward gains
 bought with degenerate text visible: a Monte-Carlo KL(pi || pi_ref) from the policy's own samples, completion
 length, distinct-n across completions and the share of repeated n-grams within them.
+
+`compare` assembles all of it for a policy against a baseline, in the one schema that `cringe evaluate`, the
+loop's eval.json, the demo's results and the benchmarks share (see its docstring).
 """
 
 from __future__ import annotations
@@ -128,3 +131,65 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(k, "")) for _, k in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def summarise(samples, scores: Sequence[float], *, seed: int = 0) -> dict:
+    """One side of a comparison: {reward: mean_with_ci, text: text_metrics}."""
+    return {"reward": mean_with_ci(scores, seed=seed),
+            "text": text_metrics([s.completion for s in samples], [s.num_tokens for s in samples],
+                                 [s.finish_reason for s in samples])}
+
+
+def compare(policy_samples, policy_scores: Sequence[float], baseline_samples, baseline_scores: Sequence[float], *,
+            policy_logps: Sequence[float] | None = None, reference_logps: Sequence[float] | None = None,
+            seed: int = 0) -> dict:
+    """A policy against a baseline on the same held-out prompts: the one comparison schema.
+
+    samples: objects with prompt_id, completion, num_tokens, finish_reason (cringe.generation.Sample); scores: one
+    reward per sample. Several samples per prompt are averaged per prompt before the win rate. policy_logps and
+    reference_logps: log pi(y) and log pi_ref(y) of the policy's own samples, for the Monte-Carlo KL (None: no KL).
+    Every interval is seeded with `seed`, so the same inputs give the same numbers.
+
+    Returns {n_prompts, win_rate: {win_rate, sem, ci_low, ci_high, n}, reward: {mean, sem, ci_low, ci_high, n},
+    baseline_reward: {...}, kl: {mean, sem, ci_low, ci_high, n} | None, text: {length_tokens, truncated_rate,
+    distinct_1, distinct_2, repeated_3gram_rate}, baseline_text: {...}}.
+    """
+    if len(policy_samples) != len(policy_scores) or len(baseline_samples) != len(baseline_scores):
+        raise ValueError("compare: one score per sample is needed on both sides")
+    per_prompt = mean_by_prompt(policy_samples, policy_scores)
+    base_per_prompt = mean_by_prompt(baseline_samples, baseline_scores)
+    if set(per_prompt) != set(base_per_prompt):
+        missing = sorted(set(per_prompt) ^ set(base_per_prompt))[:5]
+        raise ValueError(f"compare: policy and baseline were sampled on different prompts (e.g. prompt ids {missing})")
+    ids = sorted(per_prompt)
+    policy, baseline = summarise(policy_samples, policy_scores, seed=seed), summarise(baseline_samples,
+                                                                                      baseline_scores, seed=seed)
+    kl = None
+    if policy_logps is not None:
+        if reference_logps is None or not len(policy_logps) == len(reference_logps) == len(policy_samples):
+            raise ValueError("compare: KL needs one policy and one reference log-prob per policy sample")
+        kl = kl_estimate(policy_logps, reference_logps, seed=seed)
+    return {"n_prompts": len(ids),
+            "win_rate": win_rate([per_prompt[i] for i in ids], [base_per_prompt[i] for i in ids], seed=seed),
+            "reward": policy["reward"], "baseline_reward": baseline["reward"], "kl": kl,
+            "text": policy["text"], "baseline_text": baseline["text"]}
+
+
+def comparison_rows(comparisons: list[dict], label_key: str) -> list[dict]:
+    """Flat table rows from `compare` results (each tagged with `label_key`, e.g. 'round' or 'model')."""
+    rows = []
+    for c in comparisons:
+        w, kl = c["win_rate"], c["kl"]
+        rows.append({"label": c[label_key], "win": w["win_rate"], "ci": f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
+                     "reward": c["reward"]["mean"], "baseline": c["baseline_reward"]["mean"],
+                     "kl": kl["mean"] if kl else "", "len": c["text"]["length_tokens"],
+                     "d2": c["text"]["distinct_2"], "rep": c["text"]["repeated_3gram_rate"]})
+    return rows
+
+
+def comparison_table(comparisons: list[dict], label_key: str, label_header: str, baseline: str = "baseline") -> str:
+    """A markdown table of `compare` results, one row each."""
+    return format_table(comparison_rows(comparisons, label_key),
+                        [(label_header, "label"), (f"win rate vs {baseline}", "win"), ("95% CI", "ci"),
+                         ("reward", "reward"), (f"{baseline} reward", "baseline"), (f"KL(pi||{baseline})", "kl"),
+                         ("length", "len"), ("distinct-2", "d2"), ("repeated 3-grams", "rep")])

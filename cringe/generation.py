@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .errors import UserError
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,11 +38,11 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("n, max_new_tokens and batch_size must be >= 1")
+            raise UserError("n, max_new_tokens and batch_size must be >= 1")
         if self.temperature <= 0:
-            raise ValueError("temperature must be > 0 (use a tiny value for near-greedy sampling)")
+            raise UserError("temperature must be > 0 (use a tiny value for near-greedy sampling)")
         if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+            raise UserError("top_p must be in (0, 1]")
 
 
 @dataclass
@@ -178,8 +181,8 @@ def make_sampler(backend: str, model, tokenizer, model_path: str | None = None):
         backend = "vllm" if vllm_available() and model_path else "transformers"
     if backend == "vllm":
         if model_path is None:
-            raise ValueError("the vLLM backend loads the model from a path: save it first")
+            raise UserError("the vLLM backend loads the model from a path: save it first")
         return VLLMSampler(model_path, tokenizer)
     if backend == "transformers":
         return TransformersSampler(model, tokenizer)
-    raise ValueError(f"unknown sampling backend {backend!r}; use auto, transformers or vllm")
+    raise UserError(f"unknown sampling backend {backend!r}; use auto, transformers or vllm")

@@ -1,4 +1,4 @@
-"""The iterative loop (Iterative Pairwise Cringe, Iterative binary Cringe, Iterative DPO): DESIGN §1.4.
+"""The iterative loop (Iterative Pairwise Cringe, Iterative binary Cringe, Iterative DPO): docs/design.md.
 
 Round k, starting from policy M_{k-1} (M_0 = the initial model):
     samples.jsonl   N completions per prompt sampled from M_{k-1}
@@ -17,7 +17,6 @@ Resuming with a config that changes results is refused, naming the keys that dif
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -28,63 +27,101 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from . import rundir
+from .errors import UserError
+from .files import read_json, read_jsonl, write_json, write_jsonl
+from .rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
 SHARD_PROMPTS = 64  # prompts per sampling shard: the unit of resume inside a round's sampling step
 
 
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+ITERATE_LOSSES = ("pairwise_cringe", "binary_cringe", "dpo", "ipo", "hinge")
+
+
 @dataclass
 class IterateConfig:
-    model: str
-    prompts: str
-    output_dir: str
-    reward: dict
-    rounds: int = 3
-    loss: str = "pairwise_cringe"  # pairwise_cringe | binary_cringe | dpo | ipo | hinge
-    sampling: dict = field(default_factory=dict)  # cringe.generation.SamplingConfig fields
-    min_gap: float = 0.0
-    binary_threshold: float | None = None  # binary_cringe: good when score >= threshold (default: > the mean)
-    drop_truncated: bool = False
-    mix_previous: bool = False  # train round k on rounds 1..k, not only k
-    dpo_reference: str = "previous"  # previous | initial
-    train: dict = field(default_factory=dict)  # CringeConfig fields
-    eval_prompts: str | None = None
-    eval_reward: dict | None = None  # default: reward
-    eval_samples: int = 1
-    eval_every: int = 1  # evaluate rounds k with k % eval_every == 0, and always the last round
+    """One iterative run. Every field is a YAML key and a flag of `cringe iterate`; `reward`, `eval_reward`,
+    `sampling` and `train` are sections (`--train.learning_rate 1e-5`)."""
+
+    model: str = field(metadata=_help("the initial policy M_0: hub id, local folder or packaged spec"))
+    prompts: str = field(metadata=_help("training prompts (any accepted data format; the prompt column is used)"))
+    output_dir: str = field(metadata=_help("the run directory; rerun the same command to resume"))
+    reward: dict = field(default=None, metadata=_help("reward source: {type: callable|model|judge, ...}"))
+    rounds: int = field(default=3, metadata=_help("rounds of sample -> score -> pair -> train"))
+    loss: str = field(default="pairwise_cringe", metadata=_help("training loss", choices=ITERATE_LOSSES))
+    sampling: dict = field(default_factory=dict, metadata=_help("cringe.generation.SamplingConfig fields"))
+    min_gap: float = field(default=0.0, metadata=_help("drop prompts whose best-worst reward gap is below this"))
+    binary_threshold: float | None = field(
+        default=None, metadata=_help("binary_cringe: good when score >= threshold (default: above the round's mean)"))
+    drop_truncated: bool = field(default=False, metadata=_help("never train on completions cut at max_new_tokens"))
+    mix_previous: bool = field(default=False, metadata=_help("train round k on the rows of rounds 1..k"))
+    dpo_reference: str = field(default="previous", metadata=_help("DPO family reference: the round's start or M_0",
+                                                                   choices=("previous", "initial")))
+    train: dict = field(default_factory=dict, metadata=_help("CringeConfig fields, plus LoRA: use_peft, lora_r, ..."))
+    eval_prompts: str | None = field(default=None, metadata=_help("held-out prompts; none: no evaluation"))
+    eval_reward: dict | None = field(default=None, metadata=_help("reward source for evaluation (default: reward)"))
+    eval_samples: int = field(default=1, metadata=_help("samples per held-out prompt"))
+    eval_every: int = field(default=1, metadata=_help("evaluate every k-th round (and always the last)"))
     max_prompts: int | None = None
     # Fresh prompts each round: round k samples prompts [(k-1)*m, k*m) of the list (wrapping around), so R rounds
     # of m prompts label as many samples as one round over R*m prompts. None: every round uses every prompt.
-    round_prompts: int | None = None
+    round_prompts: int | None = field(default=None, metadata=_help("prompts per round, fresh each round"))
     max_eval_prompts: int | None = None
     max_prompt_length: int = 512
-    dtype: str = "float32"
-    sampling_dtype: str | None = None  # e.g. bfloat16: the fast sampling path on CPUs with AVX512-BF16; None = dtype
-    backend: str = "auto"  # auto | transformers | vllm
+    dtype: str = field(default="float32", metadata=_help("weights for training and evaluation",
+                                                         choices=("float32", "bfloat16", "float16", "auto")))
+    sampling_dtype: str | None = field(default=None, metadata=_help(
+        "e.g. bfloat16: the fast sampling path on CPUs with AVX512-BF16 (default: dtype)"))
+    backend: str = field(default="auto", metadata=_help("sampler", choices=("auto", "transformers", "vllm")))
     seed: int = 0
-    trust_remote_code: bool = False
+    trust_remote_code: bool = field(default=False, metadata=_help("run model code from the hub (off by default)"))
 
     def __post_init__(self):
-        from .trainer import LOSSES
-
-        if self.loss not in LOSSES or self.loss == "sft":
-            raise ValueError(f"loss must be one of pairwise_cringe, binary_cringe, dpo, ipo, hinge; got {self.loss!r}")
+        if self.reward is None:
+            raise UserError("reward is required: a section {type: callable|model|judge, ...}")
+        if self.loss not in ITERATE_LOSSES:
+            raise UserError(f"loss must be one of {', '.join(ITERATE_LOSSES)}; got {self.loss!r}")
         if self.dpo_reference not in ("previous", "initial"):
-            raise ValueError("dpo_reference must be 'previous' or 'initial'")
+            raise UserError("dpo_reference must be 'previous' or 'initial'")
         if self.rounds < 1:
-            raise ValueError("rounds must be >= 1")
+            raise UserError("rounds must be >= 1")
         if self.eval_every < 1:
-            raise ValueError("eval_every must be >= 1")
+            raise UserError("eval_every must be >= 1")
         if self.round_prompts is not None and self.round_prompts < 1:
-            raise ValueError("round_prompts must be >= 1 (or null for every prompt in every round)")
+            raise UserError("round_prompts must be >= 1 (or null for every prompt in every round)")
         from .generation import SamplingConfig
 
-        SamplingConfig(**self.sampling)  # validates the keys and values now, not rounds later
+        try:
+            SamplingConfig(**self.sampling)  # validates the keys and values now, not rounds later
+        except TypeError as err:
+            raise UserError(f"sampling: {err}") from None
         owned = sorted({"loss", "output_dir"} & set(self.train))
         if owned:
-            raise ValueError(f"train: {owned} are set by the loop (use the top-level keys loss / output_dir)")
+            raise UserError(f"train: {owned} are set by the loop (use the top-level keys loss / output_dir)")
+        self.training_arguments(Path(self.output_dir) / "round-1")  # every train.* key and value checked now
+
+    def training_arguments(self, round_dir: Path, seed_offset: int = 0):
+        """(CringeConfig, LoraArguments) for a round: the train section over the loop's defaults."""
+        from .trainer import CringeConfig, LoraArguments
+
+        lora_keys = {f.name for f in dataclasses.fields(LoraArguments)}
+        train = {"save_strategy": "epoch", "report_to": "none", "seed": self.seed + seed_offset, **self.train}
+        lora = LoraArguments(**{k: v for k, v in train.items() if k in lora_keys})
+        try:
+            args = CringeConfig(output_dir=str(round_dir / "checkpoints"), loss=self.loss,
+                                **{k: v for k, v in train.items() if k not in lora_keys})
+        except (TypeError, ValueError) as err:
+            if isinstance(err, UserError):
+                raise
+            raise UserError(f"train: {str(err).strip().splitlines()[0]}") from None
+        return args, lora
 
     # Keys that do not change what a round computes: changing them on resume is allowed.
     RESUMABLE_KEYS = ("rounds", "output_dir", "backend")
@@ -99,43 +136,18 @@ class IterateConfig:
         return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-# ----- atomic files ----------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
-def publish_model(trainer, round_dir: Path) -> Path:
+def publish_model(trainer, round_dir: Path, *, base_model: str | None = None, data: str | None = None) -> Path:
     """Save the trained model (LoRA merged) with its log as round_dir/model, renamed into place once complete,
     and drop the round's checkpoints."""
-    from .cli import save_for_inference
+    from .models import save_for_inference
 
     tmp = round_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_for_inference(trainer, str(tmp))
+    save_for_inference(trainer, str(tmp), base_model=base_model, data=data)
     write_json(tmp / "train_log.json", trainer.state.log_history)
-    os.replace(tmp, round_dir / "model")
-    shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)
-    return round_dir / "model"
+    os.replace(tmp, round_dir / rundir.MODEL)
+    shutil.rmtree(round_dir / rundir.CHECKPOINTS, ignore_errors=True)
+    return round_dir / rundir.MODEL
 
 
 def _contiguous_runs(prompts):
@@ -156,7 +168,8 @@ class IterativeRun:
     def __init__(self, config: IterateConfig, on_step=None):
         self.config = config
         self.on_step = on_step  # called as on_step(round, step_name, seconds) after each finished step
-        self.dir = Path(config.output_dir)
+        self.run_dir = RunDir(config.output_dir)
+        self.dir = self.run_dir.path
         self._tokenizer = None
         self._prompts: dict[bool, list] = {}
         self._reward = None
@@ -184,7 +197,7 @@ class IterativeRun:
 
     def model_path(self, k: int) -> str:
         """Where M_k lives: the initial spec for k = 0."""
-        return self.config.model if k == 0 else str(self.dir / f"round-{k}" / "model")
+        return self.config.model if k == 0 else str(self.run_dir.model(k))
 
     def load_model(self, k: int, dtype: str | None = None):
         from .models import load_model
@@ -193,15 +206,15 @@ class IterativeRun:
 
     # state
     def check_state(self) -> dict:
-        state_path = self.dir / "state.json"
+        state_path = self.run_dir.state_path
         current = {"config": dataclasses.asdict(self.config), "hash": self.config.result_hash()}
         if state_path.exists():
-            saved = json.loads(state_path.read_text())
+            saved = read_json(state_path)
             if saved["hash"] != current["hash"]:
                 old = {k: v for k, v in saved["config"].items() if k not in IterateConfig.RESUMABLE_KEYS}
                 new = self.config.result_dict()
                 diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise ValueError(
+                raise UserError(
                     f"{self.dir} holds a run with a different configuration (keys that differ: {diff}); "
                     "use another output_dir, or restore those values to resume"
                 )
@@ -213,17 +226,13 @@ class IterativeRun:
 
     def finish_step(self, k: int, step: str, seconds: float) -> None:
         """A step of round k is done: record it in state.json, log it, tell `on_step`."""
-        self.log_step(k, step, seconds)
+        state = self.run_dir.state()
+        state.setdefault("steps", []).append({"round": k, "step": step, "seconds": round(seconds, 1),
+                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        write_json(self.run_dir.state_path, state)
         logger.info("round %d: %s done in %.1fs", k, step, seconds)
         if self.on_step is not None:
             self.on_step(k, step, seconds)
-
-    def log_step(self, k: int, step: str, seconds: float) -> None:
-        state_path = self.dir / "state.json"
-        state = json.loads(state_path.read_text())
-        state.setdefault("steps", []).append({"round": k, "step": step, "seconds": round(seconds, 1),
-                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-        write_json(state_path, state)
 
     # steps
     def prompts(self, evaluation: bool = False):
@@ -245,7 +254,7 @@ class IterativeRun:
         if m is None:
             return prompts
         if m > len(prompts):
-            raise ValueError(f"round_prompts={m} but only {len(prompts)} prompts")
+            raise UserError(f"round_prompts={m} but only {len(prompts)} prompts")
         start = ((k - 1) * m) % len(prompts)
         return (prompts + prompts)[start:start + m]
 
@@ -278,10 +287,10 @@ class IterativeRun:
         return samples
 
     def score(self, prompts, samples, out_path: Path, evaluation: bool = False) -> list[float]:
-        text = {p.prompt_id: p.text for p in prompts}
-        scores = self.reward(evaluation).score([text[s.prompt_id] for s in samples], [s.completion for s in samples])
-        write_jsonl(out_path, [{"prompt_id": s.prompt_id, "sample_id": s.sample_id, "score": r}
-                               for s, r in zip(samples, scores)])
+        from .stages import per_sample, score_samples
+
+        scores = score_samples(self.reward(evaluation), prompts, samples)
+        write_jsonl(out_path, per_sample(scores, samples))
         return scores
 
     def pair(self, samples, scores, round_dir: Path) -> list[dict]:
@@ -297,74 +306,65 @@ class IterativeRun:
             rows, report = by_threshold(samples, scores, threshold=threshold, drop_truncated=c.drop_truncated)
         else:
             rows, report = best_vs_worst(samples, scores, min_gap=c.min_gap, drop_truncated=c.drop_truncated)
-        write_json(round_dir / "pairing.json", report.as_dict())
-        write_jsonl(round_dir / "pairs.jsonl", rows)
+        write_json(round_dir / rundir.PAIRING, report.as_dict())
+        write_jsonl(round_dir / rundir.PAIRS, rows)
         logger.info("round %s pairing: %s", round_dir.name, report.as_dict())
         return rows
 
     def train(self, k: int, rows: list[dict], round_dir: Path) -> None:
         from .pairing import as_training_data
-        from .trainer import CringeConfig, CringeTrainer
+        from .trainer import CringeTrainer
 
         c = self.config
         if c.mix_previous:
-            rows = [r for j in range(1, k) for r in read_jsonl(self.dir / f"round-{j}" / "pairs.jsonl")] + rows
+            rows = [r for j in range(1, k) for r in read_jsonl(self.run_dir.file(j, rundir.PAIRS))] + rows
         data = as_training_data(rows, "binary" if c.loss == "binary_cringe" else "pairwise")
-        train_args = {"save_strategy": "epoch", "report_to": "none", "seed": c.seed + k, **c.train}
-        args = CringeConfig(output_dir=str(round_dir / "checkpoints"), loss=c.loss, **train_args)
+        args, lora = c.training_arguments(round_dir, seed_offset=k)
         model = self.load_model(k - 1)
         ref_model = self.load_model(0) if c.loss in ("dpo", "ipo", "hinge") and c.dpo_reference == "initial" else None
         trainer = CringeTrainer(model=model, args=args, train_dataset=data, processing_class=self.tokenizer,
-                                ref_model=ref_model)
-        checkpoints = sorted((round_dir / "checkpoints").glob("checkpoint-*"))
+                                ref_model=ref_model, peft_config=lora.peft_config())
+        checkpoints = sorted(self.run_dir.checkpoints(k).glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
-        publish_model(trainer, round_dir)
+        publish_model(trainer, round_dir, base_model=self.model_path(k - 1),
+                      data=f"round {k} of `cringe iterate`: {len(rows)} rows from {round_dir / rundir.PAIRS}")
 
     def baseline(self):
         """M_0's held-out samples and scores: computed once, the reference every round is compared with."""
         prompts = self.prompts(evaluation=True)
-        path = self.dir / "baseline_samples.jsonl"
-        samples = self._load_or_sample(0, prompts, path)
-        scores_path = self.dir / "baseline_scores.jsonl"
+        samples = self._load_or_sample(0, prompts, self.run_dir.baseline_samples)
+        scores_path = self.run_dir.baseline_scores
         if scores_path.exists():
-            scores = [r["score"] for r in read_jsonl(scores_path)]
+            scores = self.run_dir.scores(scores_path)
         else:
             scores = self.score(prompts, samples, scores_path, evaluation=True)
         return prompts, samples, scores
 
     def _load_or_sample(self, model_index, prompts, path):
-        from .generation import Sample
-
         if path.exists():
-            return [Sample.from_dict(d) for d in read_jsonl(path)]
+            return self.run_dir.samples(path)
         return self.sample(model_index, prompts, path, n=self.config.eval_samples)
 
     def evaluate(self, k: int, round_dir: Path) -> dict:
-        from .evaluate import kl_estimate, mean_by_prompt, mean_with_ci, sequence_logprobs, text_metrics, win_rate
+        """M_k against M_0 on the held-out prompts: cringe.evaluate.compare's schema plus the round."""
+        from .evaluate import compare, comparison_table
+        from .models import add_evaluation_to_card
+        from .stages import completion_logprobs
 
         prompts, base_samples, base_scores = self.baseline()
-        samples = self._load_or_sample(k, prompts, round_dir / "eval_samples.jsonl")
-        scores_path = round_dir / "eval_scores.jsonl"
-        scores = ([r["score"] for r in read_jsonl(scores_path)] if scores_path.exists()
+        samples = self._load_or_sample(k, prompts, round_dir / rundir.EVAL_SAMPLES)
+        scores_path = round_dir / rundir.EVAL_SCORES
+        scores = (self.run_dir.scores(scores_path) if scores_path.exists()
                   else self.score(prompts, samples, scores_path, evaluation=True))
-        per_prompt = mean_by_prompt(samples, scores)
-        base_per_prompt = mean_by_prompt(base_samples, base_scores)
-        ids = sorted(per_prompt)
-        rows = [{"prompt_ids": s.prompt_ids, "completion_ids": [s.completion_ids]} for s in samples]
         pad = self.tokenizer.pad_token_id
-        policy_lp = sequence_logprobs(self.load_model(k), rows, pad)
-        ref_lp = sequence_logprobs(self.load_model(0), rows, pad)
-        result = {
-            "round": k,
-            "win_rate_vs_initial": win_rate([per_prompt[i] for i in ids], [base_per_prompt[i] for i in ids],
-                                            seed=self.config.seed),
-            "reward": mean_with_ci(scores, seed=self.config.seed),
-            "initial_reward": mean_with_ci(base_scores, seed=self.config.seed),
-            "kl_to_initial": kl_estimate(policy_lp, ref_lp, seed=self.config.seed),
-            **text_metrics([s.completion for s in samples], [s.num_tokens for s in samples],
-                           [s.finish_reason for s in samples]),
-        }
-        write_json(round_dir / "eval.json", result)
+        result = {"round": k, **compare(samples, scores, base_samples, base_scores,
+                                        policy_logps=completion_logprobs(self.load_model(k), samples, pad),
+                                        reference_logps=completion_logprobs(self.load_model(0), samples, pad),
+                                        seed=self.config.seed)}
+        # The card first: eval.json is the step's completion marker.
+        add_evaluation_to_card(self.run_dir.model(k), comparison_table([result], "round", "round", baseline="M0")
+                               + f"\n\nHeld-out prompts: {result['n_prompts']} from `{self.config.eval_prompts}`.")
+        write_json(round_dir / rundir.EVAL, result)
         return result
 
     def run(self) -> list[dict]:
@@ -375,16 +375,18 @@ class IterativeRun:
         evaluations = []
         started = time.time()
         for k in range(1, c.rounds + 1):
-            round_dir = self.dir / f"round-{k}"
+            round_dir = self.run_dir.round(k)
             round_dir.mkdir(parents=True, exist_ok=True)
             steps = [
-                ("samples.jsonl", lambda: self.sample(k - 1, self.round_prompt_list(k), round_dir / "samples.jsonl")),
-                ("scores.jsonl", lambda: self.score(self.prompts(), self._samples(round_dir), round_dir / "scores.jsonl")),
-                ("pairs.jsonl", lambda: self.pair(self._samples(round_dir), self._scores(round_dir), round_dir)),
-                ("model", lambda: self.train(k, read_jsonl(round_dir / "pairs.jsonl"), round_dir)),
+                (rundir.SAMPLES, lambda: self.sample(k - 1, self.round_prompt_list(k), round_dir / rundir.SAMPLES)),
+                (rundir.SCORES, lambda: self.score(self.prompts(), self.run_dir.samples(round_dir / rundir.SAMPLES),
+                                                   round_dir / rundir.SCORES)),
+                (rundir.PAIRS, lambda: self.pair(self.run_dir.samples(round_dir / rundir.SAMPLES),
+                                                 self.run_dir.scores(round_dir / rundir.SCORES), round_dir)),
+                (rundir.MODEL, lambda: self.train(k, read_jsonl(round_dir / rundir.PAIRS), round_dir)),
             ]
             if c.eval_prompts and (k % c.eval_every == 0 or k == c.rounds):
-                steps.append(("eval.json", lambda: self.evaluate(k, round_dir)))
+                steps.append((rundir.EVAL, lambda: self.evaluate(k, round_dir)))
             for name, step in tqdm(steps, desc=f"round {k}/{c.rounds}", leave=False):
                 if (round_dir / name).exists():
                     continue
@@ -392,58 +394,84 @@ class IterativeRun:
                 step()
                 self.finish_step(k, name, time.time() - t0)
                 logger.info("round %d: %s (%.1fs since this run started)", k, name, time.time() - started)
-            if (round_dir / "eval.json").exists():
-                evaluations.append(json.loads((round_dir / "eval.json").read_text()))
-        state = json.loads((self.dir / "state.json").read_text())
+            evaluation = self.run_dir.evaluation(k)
+            if evaluation is not None:
+                evaluations.append(evaluation)
+        state = self.run_dir.state()
         state["finished_rounds"] = c.rounds
-        write_json(self.dir / "state.json", state)
+        write_json(self.run_dir.state_path, state)
         return evaluations
-
-    def _samples(self, round_dir: Path):
-        from .generation import Sample
-
-        return [Sample.from_dict(d) for d in read_jsonl(round_dir / "samples.jsonl")]
-
-    def _scores(self, round_dir: Path) -> list[float]:
-        return [r["score"] for r in read_jsonl(round_dir / "scores.jsonl")]
 
 
 def evaluation_table(evaluations: list[dict]) -> str:
-    from .evaluate import format_table
+    from .evaluate import comparison_table
 
-    rows = []
-    for e in evaluations:
-        w = e["win_rate_vs_initial"]
-        rows.append({"round": e["round"], "win": w["win_rate"], "ci": f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
-                     "reward": e["reward"]["mean"], "initial": e["initial_reward"]["mean"],
-                     "kl": e["kl_to_initial"]["mean"], "len": e["length_tokens"], "d2": e["distinct_2"],
-                     "rep": e["repeated_3gram_rate"]})
-    return format_table(rows, [("round", "round"), ("win rate vs M0", "win"), ("95% CI", "ci"), ("reward", "reward"),
-                               ("M0 reward", "initial"), ("KL(pi||M0)", "kl"), ("length", "len"),
-                               ("distinct-2", "d2"), ("repeated 3-grams", "rep")])
+    return comparison_table(evaluations, "round", "round", baseline="M0")
+
+
+# ----- configuration ---------------------------------------------------------------------------------------
+
+SECTIONS = ("reward", "eval_reward", "sampling", "train")
+
+ITERATE_HELP = """sections (YAML mappings; dotted flags reach their keys, e.g. --train.learning_rate 1e-5):
+  reward, eval_reward   a reward source: {type: callable, function: "module:fn", kwargs: {...}}
+                        | {type: model, path: DIR, input: completion|prompt+completion, max_length: N}
+                        | {type: judge, base_url: URL, model: NAME, api_key_env: VAR}
+  sampling              n, max_new_tokens, temperature, top_p, top_k, seed, batch_size
+  train                 any `cringe train` training flag (CringeConfig: learning_rate, num_train_epochs,
+                        per_device_train_batch_size, beta, alpha, margin, ...) and LoRA (use_peft, lora_r, ...)
+
+Rerun the same command to resume an interrupted run."""
+
+
+def _section_parser(name: str):
+    from .config import make_parser
+
+    if name == "train":
+        from .trainer import CringeConfig, LoraArguments
+
+        return make_parser((CringeConfig, LoraArguments), prog="train")
+    if name == "sampling":
+        from .generation import SamplingConfig
+
+        return make_parser(SamplingConfig, prog="sampling")
+    return None  # reward sources: free-form, checked by cringe.rewards.load_reward_source
+
+
+def iterate_parser():
+    from .config import flat_dataclass, make_parser
+
+    return make_parser(flat_dataclass(IterateConfig, set(SECTIONS)), prog="cringe iterate",
+                       description="Iterative preference training: sample -> score -> pair -> train -> evaluate, "
+                                   "round after round (resumable).", epilog=ITERATE_HELP)
+
+
+def parse_iterate_args(argv: list[str]) -> IterateConfig:
+    """An IterateConfig from `--config FILE` plus flags; every key typed and checked before any work."""
+    from .config import (free_form, merge_section, parse, pop_config_flag, read_yaml, split_dotted,
+                         typed_section)
+
+    config_path, argv = pop_config_flag(argv)
+    values = read_yaml(config_path) if config_path else {}
+    source = config_path or "config"
+    sections = {name: values.pop(name) for name in SECTIONS if name in values}
+    argv, dotted = split_dotted(argv, set(SECTIONS))
+    parser = iterate_parser()
+    (flags,) = parse(parser, argv, 1, file_values=values, source=source)
+    merged = {}
+    for name in SECTIONS:
+        given = sections.get(name)
+        if given is not None and not isinstance(given, dict):
+            raise UserError(f"{source}: {name} must be a mapping, got {type(given).__name__}")
+        if given is None and name not in dotted:
+            continue
+        value = merge_section(given or {}, dotted.get(name, {}))
+        section_parser = _section_parser(name)
+        merged[name] = (typed_section(section_parser, value, f"{source}: {name}") if section_parser
+                        else free_form(value))
+    return IterateConfig(**dataclasses.asdict(flags), **merged)
 
 
 def load_config(path: str | None, overrides: list[str]) -> IterateConfig:
-    """YAML file plus `--key value` overrides; dotted keys reach nested mappings (`--train.learning_rate 1e-5`)."""
-    import yaml
-
-    values: dict = {}
-    if path:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-    values = copy.deepcopy(values)
-    i = 0
-    while i < len(overrides):
-        key = overrides[i]
-        if not key.startswith("--") or i + 1 >= len(overrides):
-            raise ValueError(f"expected --key value pairs, got {overrides[i:]}")
-        target, parts = values, key[2:].replace("-", "_").split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = yaml.safe_load(overrides[i + 1])
-        i += 2
-    known = {f.name for f in dataclasses.fields(IterateConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown iterate config keys {unknown}; known: {sorted(known)}")
-    return IterateConfig(**values)
+    """YAML file plus `--key value` overrides (dotted keys reach sections: `--train.learning_rate 1e-5`)."""
+    return parse_iterate_args((["--config", str(path)] if path else []) + list(overrides))

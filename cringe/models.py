@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
+
 logger = logging.getLogger(__name__)
 
 TINY_SPEC = "tiny-random-llama"
@@ -162,7 +165,7 @@ def _resolve_dtype(dtype):
         return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                 "float16": torch.float16, "fp16": torch.float16}[dtype]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto") from None
+        raise UserError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto") from None
 
 
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
@@ -191,3 +194,73 @@ def load_model(spec: str, tokenizer=None, dtype=None, trust_remote_code: bool = 
 def load_model_and_tokenizer(spec: str, dtype=None, trust_remote_code: bool = False):
     tokenizer = load_tokenizer(spec, trust_remote_code)
     return load_model(spec, tokenizer, dtype, trust_remote_code), tokenizer
+
+
+# ----- saving ----------------------------------------------------------------------------------------------
+
+
+def save_for_inference(trainer, output_dir: str, *, base_model: str | None = None, data: str | None = None) -> None:
+    """Save a model that `AutoModelForCausalLM.from_pretrained(output_dir)` loads (safetensors), with its
+    tokenizer and a README.md model card; LoRA adapters are merged (and also kept under output_dir/adapter)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        if trainer.is_world_process_zero():
+            model.save_pretrained(f"{output_dir}/adapter")
+        model = model.merge_and_unload()
+        if trainer.is_world_process_zero():
+            model.save_pretrained(output_dir, safe_serialization=True)
+            trainer.processing_class.save_pretrained(output_dir)
+    else:
+        trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        write_model_card(output_dir, model_card(trainer.args, base_model=base_model, data=data,
+                                                steps=trainer.state.global_step, lora="adapter" if
+                                                Path(output_dir, "adapter").exists() else None))
+
+
+LOSS_SETTINGS = {
+    "pairwise_cringe": ("alpha", "k", "margin", "temperature", "margin_on", "detach_gate", "detach_positive"),
+    "binary_cringe": ("alpha", "k", "detach_positive"),
+    "dpo": ("beta", "precompute_ref_logps"), "ipo": ("beta", "precompute_ref_logps"),
+    "hinge": ("beta", "precompute_ref_logps"), "sft": (),
+}
+
+
+def model_card(args, *, base_model: str | None, data: str | None, steps: int, lora: str | None = None,
+               evaluation: str | None = None, title: str | None = None) -> str:
+    """A model card (README.md) in the Hub's format: YAML front matter, then what was trained, on what, how."""
+    import cringe
+
+    # Trainers other than ours (TRL's RLOO in the demo) have no `loss`: name their method by their config class.
+    loss = getattr(args, "loss", type(args).__name__.removesuffix("Config").lower())
+    settings = ", ".join(f"{k}={getattr(args, k)}" for k in LOSS_SETTINGS.get(loss, ()))
+    front = ["---", "library_name: transformers", "tags: [cringe, " + loss.replace("_", "-") + "]"]
+    if base_model and not Path(base_model).exists() and base_model not in (TINY_SPEC,):
+        front.append(f"base_model: {base_model}")
+    lines = front + ["---", "", f"# {title or Path(args.output_dir).name}", "",
+                     f"Trained with pairwise-cringe {cringe.__version__} (`cringe`).", "",
+                     f"- Base model: `{base_model or 'unknown'}`",
+                     f"- Loss: `{loss}`" + (f" ({settings})" if settings else ""),
+                     f"- Data: {data or 'in-memory rows'}",
+                     f"- Training: {steps} optimiser steps, learning rate {args.learning_rate} "
+                     f"({args.lr_scheduler_type}), {args.per_device_train_batch_size} rows per device and step, "
+                     f"gradient accumulation {args.gradient_accumulation_steps}, seed {args.seed}"
+                     + (", LoRA adapters merged (the adapters alone are under `adapter/`)" if lora else ""),
+                     "", "Load it with `AutoModelForCausalLM.from_pretrained(path)`; weights are safetensors."]
+    if evaluation:
+        lines += ["", "## Evaluation", "", evaluation]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(output_dir: str | Path, text: str) -> None:
+    from .files import write_atomic
+
+    write_atomic(Path(output_dir) / "README.md", text)
+
+
+def add_evaluation_to_card(model_dir: str | Path, evaluation: str) -> None:
+    """Append (or replace) the card's evaluation section: a loop round is evaluated after its model is saved."""
+    path = Path(model_dir) / "README.md"
+    text = path.read_text(encoding="utf-8") if path.exists() else f"# {Path(model_dir).name}\n"
+    text = text.split("\n## Evaluation\n")[0].rstrip("\n") + "\n\n## Evaluation\n\n" + evaluation.strip() + "\n"
+    write_model_card(model_dir, text)

@@ -1,7 +1,8 @@
 """The demo's report: a paper-style markdown table, PNG plots, and one self-contained HTML page (plots inlined).
 
 Input is the `results` mapping `cringe demo` writes to results.json: rows (one per method, its last evaluated
-round), curves (every evaluated round of every method) and meta (command, date, machine, preset, wall time,
+round: cringe.evaluate.compare's schema, gold-scored, plus proxy_reward and the budget), curves (every evaluated
+round of every method) and meta (command, date, machine, preset, wall time,
 reward-model accuracies). Plots need matplotlib (`pip install matplotlib`, the `plots` extra); without it the
 report says so and keeps the tables.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import logging
 import os
 from pathlib import Path
@@ -28,10 +28,10 @@ COLUMNS = [
 def _cells(row: dict) -> dict:
     w = row.get("win_rate")
     return {
-        **row,
+        **row, **row["text"],
         "win": "—" if w is None else f"{w['win_rate']:.3f}",
         "win_ci": "baseline" if w is None else f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
-        "gold": f"{row['gold_reward']['mean']:.3f} ± {1.96 * row['gold_reward']['sem']:.3f}",
+        "gold": f"{row['reward']['mean']:.3f} ± {1.96 * row['reward']['sem']:.3f}",
         "proxy": f"{row['proxy_reward']['mean']:.2f}",
         "kl": f"{row['kl']['mean']:.2f}",
         "train_seconds": f"{row['train_seconds']:.0f}",
@@ -80,7 +80,7 @@ def plots(results: dict, out: Path) -> list[Path]:
         if not curve:
             continue
         xs = [r["kl"]["mean"] for r in curve]
-        ys = [r["gold_reward"]["mean"] for r in curve]
+        ys = [r["reward"]["mean"] for r in curve]
         ax.plot(xs, ys, marker="o", label=curve[0]["label"])
         if len(curve) > 1:
             for r, x, y in zip(curve, xs, ys):
@@ -221,7 +221,7 @@ def html_page(md: str, out: Path) -> str:
 
 
 def write_report(results: dict, out: Path) -> None:
-    from .loop import write_atomic, write_json
+    from .files import write_atomic, write_json
 
     out = Path(out)
     try:

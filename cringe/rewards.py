@@ -29,16 +29,19 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import UserError
+
+
 logger = logging.getLogger(__name__)
 
 
 def _check_scores(scores, n: int, source: str) -> list[float]:
     scores = [float(s) for s in scores]
     if len(scores) != n:
-        raise ValueError(f"{source} returned {len(scores)} scores for {n} completions")
+        raise UserError(f"{source} returned {len(scores)} scores for {n} completions")
     bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
     if bad:
-        raise ValueError(f"{source} returned non-finite scores at positions {bad[:10]}")
+        raise UserError(f"{source} returned non-finite scores at positions {bad[:10]}")
     return scores
 
 
@@ -49,7 +52,7 @@ class CallableReward:
         if isinstance(spec, str):
             module, _, name = spec.partition(":")
             if not module or not name:
-                raise ValueError(f"reward function must be given as 'module:function', got {spec!r}")
+                raise UserError(f"reward function must be given as 'module:function', got {spec!r}")
             spec = getattr(importlib.import_module(module), name)
         self.fn, self.name = spec, getattr(spec, "__qualname__", repr(spec))
 
@@ -66,13 +69,13 @@ class RewardModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if input not in ("completion", "prompt+completion"):
-            raise ValueError("input must be 'completion' or 'prompt+completion'")
+            raise UserError("input must be 'completion' or 'prompt+completion'")
         if isinstance(model_or_path, str):
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_or_path, trust_remote_code=trust_remote_code)
             model_or_path = AutoModelForSequenceClassification.from_pretrained(
                 model_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
         if tokenizer is None:
-            raise ValueError("pass the reward model's tokenizer")
+            raise UserError("pass the reward model's tokenizer")
         self.model, self.tokenizer = model_or_path.eval(), tokenizer
         if device is not None:
             self.model.to(device)
@@ -229,7 +232,7 @@ def load_reward_source(spec: dict):
     if kind == "callable":
         unknown = sorted(set(spec) - {"function", "kwargs"})
         if unknown:
-            raise ValueError(f"callable reward: unknown keys {unknown} (function, kwargs)")
+            raise UserError(f"callable reward: unknown keys {unknown} (function, kwargs)")
         reward = CallableReward(spec["function"])
         if spec.get("kwargs"):
             import functools
@@ -240,7 +243,7 @@ def load_reward_source(spec: dict):
         return RewardModel(spec.pop("path"), **spec)
     if kind == "judge":
         return PairwiseJudge(spec.pop("base_url"), spec.pop("model"), **spec)
-    raise ValueError(f"reward source type must be callable, model or judge, got {kind!r}")
+    raise UserError(f"reward source type must be callable, model or judge, got {kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -261,15 +264,15 @@ def train_reward_model(rows: Sequence[dict], base_model: str, output_dir: str, *
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
     if not rows:
-        raise ValueError("no rows to train the reward model on")
+        raise UserError("no rows to train the reward model on")
     pairwise = "chosen" in rows[0]
     for i, row in enumerate(rows):
         fields = ("chosen", "rejected") if pairwise else ("text", "label")
         for f in fields:
             if f not in row:
-                raise ValueError(f"row {i}, field '{f}': missing")
+                raise UserError(f"row {i}, field '{f}': missing")
         if not pairwise and not isinstance(row["label"], bool):
-            raise ValueError(f"row {i}, field 'label': expected a boolean, got {row['label']!r}")
+            raise UserError(f"row {i}, field 'label': expected a boolean, got {row['label']!r}")
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
     tokenizer.truncation_side = truncation_side
     model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1,

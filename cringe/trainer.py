@@ -18,6 +18,7 @@ from transformers import Trainer, TrainingArguments
 from . import chunked as C
 from . import losses as L
 from .data import Collator, PreparedData, prepare
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ PAIRWISE_CRINGE_ALPHA = 0.2
 class CringeConfig(TrainingArguments):
     """Training arguments plus the loss and its hyper-parameters (formulas: README, "What is computed")."""
 
-    loss: str = field(default="pairwise_cringe", metadata={"help": f"one of {', '.join(LOSSES)}"})
+    loss: str = field(default="pairwise_cringe", metadata={"help": f"one of {', '.join(LOSSES)}", "choices": LOSSES})
     alpha: float | None = field(
         default=None, metadata={"help": "weight of the Cringe term. Default: 1.0 for binary_cringe (ParlAI's), "
                                         "0.2 for pairwise_cringe (chosen by bench/sweep_pairwise_cringe.py; README)"}
@@ -87,37 +88,59 @@ class CringeConfig(TrainingArguments):
 
     def __post_init__(self):
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise UserError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.alpha is None:
             self.alpha = PAIRWISE_CRINGE_ALPHA if self.loss == "pairwise_cringe" else 1.0
         if self.margin_on not in ("sum", "mean"):
-            raise ValueError(f"margin_on must be 'sum' or 'mean', got {self.margin_on!r}")
+            raise UserError(f"margin_on must be 'sum' or 'mean', got {self.margin_on!r}")
         if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+            raise UserError(f"k must be >= 1, got {self.k}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise UserError(f"temperature must be > 0, got {self.temperature}")
         if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
+            raise UserError(f"beta must be > 0, got {self.beta}")
         if self.padding_free and self.chunked_loss is False:
-            raise ValueError("padding_free needs chunked_loss: the packed batch is scored token by token")
+            raise UserError("padding_free needs chunked_loss: the packed batch is scored token by token")
         if self.optimizer_in_backward:
             _check_optimizer_in_backward(self)
         super().__post_init__()
 
 
+@dataclass
+class LoraArguments:
+    """LoRA adapters through peft (`use_peft`); the saved model has them merged."""
+
+    use_peft: bool = field(default=False, metadata={"help": "train LoRA adapters instead of every weight (needs peft)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "default: peft's choice for the model"})
+
+    def peft_config(self):
+        """peft's LoraConfig for a causal LM, or None without use_peft."""
+        if not self.use_peft:
+            return None
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            raise UserError("use_peft needs peft: pip install peft") from None
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.lora_target_modules, task_type="CAUSAL_LM")
+
+
 def _check_optimizer_in_backward(args) -> None:
     # Each of these needs every gradient at once, which optimizer_in_backward never has.
     if args.max_grad_norm:
-        raise ValueError(f"optimizer_in_backward cannot clip the global gradient norm (each parameter is stepped "
+        raise UserError(f"optimizer_in_backward cannot clip the global gradient norm (each parameter is stepped "
                          f"before the others' gradients exist): set max_grad_norm=0 (got {args.max_grad_norm})")
     if args.gradient_accumulation_steps != 1:
-        raise ValueError(f"optimizer_in_backward steps on every backward pass, so it cannot accumulate gradients: "
+        raise UserError(f"optimizer_in_backward steps on every backward pass, so it cannot accumulate gradients: "
                          f"set gradient_accumulation_steps=1 (got {args.gradient_accumulation_steps})")
     if args.fp16:
-        raise ValueError("optimizer_in_backward does not work with fp16 loss scaling (the gradients would be "
+        raise UserError("optimizer_in_backward does not work with fp16 loss scaling (the gradients would be "
                          "applied before they are unscaled): use bf16")
     if args.deepspeed or args.fsdp:
-        raise ValueError("optimizer_in_backward does not work with DeepSpeed or FSDP, which own the optimiser step")
+        raise UserError("optimizer_in_backward does not work with DeepSpeed or FSDP, which own the optimiser step")
 
 
 def _causal_lm(model):
@@ -186,21 +209,21 @@ class CringeTrainer(Trainer):
         if eval_dataset is not None and not isinstance(eval_dataset, PreparedData):
             eval_dataset = prepare(eval_dataset, processing_class, **prep)
         if processing_class.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (EOS is fine)")
+            raise UserError("the tokenizer has no pad token; set tokenizer.pad_token (EOS is fine)")
         kwargs.setdefault("data_collator", Collator(processing_class.pad_token_id, padding_free=args.padding_free))
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         unsupported = chunked_unsupported_reason(self.model)
         if args.chunked_loss and unsupported:
-            raise ValueError(f"chunked_loss: {unsupported}")
+            raise UserError(f"chunked_loss: {unsupported}")
         # bench/train_step.py measured the chunked path faster and leaner than the plain one on every model it
         # ran (README, Performance): it is the default wherever the model allows it.
         self.use_chunked = not unsupported if args.chunked_loss is None else args.chunked_loss
         if args.padding_free and not self.use_chunked:
-            raise ValueError(f"padding_free needs the chunked loss, which this model cannot use: {unsupported}")
+            raise UserError(f"padding_free needs the chunked loss, which this model cannot use: {unsupported}")
         if args.optimizer_in_backward and args.world_size > 1:
-            raise ValueError("optimizer_in_backward needs a single process: DDP averages gradients after backward, "
+            raise UserError("optimizer_in_backward needs a single process: DDP averages gradients after backward, "
                              "after this optimiser has already applied them")
         self._micro = (-1, 0)  # (global_step, micro-batch index within it): seeds the Cringe sampling
         self.ref_model = None

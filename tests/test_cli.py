@@ -1,5 +1,6 @@
-"""`cringe train` end to end: every loss on every dataset format, YAML + overrides, saved models load,
-and 2-process CPU DDP through `accelerate launch` matching the single-process run."""
+"""The command line: `cringe train` end to end (every loss on every dataset format, YAML + overrides, saved
+models load, 2-process CPU DDP through `accelerate launch` matching the single-process run), and what every verb
+does with --help, --config, both flag spellings, typed values and user errors (one line, exit status 2)."""
 
 import json
 import os
@@ -28,26 +29,22 @@ def run_train(tmp_path, *flags):
     return out, state
 
 
-    history = json.loads((Path(out_dir) / "log_history.json").read_text())
-    return [h["loss"] for h in history if "loss" in h]
-
-
 @pytest.mark.parametrize("fmt", PAIRWISE_FORMATS + BINARY_FORMATS)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_train_every_loss_on_every_format(tmp_path, monkeypatch, loss, fmt):
     from transformers import AutoModelForCausalLM
 
-    from cringe import cli
+    from cringe import models
 
     history = {}
-    original = cli.save_for_inference
+    original = models.save_for_inference
 
-    def capture(trainer, output_dir):
+    def capture(trainer, output_dir, **kwargs):
         history["logs"] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        original(trainer, output_dir)
+        original(trainer, output_dir, **kwargs)
 
-    monkeypatch.setattr(cli, "save_for_inference", capture)
-    flags = ["--loss", loss, "--dataset", str(DATA / f"{fmt}.jsonl")]
+    monkeypatch.setattr(models, "save_for_inference", capture)
+    flags = ["--loss", loss, "--dataset", str(DATA / f"{fmt}.jsonl"), "--debug"]
     if fmt in BINARY_FORMATS and loss not in ("binary_cringe", "sft"):
         with pytest.raises(ValueError, match="needs pairs"):
             run_train(tmp_path, *flags)
@@ -59,42 +56,106 @@ def test_train_every_loss_on_every_format(tmp_path, monkeypatch, loss, fmt):
     assert model.config.vocab_size == 260
 
 
-def test_yaml_values_and_command_line_overrides(tmp_path):
+@pytest.mark.parametrize("config_flag", ["separate", "equals"])
+def test_yaml_values_are_typed_and_flags_override_them(tmp_path, config_flag):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("dataset: a.jsonl\nloss: dpo\nbeta: 0.3\nlearning_rate: 1.0e-4\noutput_dir: x\n")
-    model_args, data_args, config = parse_train_args(["--config", str(cfg), "--beta", "0.5", "--use_peft", "true"])
-    assert config.loss == "dpo" and config.beta == 0.5 and config.learning_rate == 1e-4
-    assert data_args.dataset == "a.jsonl" and model_args.use_peft
+    # YAML 1.1 reads 1e-4 (no dot) as a string: it must still reach TrainingArguments as a float.
+    cfg.write_text("dataset: a.jsonl\nloss: dpo\nbeta: 0.3\nlearning_rate: 1e-4\noutput_dir: x\n")
+    given = ["--config", str(cfg)] if config_flag == "separate" else [f"--config={cfg}"]
+    model_args, data_args, lora_args, config = parse_train_args(given + ["--beta", "0.5", "--use-peft", "true"])
+    assert config.loss == "dpo" and config.beta == 0.5
+    assert config.learning_rate == 1e-4 and isinstance(config.learning_rate, float)
+    assert data_args.dataset == "a.jsonl" and lora_args.use_peft and config.output_dir == "x"
 
 
-def test_unknown_yaml_key_is_refused(tmp_path, capsys):
+def cli_error(capsys, argv) -> str:
+    """Run `cringe ARGV`, expect a user error: exit status 2 and one line on stderr; return the line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_unknown_yaml_key_is_refused_with_a_suggestion(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("dataset: a.jsonl\nbetta: 0.3\n")
-    with pytest.raises(SystemExit):
-        parse_train_args(["--config", str(cfg)])
-    assert "unknown keys ['betta']" in capsys.readouterr().err
+    err = cli_error(capsys, ["train", "--config", str(cfg)])
+    assert "unknown key 'betta'" in err and "did you mean 'beta'?" in err
 
 
 def test_missing_dataset_is_refused(capsys):
-    with pytest.raises(SystemExit):
-        parse_train_args(["--loss", "dpo"])
-    assert "--dataset is required" in capsys.readouterr().err
+    assert "--dataset is required" in cli_error(capsys, ["train", "--loss", "dpo"])
 
 
-def test_bad_data_stops_before_training_and_names_the_row(tmp_path):
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
+    err = cli_error(capsys, ["train", "--dataset", str(tmp_path / "nope.jsonl")])
+    assert err.startswith("cringe train: error:") and "nope.jsonl" in err
+    err = cli_error(capsys, ["train", "--dataset", str(DATA / "pairs.jsonl"), "--loss", "kto"])
+    assert "invalid choice" in err and "kto" in err
+    assert "unknown command 'trian'" in cli_error(capsys, ["trian"])
+    assert "did you mean 'train'" in cli_error(capsys, ["trian"])
+
+
+def test_bad_data_stops_before_training_and_names_the_row(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     rows = [json.loads(line) for line in (DATA / "pairs.jsonl").read_text().splitlines()]
     rows[5]["rejected"] = rows[5]["chosen"]
     bad.write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(ValueError, match=r"row 5, field 'rejected': identical to chosen"):
-        run_train(tmp_path, "--dataset", str(bad))
-    assert not (tmp_path / "model" / "model.safetensors").exists()
+    err = cli_error(capsys, ["train", "--config", str(CONFIG), "--dataset", str(bad), "--output_dir",
+                             str(tmp_path / "model")])
+    assert err == "cringe train: error: row 5, field 'rejected': identical to chosen"
+    assert not (tmp_path / "model").exists()
+    # --debug shows the traceback instead: the exception propagates
+    with pytest.raises(ValueError, match=r"row 5, field 'rejected'"):
+        main(["train", "--config", str(CONFIG), "--dataset", str(bad), "--output_dir", str(tmp_path / "m"),
+              "--debug"])
+
+
+@pytest.mark.parametrize("verb", ["train", "iterate", "evaluate", "demo", "env"])
+def test_every_verb_has_help(capsys, verb):
+    with pytest.raises(SystemExit) as exit_info:
+        main([verb, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: cringe {verb}") and "--config" in out
+
+
+def test_iterate_help_lists_the_sections(capsys):
+    with pytest.raises(SystemExit):
+        main(["iterate", "--help"])
+    out = capsys.readouterr().out
+    assert "--train.learning_rate" in out and "sampling" in out and "--output_dir OUTPUT_DIR, --output-dir" in out
+
+
+@pytest.mark.parametrize("verb, flags", [
+    ("train", ["--output_dir", "--output-dir"]), ("evaluate", ["--max_new_tokens", "--max-new-tokens"]),
+    ("demo", ["--output_dir", "--output-dir"]), ("iterate", ["--round_prompts", "--round-prompts"]),
+])
+def test_both_flag_spellings_everywhere(capsys, verb, flags):
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    out = capsys.readouterr().out
+    assert all(f in out for f in flags)
+
+
+def test_version_and_env(capsys):
+    import cringe
+
+    main(["--version"])
+    assert capsys.readouterr().out.strip() == f"cringe {cringe.__version__}"
+    main(["env"])
+    out = capsys.readouterr().out
+    assert "- torch: " in out and "- transformers: " in out and "- vllm: " in out and "CUDA devices" in out
 
 
 def test_console_script_is_installed():
     exe = shutil.which("cringe") or str(Path(sys.executable).parent / "cringe")
     result = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "cringe train --config" in result.stdout
+    result = subprocess.run([exe, "iterate"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().startswith("cringe iterate: error: the following")
 
 
 def _weights(path):

@@ -16,7 +16,7 @@ METHODS = PRESETS["smoke"].methods  # the default methods: everything but the op
 def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatch):
     monkeypatch.setenv("CRINGE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    main(["--preset", "smoke", "--output-dir", str(out)])
+    main(["--preset", "smoke", "--output_dir", str(out)])
     results = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
     assert "rloo" not in METHODS
@@ -48,9 +48,12 @@ def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatc
 
 
 def test_unknown_method_is_refused(capsys):
-    with pytest.raises(SystemExit):
-        main(["--preset", "smoke", "--methods", "ppo"])
-    assert "unknown methods ['ppo']" in capsys.readouterr().err
+    from cringe.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["demo", "--preset", "smoke", "--methods", "ppo"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("cringe demo: error: unknown methods ['ppo']")
 
 
 def test_demo_smoke_rloo_row_through_trl(tmp_path, monkeypatch):

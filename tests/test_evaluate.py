@@ -42,3 +42,58 @@ def test_text_metrics():
 def test_kl_estimate_is_mean_log_ratio():
     got = kl_estimate([-1.0, -2.0, -3.0], [-2.0, -2.5, -3.0])
     assert got["mean"] == pytest.approx(0.5) and got["n"] == 3
+
+
+class S:
+    def __init__(self, prompt_id, completion="a b c", finish_reason="stop"):
+        self.prompt_id, self.completion, self.finish_reason = prompt_id, completion, finish_reason
+        self.num_tokens = len(completion.split())
+
+
+def test_compare_averages_samples_per_prompt_and_is_seeded():
+    from cringe.evaluate import compare
+
+    policy = [S(0), S(0), S(1), S(1)]
+    baseline = [S(0), S(1)]
+    # prompt 0: policy mean 0.5 vs 0.4 (win); prompt 1: mean 0.2 vs 0.2 (tie)
+    result = compare(policy, [0.2, 0.8, 0.1, 0.3], baseline, [0.4, 0.2], policy_logps=[-1.0, -2.0, -3.0, -4.0],
+                     reference_logps=[-2.0, -2.0, -3.0, -5.0], seed=3)
+    assert result["n_prompts"] == 2 and result["win_rate"]["win_rate"] == pytest.approx(0.75)
+    assert result["reward"]["mean"] == pytest.approx(0.35) and result["baseline_reward"]["n"] == 2
+    assert result["kl"]["mean"] == pytest.approx(0.5) and result["text"]["length_tokens"] == 3
+    assert compare(policy, [0.2, 0.8, 0.1, 0.3], baseline, [0.4, 0.2], seed=3)["kl"] is None
+    again = compare(policy, [0.2, 0.8, 0.1, 0.3], baseline, [0.4, 0.2], policy_logps=[-1.0, -2.0, -3.0, -4.0],
+                    reference_logps=[-2.0, -2.0, -3.0, -5.0], seed=3)
+    assert again == result
+
+
+def test_compare_refuses_different_prompt_sets():
+    from cringe.evaluate import compare
+
+    with pytest.raises(ValueError, match="different prompts"):
+        compare([S(0)], [1.0], [S(1)], [0.0])
+
+
+def test_cringe_evaluate_compares_a_trained_round_with_the_start(tmp_path, capsys):
+    import json
+
+    from cringe.cli import main
+    from cringe.loop import IterativeRun, load_config
+
+    from .test_loop import write_config
+
+    path = write_config(tmp_path, tmp_path / "run", rounds=1)
+    IterativeRun(load_config(str(path), [])).run()
+    reward = tmp_path / "reward.yaml"
+    reward.write_text('type: callable\nfunction: "cringe.testbeds.toy:vowel_share"\n')
+    out = tmp_path / "eval.json"
+    main(["evaluate", "--policy", str(tmp_path / "run" / "round-1" / "model"), "--baseline", "tiny-random-llama",
+          "--prompts", str(tmp_path / "prompts.jsonl"), "--reward", str(reward), "--samples", "2",
+          "--max-new-tokens", "8", "--output", str(out)])
+    result = json.loads(out.read_text())
+    assert result["win_rate"]["n"] == 12 and 0 <= result["win_rate"]["win_rate"] <= 1
+    assert result["kl"]["n"] == 24 and result["kl"]["mean"] > 0
+    # the same schema as the loop's eval.json (less the round)
+    loop_eval = json.loads((tmp_path / "run" / "round-1" / "eval.json").read_text())
+    assert set(loop_eval) - {"round"} == set(result)
+    assert "win rate of policy vs baseline" in capsys.readouterr().out

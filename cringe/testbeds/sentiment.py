@@ -111,7 +111,7 @@ def prompt_row(review: dict, conversational: bool = True) -> dict:
 
 
 def write_prompt_file(reviews: list[dict], path: Path, conversational: bool = True) -> Path:
-    from ..loop import write_jsonl
+    from ..files import write_jsonl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(path, [prompt_row(r, conversational) for r in reviews])

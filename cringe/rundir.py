@@ -1,0 +1,113 @@
+"""The layout of a `cringe iterate` run directory, in one place.
+
+    <run>/state.json                 the config, its hash, the finished steps (with seconds)
+    <run>/baseline_samples.jsonl     M_0's held-out samples, and their scores (baseline_scores.jsonl)
+    <run>/logs/                      tracker logs (TensorBoard event files), kept across rounds
+    <run>/round-<k>/samples.jsonl    N completions per prompt sampled from M_{k-1}
+                    scores.jsonl     one reward per sample
+                    pairs.jsonl      the training rows built from them, and pairing.json (what was kept)
+                    model/           M_k (complete once it exists; written as .model.tmp and renamed)
+                    eval_samples.jsonl, eval_scores.jsonl, eval.json   M_k against M_0 on held-out prompts
+
+The loop writes through this object and the demo, the report and the benchmarks read through it, so no
+caller spells a file name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .files import read_json, read_jsonl
+
+SAMPLES = "samples.jsonl"
+SCORES = "scores.jsonl"
+PAIRS = "pairs.jsonl"
+PAIRING = "pairing.json"
+MODEL = "model"
+EVAL = "eval.json"
+EVAL_SAMPLES = "eval_samples.jsonl"
+EVAL_SCORES = "eval_scores.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ----- paths ------------------------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def baseline_samples(self) -> Path:
+        return self.path / "baseline_samples.jsonl"
+
+    @property
+    def baseline_scores(self) -> Path:
+        return self.path / "baseline_scores.jsonl"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def round(self, k: int) -> Path:
+        return self.path / f"round-{k}"
+
+    def file(self, k: int, name: str) -> Path:
+        """round-k/<name>, for one of this module's file names."""
+        return self.round(k) / name
+
+    def model(self, k: int) -> Path:
+        return self.round(k) / MODEL
+
+    def checkpoints(self, k: int) -> Path:
+        return self.round(k) / CHECKPOINTS
+
+    # ----- contents ---------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.state_path.exists()
+
+    def state(self) -> dict:
+        return read_json(self.state_path)
+
+    def config(self) -> dict:
+        """The config the run was created with (IterateConfig fields)."""
+        return self.state()["config"]
+
+    def planned_rounds(self) -> int:
+        return self.config()["rounds"]
+
+    def steps(self) -> list[dict]:
+        """Finished steps in order: {round, step, seconds, finished}."""
+        return self.state().get("steps", [])
+
+    def seconds(self, step: str, up_to_round: int) -> float:
+        """Time spent on `step` (e.g. 'model' = training) in rounds 1..up_to_round."""
+        return sum(s["seconds"] for s in self.steps() if s["step"] == step and s["round"] <= up_to_round)
+
+    def evaluation(self, k: int) -> dict | None:
+        path = self.file(k, EVAL)
+        return read_json(path) if path.exists() else None
+
+    def evaluated_rounds(self) -> list[int]:
+        return [k for k in range(1, self.planned_rounds() + 1) if self.file(k, EVAL).exists()]
+
+    def samples(self, path: Path):
+        from .generation import Sample
+
+        return [Sample.from_dict(d) for d in read_jsonl(path)]
+
+    def scores(self, path: Path) -> list[float]:
+        return [r["score"] for r in read_jsonl(path)]
+
+    def labelled_samples(self, up_to_round: int) -> int:
+        """How many samples rounds 1..up_to_round had labelled by the reward source."""
+        return sum(len(read_jsonl(self.file(j, SAMPLES))) for j in range(1, up_to_round + 1))
+
+    def rows_kept(self, up_to_round: int) -> int:
+        """Training rows that rounds 1..up_to_round kept after pairing."""
+        return sum(read_json(self.file(j, PAIRING))["kept"] for j in range(1, up_to_round + 1))
