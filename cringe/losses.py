@@ -9,7 +9,7 @@ sampling): no model, no tokenizer, no config. Shapes use these letters:
 Labels follow the Hugging Face convention: `labels[b, t]` is the token that `logits[b, t]` predicts (already
 shifted), and `ignore_index` (-100) marks positions that do not count (prompt and padding).
 
-Formulas: ../shared/DESIGN.md §1 (README "What is computed").
+Formulas: docs/design.md, section 1 (README "What is computed").
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def sample_cringe_positives(
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pick one positive token per row from the model's own top-k alternatives (DESIGN §1.1 steps 1-2).
+    """Pick one positive token per row from the model's own top-k alternatives (docs/design.md 1.1, steps 1-2).
 
     Take the top-(k+1) logits; drop the negative token if it is among them, else drop the (k+1)-th; sample one
     of the k that remain from softmax over their logits. The choice carries no gradient.
@@ -201,7 +201,7 @@ def binary_cringe_loss(
     num_items: torch.Tensor | float | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> LossOutput:
-    """Binary Cringe objective (DESIGN §1.1): CE on positive sequences, alpha * Cringe on negative ones.
+    """Binary Cringe objective (docs/design.md 1.1): CE on positive sequences, alpha * Cringe on negative ones.
 
     L = (sum_{positive tokens} ce + alpha * sum_{negative tokens} cr) / (#positive tokens + #negative tokens)
 
@@ -252,7 +252,7 @@ def pairwise_cringe_loss(
     num_items: torch.Tensor | float | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> LossOutput:
-    """Pairwise Cringe objective (Xu et al. 2023; DESIGN §1.2).
+    """Pairwise Cringe objective (Xu et al. 2023; docs/design.md 1.2).
 
     L = (sum_{t in y_w} ce_t + alpha * sum_pairs g * sum_{t in y_l} cr_t) / (#y_w tokens + #y_l tokens)
     with g = sigmoid((margin - Delta) / temperature) and Delta from `pairwise_delta`.
@@ -301,7 +301,7 @@ def dpo_loss(
     beta: float = 0.1,
     loss_type: str = "sigmoid",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DPO-family per-pair losses (DESIGN §1.3). All inputs [B] -> (losses [B], chosen_rewards [B], rejected_rewards [B]).
+    """DPO-family per-pair losses (docs/design.md 1.3). All inputs [B] -> (losses [B], chosen_rewards [B], rejected_rewards [B]).
 
     h = beta * ((pi_w - ref_w) - (pi_l - ref_l))
       sigmoid: -log sigmoid(h)      hinge: max(0, 1 - h)      ipo: (h / beta - 1 / (2 beta))^2

@@ -86,3 +86,11 @@ def test_the_package_has_no_import_cycle():
 def test_nothing_imports_the_cli():
     importers = sorted(m for m, deps in import_graph().items() if "cringe.cli" in deps and m != "cringe.__main__")
     assert importers == []
+
+
+def test_the_project_points_only_inside_itself():
+    root = PACKAGE.parent
+    texts = [root / "README.md", *root.glob("docs/*.md"), *PACKAGE.rglob("*.py"), *root.glob("bench/*.py")]
+    offenders = [str(p.relative_to(root)) for p in texts
+                 if "../shared" in p.read_text() or "DESIGN §" in p.read_text() or "DESIGN.md" in p.read_text()]
+    assert offenders == []

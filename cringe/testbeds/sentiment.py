@@ -1,4 +1,4 @@
-"""The offline sentiment-control testbed (DESIGN §4): movie reviews, a proxy reward model and a gold judge.
+"""The offline sentiment-control testbed (docs/design.md, section 4): movie reviews, a proxy reward model and a gold judge.
 
 The policy is asked to continue the opening words of a review; the goal is a positive continuation. Training
 labels come from a *proxy* reward model (all-MiniLM-L6-v2 fine-tuned as a one-logit classifier on one split of
