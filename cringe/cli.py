@@ -2,6 +2,8 @@
 
     cringe train --config run.yaml [--key value ...]      fine-tune on preference, binary or SFT data
     cringe iterate --config iter.yaml [--key value ...]   iterative rounds (dotted keys: --train.learning_rate 1e-5)
+    cringe sample --model M --prompts FILE --output samples.jsonl [--n 4 --backend vllm --vllm.KEY VALUE]
+    cringe score --samples samples.jsonl --reward reward.yaml --output scores.jsonl
     cringe evaluate --policy DIR --baseline DIR --prompts FILE --reward reward.yaml
     cringe demo [--quick] [--output_dir DIR]              the paper's comparison, offline, on a CPU
     cringe env                                            versions and devices, for bug reports
@@ -20,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .errors import UserError
+from .interrupt import Interrupted
 from .models import TINY_SPEC
 
 
@@ -29,6 +32,10 @@ class ModelArguments:
     dtype: str = field(default="auto", metadata={"help": "weights dtype (auto: as saved)",
                                                  "choices": ("float32", "bfloat16", "float16", "auto")})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the hub (off by default)"})
+    ref_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "DPO family: the reference model (default: a frozen copy of the start)"})
+    save_model_to: str | None = field(
+        default=None, metadata={"help": "where the trained model is saved (default: output_dir)"})
 
 
 @dataclass
@@ -38,6 +45,7 @@ class DataArguments:
     dataset_split: str = field(default="train", metadata={"help": "split to train on"})
     dataset_test_split: str | None = field(
         default=None, metadata={"help": "split of the same dataset to evaluate on (e.g. test_prefs)"})
+    data_description: str | None = field(default=None, metadata={"help": "what the model card says about the data"})
     eval_dataset: str | None = field(default=None, metadata={"help": "separate evaluation data, same formats"})
 
 
@@ -71,11 +79,24 @@ def train(argv: list[str]) -> None:
     peft_config = lora_args.peft_config()
     model, tokenizer = load_model_and_tokenizer(model_args.model_name_or_path, model_args.dtype,
                                                 model_args.trust_remote_code)
+    ref_model = None
+    if model_args.ref_model_name_or_path:
+        from .models import load_model
+
+        ref_model = load_model(model_args.ref_model_name_or_path, tokenizer, model_args.dtype,
+                               model_args.trust_remote_code)
     trainer = CringeTrainer(model=model, args=config, train_dataset=train_rows, eval_dataset=eval_rows,
-                            processing_class=tokenizer, peft_config=peft_config)
+                            processing_class=tokenizer, peft_config=peft_config, ref_model=ref_model)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    save_for_inference(trainer, config.output_dir, base_model=model_args.model_name_or_path,
-                       data=f"`{data_args.dataset}` (split {data_args.dataset_split})")
+    target = model_args.save_model_to or config.output_dir
+    save_for_inference(trainer, target, base_model=model_args.model_name_or_path,
+                       data=data_args.data_description or f"`{data_args.dataset}` (split {data_args.dataset_split})")
+    if trainer.is_world_process_zero():
+        from pathlib import Path
+
+        from .files import write_json
+
+        write_json(Path(target) / "train_log.json", trainer.state.log_history)
 
 
 def iterate(argv: list[str]) -> None:
@@ -98,7 +119,9 @@ class EvaluateArguments:
     samples: int = field(default=1, metadata={"help": "samples per prompt and policy"})
     max_new_tokens: int = 48
     max_prompts: int | None = None
-    dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16", "auto")})
+    device: str = field(default="auto", metadata={"help": "auto: cuda when available, else cpu"})
+    dtype: str | None = field(default=None, metadata={"help": "default: bfloat16 on a GPU, float32 on a CPU",
+                                                      "choices": ("float32", "bfloat16", "float16", "auto")})
     seed: int = 0
     trust_remote_code: bool = False
     output: str | None = field(default=None, metadata={"help": "write the comparison as JSON here"})
@@ -120,13 +143,71 @@ def evaluate(argv: list[str]) -> None:
         raise UserError(f"--prompts {args.prompts}: no such file")
     result = evaluate_policy(args.policy, args.baseline, args.prompts, read_yaml(args.reward), samples=args.samples,
                              max_new_tokens=args.max_new_tokens, max_prompts=args.max_prompts, dtype=args.dtype,
-                             seed=args.seed, trust_remote_code=args.trust_remote_code)
+                             device=args.device, seed=args.seed, trust_remote_code=args.trust_remote_code)
     print(comparison_table([{**result, "model": args.policy}], "model", "policy"))
     w = result["win_rate"]
     print(f"\nwin rate of policy vs baseline: {w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}..{w['ci_high']:.3f}, "
           f"n={w['n']}); KL(policy||baseline) ~ {result['kl']['mean']:.3f}")
     if args.output:
         write_json(args.output, result)
+
+
+def sample(argv: list[str]) -> None:
+    """N completions per prompt from a model, to a JSONL file with token ids, text, finish reason and seed
+    (transformers on the GPU or CPU, or one vLLM engine: --backend vllm, engine options as --vllm.KEY VALUE).
+    Rerun to resume: finished shards of 64 prompts are kept."""
+    import time
+
+    from .config import make_parser, parse_with_sections
+    from .generation import SamplingConfig
+    from .stages import SampleArguments, run_sample
+
+    parser = make_parser((SampleArguments, SamplingConfig), prog="cringe sample", description=sample.__doc__,
+                         epilog="sections: vllm (engine options passed to vllm.LLM, e.g. --vllm.gpu_memory_utilization 0.8)")
+    (args, sampling), sections = parse_with_sections(parser, argv, 2, {"vllm": None})
+    t0 = time.time()
+    samples = run_sample(args, sampling, sections.get("vllm"))
+    if not samples:  # a data-parallel worker other than the first: process 0 wrote the file
+        return
+    tokens = sum(s.num_tokens for s in samples)
+    seconds = time.time() - t0
+    print(f"{len(samples)} samples, {tokens} new tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):.0f} "
+          f"tokens/s) -> {args.output}")
+
+
+def score(argv: list[str]) -> None:
+    """One reward per sample of a `cringe sample` file, to a JSONL file (prompt_id, sample_id, score). The reward
+    source is a YAML file (--reward FILE) or the `reward:` section of --config, refined by --reward.KEY VALUE."""
+    import time
+
+    from .config import make_parser, parse_with_sections, read_yaml
+    from .stages import ScoreArguments, run_score
+
+    reward_file, argv = _pop_flag(argv, "--reward")
+    parser = make_parser(ScoreArguments, prog="cringe score", description=score.__doc__,
+                         epilog="sections: reward ({type: callable|model|judge, ...}, as in an iterate config)")
+    base = {"reward": read_yaml(reward_file)} if reward_file else None
+    (args,), sections = parse_with_sections(parser, argv, 1, {"reward": None}, base_values=base)
+    if "reward" not in sections:
+        raise UserError("a reward source is required: --reward FILE, or a reward: section in --config")
+    t0 = time.time()
+    scores = run_score(args, sections["reward"])
+    print(f"{len(scores)} scores (mean {sum(scores) / len(scores):.4f}) in {time.time() - t0:.1f} s -> {args.output}")
+
+
+def _pop_flag(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """(value of `flag VALUE` / `flag=VALUE`, the other arguments); dotted `flag.key` forms are left alone."""
+    rest, value, i = [], None, 0
+    while i < len(argv):
+        if argv[i] == flag and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith(flag + "="):
+            value = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    return value, rest
 
 
 def demo(argv: list[str]) -> None:
@@ -168,7 +249,8 @@ def environment_report() -> str:
     return "\n".join(lines)
 
 
-VERBS = {"train": train, "iterate": iterate, "evaluate": evaluate, "demo": demo, "env": env}
+VERBS = {"train": train, "iterate": iterate, "sample": sample, "score": score, "evaluate": evaluate, "demo": demo,
+         "env": env}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,3 +288,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"cringe {verb}: error: {err.filename or err}: no such file or directory", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:
+        # SIGTERM / SIGINT (cringe.interrupt): what is on disk is complete; the shell's status for the signal.
+        if debug:
+            raise
+        print(f"cringe {verb}: {err}", file=sys.stderr)
+        sys.exit(err.exit_status)

@@ -222,3 +222,27 @@ def flat_dataclass(cls, exclude: set[str]):
         spec = dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
         fields.append((f.name, hints[f.name], spec))
     return dataclasses.make_dataclass(f"{cls.__name__}Flags", fields)
+
+
+def parse_with_sections(parser, argv: list[str], dataclass_count: int, sections: dict,
+                        base_values: dict | None = None) -> tuple[tuple, dict]:
+    """Parse `--config FILE` plus flags where some keys are nested sections. sections: name -> a parser to type
+    and check that section's keys (make_parser over its dataclass), or None for a free-form mapping. base_values:
+    values under the file's (a caller's defaults). Returns (the flat dataclasses, {section name: typed mapping}
+    for the sections that were given)."""
+    config_path, argv = pop_config_flag(argv)
+    values = merge_section(base_values or {}, read_yaml(config_path) if config_path else {})
+    source = config_path or "config"
+    given = {name: values.pop(name) for name in sections if name in values}
+    argv, dotted = split_dotted(argv, set(sections))
+    flat = parse(parser, argv, dataclass_count, file_values=values, source=source)
+    merged = {}
+    for name, section_parser in sections.items():
+        value = given.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise UsageError(f"{source}: {name} must be a mapping, got {type(value).__name__}")
+        if value is None and name not in dotted:
+            continue
+        value = merge_section(value or {}, dotted.get(name, {}))
+        merged[name] = typed_section(section_parser, value, f"{source}: {name}") if section_parser else free_form(value)
+    return flat, merged

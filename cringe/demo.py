@@ -302,7 +302,7 @@ class Demo:
         if not scores_path.exists():
             samples = RunDir(samples_path.parent).samples(samples_path)
             if not hasattr(self, "_proxy"):
-                self._proxy = load_reward_source(self.base_config()["reward"])
+                self._proxy = load_reward_source(self.base_config()["reward"], device="auto")
             scores = self._proxy.score([""] * len(samples), [s.completion for s in samples])
             write_jsonl(scores_path, per_sample(scores, samples))
         return RunDir(scores_path.parent).scores(scores_path)

@@ -96,8 +96,10 @@ def sequence_logprobs(model, rows: Sequence[dict], pad_token_id: int, batch_size
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    from tqdm.auto import tqdm
+
     out: list[float] = []
-    for start in range(0, len(rows), batch_size):
+    for start in tqdm(range(0, len(rows), batch_size), desc="log-probs", unit="batch", disable=len(rows) <= batch_size):
         chunk = [{"prompt_ids": r["prompt_ids"], "completion_ids": r["completion_ids"][:1]} for r in rows[start:start + batch_size]]
         batch = {k: v.to(device) for k, v in collate(chunk).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits

@@ -9,10 +9,18 @@ early).
 Every sampling parameter is passed explicitly: transformers' default generation config samples with top_k=50
 and a model's own generation_config may add more. On-policy sampling here means temperature 1, top_p 1, top_k 0
 (off) unless configured.
+
+Seeds. `derive_seed(seed, stream, index)` gives each stage of a run its own stream (round k's training samples,
+round k's evaluation samples, ...), so no two rounds or stages repeat a random stream. Within a stage, the
+transformers backend seeds each batch from the stream seed and the batch's first prompt position (reproducible for
+a given batch size); the vLLM backend gives every prompt its own request seed, `request_seed(seed, prompt_id, n)`,
+n apart, because vLLM samples the j-th of n completions of a request with seed + j. Every sample records the seed
+it was drawn with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import asdict, dataclass, field
 
@@ -45,6 +53,19 @@ class SamplingConfig:
             raise UserError("top_p must be in (0, 1]")
 
 
+def derive_seed(seed: int, stream: str, index: int) -> int:
+    """A 31-bit seed for one stream of a run (e.g. ("train", k) for round k's samples): distinct per stream and
+    index, the same on every machine and every resume."""
+    digest = hashlib.sha256(f"{seed}/{stream}/{index}".encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def request_seed(seed: int, prompt_id: int, n: int) -> int:
+    """vLLM's seed for one prompt's request: vLLM draws child j of a request with seed + j, so requests are n
+    apart and no two samples of a stage share a seed."""
+    return seed * 2**32 + prompt_id * n
+
+
 @dataclass
 class Sample:
     prompt_id: int
@@ -53,6 +74,8 @@ class Sample:
     completion_ids: list[int]
     completion: str
     finish_reason: str  # "stop" (ended with EOS) or "length" (cut at max_new_tokens)
+    seed: int | None = None  # the seed this sample was drawn with (its batch's, or its vLLM request's + sample_id)
+    prompt: str | None = None  # the prompt's text, what reward sources see (set by the sampling stage)
     num_tokens: int = field(init=False)
 
     def __post_init__(self):
@@ -118,7 +141,8 @@ class TransformersSampler:
             width = max(len(p) for p in chunk)
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
             attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-            torch.manual_seed(config.seed * 1_000_003 + prompt_ids_offset + start)
+            batch_seed = config.seed * 1_000_003 + prompt_ids_offset + start
+            torch.manual_seed(batch_seed)
             out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gen_config)
             generated = out[:, width:].tolist()
             for row, ids in enumerate(generated):
@@ -127,36 +151,44 @@ class TransformersSampler:
                 samples.append(Sample(
                     prompt_id=prompt_ids_offset + start + p_index, sample_id=s_index, prompt_ids=chunk[p_index],
                     completion_ids=completion, completion=tok.decode(completion, skip_special_tokens=True),
-                    finish_reason=reason))
+                    finish_reason=reason, seed=batch_seed))
         if was_training:
             model.train()
         return samples
 
 
 class VLLMSampler:
-    """The same interface on vLLM (GPU). Used when vllm is installed and a GPU is present.
+    """The same interface on vLLM's offline engine (GPU): one engine for the whole sampling stage.
 
-    Not exercised by the CPU test suite (no GPU and no vllm there); it follows vLLM's documented API:
-    `LLM.generate` on token-id prompts with `SamplingParams(n, temperature, top_p, top_k, max_tokens, seed)`.
+    engine_options go to `vllm.LLM` unchanged (tensor_parallel_size, gpu_memory_utilization, dtype, max_model_len,
+    enforce_eager, ...). Prompts are token ids (`TokensPrompt`), so vLLM sees exactly what the trainer will; all n
+    samples of a prompt are one request (they share its prefix cache), each request with its own seed.
+
+    The test suite checks this class against a fake `vllm` module that records the calls (tests/fake_vllm); it
+    has not run on a real vLLM (README, "GPUs and vLLM").
     """
 
-    def __init__(self, model_path: str, tokenizer, **llm_kwargs):
+    def __init__(self, model_path: str, tokenizer, **engine_options):
         from vllm import LLM
 
         self.tokenizer = tokenizer
-        self.llm = LLM(model=model_path, **llm_kwargs)
+        self.llm = LLM(model=model_path, **engine_options)
 
     def sample(self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0,
                progress: bool = True) -> list[Sample]:
         from vllm import SamplingParams, TokensPrompt
 
-        params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
-                                top_k=config.top_k if config.top_k > 0 else -1, max_tokens=config.max_new_tokens,
-                                seed=config.seed, skip_special_tokens=True)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=progress)
         eos = _eos_ids(self.tokenizer)
+        seeds = [request_seed(config.seed, prompt_ids_offset + i, config.n) for i in range(len(prompts))]
+        params = [SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
+                                 top_k=config.top_k if config.top_k > 0 else -1, max_tokens=config.max_new_tokens,
+                                 seed=seed, stop_token_ids=sorted(eos), skip_special_tokens=True)
+                  for seed in seeds]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=progress)
         samples = []
-        for i, (prompt, out) in enumerate(zip(prompts, outputs)):
+        for i, (prompt, out, seed) in enumerate(zip(prompts, outputs, seeds)):
+            if len(out.outputs) != config.n:
+                raise RuntimeError(f"vLLM returned {len(out.outputs)} completions for a request of n={config.n}")
             for j, completion in enumerate(out.outputs):
                 ids = list(completion.token_ids)
                 # vLLM stops on EOS and reports it; keep it as the transformers backend does.
@@ -165,8 +197,13 @@ class VLLMSampler:
                     ids.append(self.tokenizer.eos_token_id)
                 samples.append(Sample(prompt_id=prompt_ids_offset + i, sample_id=j, prompt_ids=prompt,
                                       completion_ids=ids, completion=self.tokenizer.decode(ids, skip_special_tokens=True),
-                                      finish_reason=reason))
+                                      finish_reason=reason, seed=seed + j))
         return samples
+
+    def close(self) -> None:
+        """Drop the engine. Its GPU memory is only reliably back when the process exits: the loop samples with
+        vLLM in a process of its own."""
+        del self.llm
 
 
 def vllm_available() -> bool:
@@ -175,14 +212,10 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
-def make_sampler(backend: str, model, tokenizer, model_path: str | None = None):
-    """backend: 'auto' (vLLM when installed with a GPU, else transformers), 'transformers' or 'vllm'."""
+def resolve_backend(backend: str) -> str:
+    """'auto' is vLLM when it is installed and a GPU is present, else transformers."""
     if backend == "auto":
-        backend = "vllm" if vllm_available() and model_path else "transformers"
-    if backend == "vllm":
-        if model_path is None:
-            raise UserError("the vLLM backend loads the model from a path: save it first")
-        return VLLMSampler(model_path, tokenizer)
-    if backend == "transformers":
-        return TransformersSampler(model, tokenizer)
-    raise UserError(f"unknown sampling backend {backend!r}; use auto, transformers or vllm")
+        return "vllm" if vllm_available() else "transformers"
+    if backend not in ("transformers", "vllm"):
+        raise UserError(f"unknown sampling backend {backend!r}; use auto, transformers or vllm")
+    return backend

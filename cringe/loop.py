@@ -13,6 +13,8 @@ Every file is written to a temporary name and renamed, so a file that exists is 
 missing; sampling continues from its last finished shard and training from its last checkpoint. Sampling is
 seeded per batch from the prompt index, so a resumed run samples what the uninterrupted run would have.
 Resuming with a config that changes results is refused, naming the keys that differ; `rounds` may grow.
+A second process on the same directory, SIGTERM/SIGINT, damaged files, a full disk, a judge server that dies
+and a nan loss each stop the run with one line and resume cleanly (docs/design.md, "Files and resume").
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from pathlib import Path
 from . import rundir
 from .errors import UserError
 from .files import read_json, read_jsonl, write_json, write_jsonl
+from .integrity import finished, last_complete_checkpoint
 from .rundir import RunDir
+from .stages import launch_command, run_stage_process
 
 logger = logging.getLogger(__name__)
 
-SHARD_PROMPTS = 64  # prompts per sampling shard: the unit of resume inside a round's sampling step
 
 
 def _help(text: str, **extra) -> dict:
@@ -75,11 +78,24 @@ class IterateConfig:
     round_prompts: int | None = field(default=None, metadata=_help("prompts per round, fresh each round"))
     max_eval_prompts: int | None = None
     max_prompt_length: int = 512
-    dtype: str = field(default="float32", metadata=_help("weights for training and evaluation",
-                                                         choices=("float32", "bfloat16", "float16", "auto")))
+    device: str = field(default="auto", metadata=_help("where models run: auto = cuda when available, else cpu"))
+    dtype: str | None = field(default=None, metadata=_help(
+        "weights for training and evaluation (default: bfloat16 on a GPU, float32 on a CPU)",
+        choices=("float32", "bfloat16", "float16", "auto")))
     sampling_dtype: str | None = field(default=None, metadata=_help(
         "e.g. bfloat16: the fast sampling path on CPUs with AVX512-BF16 (default: dtype)"))
-    backend: str = field(default="auto", metadata=_help("sampler", choices=("auto", "transformers", "vllm")))
+    backend: str = field(default="auto", metadata=_help("sampler: auto = vLLM when installed with a GPU",
+                                                         choices=("auto", "transformers", "vllm")))
+    vllm: dict = field(default_factory=dict, metadata=_help(
+        "vLLM engine options: tensor_parallel_size, gpu_memory_utilization, dtype, max_model_len, enforce_eager, ..."))
+    stage_processes: bool | None = field(default=None, metadata=_help(
+        "run sampling and scoring as `cringe sample` / `cringe score` subprocesses, so their GPU memory is "
+        "free before training (default: on with a GPU or vLLM, off on a CPU; always on with vLLM)"))
+    accelerate: dict = field(default_factory=dict, metadata=_help(
+        "train each round under `accelerate launch`: {config_file: FILE, num_processes: N, sample: false, ...}"))
+    report_to: list[str] = field(default_factory=list, metadata=_help(
+        "trackers for per-round evaluation and training curves: tensorboard, wandb (logs in <output_dir>/logs)"))
+    run_name: str | None = field(default=None, metadata=_help("the tracker's run name (default: output_dir's name)"))
     seed: int = 0
     trust_remote_code: bool = field(default=False, metadata=_help("run model code from the hub (off by default)"))
 
@@ -102,21 +118,54 @@ class IterateConfig:
             SamplingConfig(**self.sampling)  # validates the keys and values now, not rounds later
         except TypeError as err:
             raise UserError(f"sampling: {err}") from None
-        owned = sorted({"loss", "output_dir"} & set(self.train))
+        owned = sorted({"loss", "output_dir", "report_to"} & set(self.train))
         if owned:
-            raise UserError(f"train: {owned} are set by the loop (use the top-level keys loss / output_dir)")
+            raise UserError(f"train: {owned} are set by the loop (use the top-level keys loss / output_dir / "
+                            "report_to)")
+        from .tracking import check_trackers
+
+        check_trackers(self.report_to)
         self.training_arguments(Path(self.output_dir) / "round-1")  # every train.* key and value checked now
+        if self.vllm and self.resolved_backend() != "vllm":
+            raise UserError(f"vllm engine options {sorted(self.vllm)} given, but the sampler is "
+                            f"{self.resolved_backend()} (backend: {self.backend})")
+
+    def resolved_backend(self) -> str:
+        from .generation import resolve_backend
+
+        return resolve_backend(self.backend)
+
+    def resolved_device(self) -> str:
+        from .models import resolve_device
+
+        return resolve_device(self.device)
+
+    def use_stage_processes(self) -> bool:
+        """vLLM always samples in a process of its own (its memory is only reliably back when the process ends)."""
+        if self.resolved_backend() == "vllm" or self.accelerate.get("sample"):
+            return True
+        if self.stage_processes is not None:
+            return self.stage_processes
+        return self.resolved_device().startswith("cuda")
+
+    def training_settings(self, round_dir: Path, seed_offset: int = 0) -> dict:
+        """A round's `cringe train` settings: the train section over the loop's defaults (CringeConfig and LoRA
+        keys, flat, as the YAML of a `cringe train --config` would hold them)."""
+        train = {"save_strategy": "epoch", "seed": self.seed + seed_offset, **self.train, "report_to": "none",
+                 "output_dir": str(round_dir / rundir.CHECKPOINTS), "loss": self.loss}
+        if self.resolved_device() == "cpu":
+            train.setdefault("use_cpu", True)  # the Trainer would otherwise take a GPU the user kept out
+        return train
 
     def training_arguments(self, round_dir: Path, seed_offset: int = 0):
         """(CringeConfig, LoraArguments) for a round: the train section over the loop's defaults."""
         from .trainer import CringeConfig, LoraArguments
 
         lora_keys = {f.name for f in dataclasses.fields(LoraArguments)}
-        train = {"save_strategy": "epoch", "report_to": "none", "seed": self.seed + seed_offset, **self.train}
+        train = self.training_settings(round_dir, seed_offset)
         lora = LoraArguments(**{k: v for k, v in train.items() if k in lora_keys})
         try:
-            args = CringeConfig(output_dir=str(round_dir / "checkpoints"), loss=self.loss,
-                                **{k: v for k, v in train.items() if k not in lora_keys})
+            args = CringeConfig(**{k: v for k, v in train.items() if k not in lora_keys})
         except (TypeError, ValueError) as err:
             if isinstance(err, UserError):
                 raise
@@ -124,7 +173,8 @@ class IterateConfig:
         return args, lora
 
     # Keys that do not change what a round computes: changing them on resume is allowed.
-    RESUMABLE_KEYS = ("rounds", "output_dir", "backend")
+    RESUMABLE_KEYS = ("rounds", "output_dir", "backend", "device", "vllm", "stage_processes", "report_to", "run_name",
+                      "accelerate")
 
     def result_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -141,27 +191,22 @@ def publish_model(trainer, round_dir: Path, *, base_model: str | None = None, da
     and drop the round's checkpoints."""
     from .models import save_for_inference
 
+    from .files import DiskFullError, is_disk_full
+
     tmp = round_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_for_inference(trainer, str(tmp), base_model=base_model, data=data)
-    write_json(tmp / "train_log.json", trainer.state.log_history)
+    try:
+        save_for_inference(trainer, str(tmp), base_model=base_model, data=data)
+        write_json(tmp / "train_log.json", trainer.state.log_history)
+    except Exception as err:
+        # A half-saved folder only takes space; the checkpoints stay, so a rerun saves again without training.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(err):
+            raise DiskFullError(round_dir / rundir.MODEL) from err
+        raise
     os.replace(tmp, round_dir / rundir.MODEL)
     shutil.rmtree(round_dir / rundir.CHECKPOINTS, ignore_errors=True)
     return round_dir / rundir.MODEL
-
-
-def _contiguous_runs(prompts):
-    """Split prompts into runs of consecutive prompt ids (a wrapped round slice has two)."""
-    runs: list[list] = []
-    for p in prompts:
-        if runs and p.prompt_id == runs[-1][-1].prompt_id + 1:
-            runs[-1].append(p)
-        else:
-            runs.append([p])
-    return runs
-
-
-# ----- the loop ------------------------------------------------------------------------------------------
 
 
 class IterativeRun:
@@ -174,6 +219,7 @@ class IterativeRun:
         self._prompts: dict[bool, list] = {}
         self._reward = None
         self._eval_reward = None
+        self.trackers = None  # cringe.tracking.Trackers while run() runs with report_to
 
     # lazily built, shared pieces
     @property
@@ -189,27 +235,35 @@ class IterativeRun:
 
         if evaluation and self.config.eval_reward is not None:
             if self._eval_reward is None:
-                self._eval_reward = load_reward_source(self.config.eval_reward)
+                self._eval_reward = load_reward_source(self.config.eval_reward, device=self.config.device)
             return self._eval_reward
         if self._reward is None:
-            self._reward = load_reward_source(self.config.reward)
+            self._reward = load_reward_source(self.config.reward, device=self.config.device)
         return self._reward
+
+    def release_rewards(self) -> None:
+        """On a GPU a reward model must not sit beside the policy while it trains; on a CPU, keeping it saves
+        reloading it every round."""
+        if self.config.resolved_device() != "cpu":
+            self._reward = self._eval_reward = None
 
     def model_path(self, k: int) -> str:
         """Where M_k lives: the initial spec for k = 0."""
         return self.config.model if k == 0 else str(self.run_dir.model(k))
 
-    def load_model(self, k: int, dtype: str | None = None):
-        from .models import load_model
+    def load_model(self, k: int, dtype: str | None = None, device: str | None = None):
+        """M_k in `dtype` (default: the run's dtype) on `device` (None: the CPU, where the Trainer takes it from)."""
+        from .models import default_dtype, load_model
 
-        return load_model(self.model_path(k), self.tokenizer, dtype or self.config.dtype, self.config.trust_remote_code)
+        dtype = default_dtype(dtype or self.config.dtype, self.config.resolved_device())
+        return load_model(self.model_path(k), self.tokenizer, dtype, self.config.trust_remote_code, device=device)
 
     # state
     def check_state(self) -> dict:
         state_path = self.run_dir.state_path
         current = {"config": dataclasses.asdict(self.config), "hash": self.config.result_hash()}
         if state_path.exists():
-            saved = read_json(state_path)
+            saved = self.run_dir.state()  # checked: a hand-edited state.json is named, not a KeyError
             if saved["hash"] != current["hash"]:
                 old = {k: v for k, v in saved["config"].items() if k not in IterateConfig.RESUMABLE_KEYS}
                 new = self.config.result_dict()
@@ -250,47 +304,78 @@ class IterativeRun:
     def round_prompt_list(self, k: int):
         """The prompts round k samples: all of them, or round k's slice of `round_prompts` (prompt ids stay the
         positions in the full list)."""
-        prompts, m = self.prompts(), self.config.round_prompts
-        if m is None:
-            return prompts
-        if m > len(prompts):
-            raise UserError(f"round_prompts={m} but only {len(prompts)} prompts")
-        start = ((k - 1) * m) % len(prompts)
-        return (prompts + prompts)[start:start + m]
+        from .stages import select_prompts
 
-    def sample(self, model_index: int, prompts, out_path: Path, n: int | None = None, shard_dir: Path | None = None):
-        """Sample from M_{model_index}, one shard of SHARD_PROMPTS prompts at a time (each shard a file)."""
-        from .generation import Sample, SamplingConfig, make_sampler
+        m = self.config.round_prompts
+        return select_prompts(self.prompts(), ((k - 1) * (m or 0)), m)
 
-        settings = dict(self.config.sampling)
-        if n is not None:
-            settings["n"] = n
-        sampling = SamplingConfig(**{"seed": self.config.seed, **settings})
-        shard_dir = shard_dir or out_path.parent / f".{out_path.stem}-shards"
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        sampler = None
-        samples: list[Sample] = []
-        for start in range(0, len(prompts), SHARD_PROMPTS):
-            shard = shard_dir / f"shard-{start:07d}.jsonl"
-            if not shard.exists():
-                if sampler is None:
-                    model = self.load_model(model_index, self.config.sampling_dtype)
-                    sampler = make_sampler(self.config.backend, model, self.tokenizer, self.model_path(model_index))
-                shard_prompts = prompts[start:start + SHARD_PROMPTS]
-                shard_samples = []
-                for run in _contiguous_runs(shard_prompts):
-                    shard_samples += sampler.sample([p.ids for p in run], sampling, prompt_ids_offset=run[0].prompt_id)
-                write_jsonl(shard, [s.to_dict() for s in shard_samples])
-            samples += [Sample.from_dict(d) for d in read_jsonl(shard)]
-        write_jsonl(out_path, [s.to_dict() for s in samples])
-        shutil.rmtree(shard_dir, ignore_errors=True)
+    def sample(self, model_index: int, prompts, out_path: Path, n: int | None = None, stream: str = "train",
+               evaluation: bool = False):
+        """Sample from M_{model_index} into out_path, shard by shard (resumable), in this process or in a
+        `cringe sample` subprocess. `stream` and model_index pick the seed, so no two stages share one."""
+        from .generation import SamplingConfig, derive_seed
+        from .models import free_memory
+        from .stages import open_sampler, sample_to_file
+
+        c = self.config
+        settings = {**c.sampling, **({"n": n} if n is not None else {})}
+        settings["seed"] = derive_seed(settings.get("seed", c.seed), stream, model_index)
+        if c.use_stage_processes():
+            self._sample_in_subprocess(model_index, prompts, out_path, settings, evaluation)
+            return self.run_dir.samples(out_path)
+        samples = sample_to_file(prompts, SamplingConfig(**settings), out_path, lambda: open_sampler(
+            c.backend, self.model_path(model_index), self.tokenizer, device=c.device,
+            dtype=c.sampling_dtype or c.dtype, trust_remote_code=c.trust_remote_code, engine_options=c.vllm))
+        free_memory()
         return samples
 
+    def _sample_in_subprocess(self, model_index: int, prompts, out_path: Path, settings: dict,
+                              evaluation: bool) -> None:
+        c = self.config
+        source = c.eval_prompts if evaluation else c.prompts
+        limit = c.max_eval_prompts if evaluation else c.max_prompts
+        ids = [p.prompt_id for p in prompts]
+        start, count = ids[0], len(ids)
+        everything = self.prompts(evaluation)
+        if [p.prompt_id for p in everything] != ids:  # a round's slice: check the stage will pick the same
+            from .stages import select_prompts
+
+            assert [p.prompt_id for p in select_prompts(everything, start, count)] == ids
+        else:
+            count = None
+        stage = {"model": self.model_path(model_index), "tokenizer": c.model, "prompts": source,
+                 "output": str(out_path), "backend": c.backend, "device": c.device,
+                 "dtype": c.sampling_dtype or c.dtype, "start": start, "count": count, "max_prompts": limit,
+                 "max_prompt_length": c.max_prompt_length, "trust_remote_code": c.trust_remote_code, **settings}
+        if c.vllm:
+            stage["vllm"] = c.vllm
+        data_parallel = c.accelerate.get("sample") and c.resolved_backend() == "transformers"
+        run_stage_process("sample", stage, out_path,
+                          launcher=launch_command(c.accelerate) if data_parallel else None)
+
     def score(self, prompts, samples, out_path: Path, evaluation: bool = False) -> list[float]:
+        """One reward per sample into out_path, in this process or in a `cringe score` subprocess."""
+        from .models import free_memory
         from .stages import per_sample, score_samples
 
-        scores = score_samples(self.reward(evaluation), prompts, samples)
-        write_jsonl(out_path, per_sample(scores, samples))
+        c = self.config
+        spec = c.eval_reward if evaluation and c.eval_reward is not None else c.reward
+        if c.use_stage_processes() and all(s.prompt is not None for s in samples):
+            samples_path = out_path.parent / f".{out_path.stem}-input.jsonl"
+            write_jsonl(samples_path, [s.to_dict() for s in samples])
+            run_stage_process("score", {"samples": str(samples_path), "output": str(out_path), "device": c.device,
+                                        "reward": spec}, out_path)
+            samples_path.unlink()
+            return self.run_dir.scores(out_path)
+        from .answerlog import answers_kept
+
+        reward = self.reward(evaluation)
+        with answers_kept(reward, out_path):  # a judge's answers survive a failure; the rerun asks the rest
+            scores = score_samples(reward, samples, prompts)
+            write_jsonl(out_path, per_sample(scores, samples))
+        del reward
+        self.release_rewards()
+        free_memory()
         return scores
 
     def pair(self, samples, scores, round_dir: Path) -> list[dict]:
@@ -314,20 +399,68 @@ class IterativeRun:
     def train(self, k: int, rows: list[dict], round_dir: Path) -> None:
         from .pairing import as_training_data
         from .trainer import CringeTrainer
+        from .tracking import trainer_callback
 
         c = self.config
         if c.mix_previous:
             rows = [r for j in range(1, k) for r in read_jsonl(self.run_dir.file(j, rundir.PAIRS))] + rows
+        if c.accelerate:
+            return self._train_launched(k, rows, round_dir)
         data = as_training_data(rows, "binary" if c.loss == "binary_cringe" else "pairwise")
         args, lora = c.training_arguments(round_dir, seed_offset=k)
         model = self.load_model(k - 1)
-        ref_model = self.load_model(0) if c.loss in ("dpo", "ipo", "hinge") and c.dpo_reference == "initial" else None
+        ref_model = self.load_model(0) if self._initial_reference() else None
+        callbacks = [trainer_callback(self.trackers, self.steps_before(k))] if self.trackers else []
         trainer = CringeTrainer(model=model, args=args, train_dataset=data, processing_class=self.tokenizer,
-                                ref_model=ref_model, peft_config=lora.peft_config())
-        checkpoints = sorted(self.run_dir.checkpoints(k).glob("checkpoint-*"))
-        trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+                                ref_model=ref_model, peft_config=lora.peft_config(), callbacks=callbacks)
+        checkpoint = last_complete_checkpoint(self.run_dir.checkpoints(k))
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         publish_model(trainer, round_dir, base_model=self.model_path(k - 1),
                       data=f"round {k} of `cringe iterate`: {len(rows)} rows from {round_dir / rundir.PAIRS}")
+
+    def _initial_reference(self) -> bool:
+        return self.config.loss in ("dpo", "ipo", "hinge") and self.config.dpo_reference == "initial"
+
+    def _train_launched(self, k: int, rows: list[dict], round_dir: Path) -> None:
+        """Round k's training as `accelerate launch [the user's accelerate settings] -m cringe train`: DDP, FSDP or
+        ZeRO from the user's accelerate config, multi-node through accelerate's own flags. The same `cringe train`
+        as standalone, on the round's token-id rows; its model is published like the in-process one."""
+        from .models import default_dtype
+
+        c = self.config
+        rows_path = round_dir / ".train_rows.jsonl"
+        write_jsonl(rows_path, rows)
+        tmp = round_dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoint = last_complete_checkpoint(self.run_dir.checkpoints(k))
+        settings = {
+            "model_name_or_path": self.model_path(k - 1), "dtype": default_dtype(c.dtype, c.resolved_device()),
+            "trust_remote_code": c.trust_remote_code, "dataset": str(rows_path), "save_model_to": str(tmp),
+            "data_description": f"round {k} of `cringe iterate`: {len(rows)} rows from {round_dir / rundir.PAIRS}",
+            **({"ref_model_name_or_path": self.model_path(0)} if self._initial_reference() else {}),
+            **c.training_settings(round_dir, seed_offset=k),
+            **({"resume_from_checkpoint": str(checkpoint)} if checkpoint else {}),
+        }
+        run_stage_process("train", settings, tmp, launcher=launch_command(c.accelerate))
+        os.replace(tmp, round_dir / rundir.MODEL)
+        shutil.rmtree(self.run_dir.checkpoints(k), ignore_errors=True)
+        rows_path.unlink()
+        if self.trackers is not None:
+            offset = self.steps_before(k)
+            for line in self.train_log(k):
+                self.trackers.log({f"train/{key}": v for key, v in line.items()}, step=offset + line.get("step", 0))
+
+    def steps_before(self, k: int) -> int:
+        """Optimiser steps of rounds 1..k-1: where round k's training curve continues."""
+        total = 0
+        for j in range(1, k):
+            log = self.train_log(j)
+            total += max((h.get("step", 0) for h in log), default=0)
+        return total
+
+    def train_log(self, k: int) -> list[dict]:
+        path = self.run_dir.model(k) / "train_log.json"
+        return read_json(path) if path.exists() else []
 
     def baseline(self):
         """M_0's held-out samples and scores: computed once, the reference every round is compared with."""
@@ -343,24 +476,32 @@ class IterativeRun:
     def _load_or_sample(self, model_index, prompts, path):
         if path.exists():
             return self.run_dir.samples(path)
-        return self.sample(model_index, prompts, path, n=self.config.eval_samples)
+        return self.sample(model_index, prompts, path, n=self.config.eval_samples, stream="eval", evaluation=True)
+
+    def _logprobs(self, k: int, samples) -> list[float]:
+        """log M_k(sample) on the run's device, the model dropped afterwards (the next stage needs the memory)."""
+        from .models import free_memory
+        from .stages import completion_logprobs
+
+        model = self.load_model(k, device=self.config.device)
+        logps = completion_logprobs(model, samples, self.tokenizer.pad_token_id)
+        del model
+        free_memory()
+        return logps
 
     def evaluate(self, k: int, round_dir: Path) -> dict:
         """M_k against M_0 on the held-out prompts: cringe.evaluate.compare's schema plus the round."""
         from .evaluate import compare, comparison_table
         from .models import add_evaluation_to_card
-        from .stages import completion_logprobs
 
         prompts, base_samples, base_scores = self.baseline()
         samples = self._load_or_sample(k, prompts, round_dir / rundir.EVAL_SAMPLES)
         scores_path = round_dir / rundir.EVAL_SCORES
         scores = (self.run_dir.scores(scores_path) if scores_path.exists()
                   else self.score(prompts, samples, scores_path, evaluation=True))
-        pad = self.tokenizer.pad_token_id
         result = {"round": k, **compare(samples, scores, base_samples, base_scores,
-                                        policy_logps=completion_logprobs(self.load_model(k), samples, pad),
-                                        reference_logps=completion_logprobs(self.load_model(0), samples, pad),
-                                        seed=self.config.seed)}
+                                        policy_logps=self._logprobs(k, samples),
+                                        reference_logps=self._logprobs(0, samples), seed=self.config.seed)}
         # The card first: eval.json is the step's completion marker.
         add_evaluation_to_card(self.run_dir.model(k), comparison_table([result], "round", "round", baseline="M0")
                                + f"\n\nHeld-out prompts: {result['n_prompts']} from `{self.config.eval_prompts}`.")
@@ -368,10 +509,36 @@ class IterativeRun:
         return result
 
     def run(self) -> list[dict]:
+        """Run (or resume) every round. One process per run directory (cringe.runlock); SIGTERM and SIGINT stop
+        it at once with complete files only (cringe.interrupt); a full disk stops it naming the file."""
+        from .files import disk_full_reported
+        from .interrupt import signals_interrupt
+        from .runlock import RunLock
+
+        with signals_interrupt(), RunLock(self.dir), disk_full_reported(self.dir):
+            return self._run_locked()
+
+    def _run_locked(self) -> list[dict]:
         from tqdm.auto import tqdm
 
         c = self.config
         self.check_state()
+        if c.report_to:
+            from .tracking import Trackers
+
+            self.trackers = Trackers(c.report_to, self.run_dir.logs, c.run_name or self.dir.name,
+                                     dataclasses.asdict(c))
+        try:
+            return self._run_rounds(tqdm)
+        finally:
+            if self.trackers is not None:
+                self.trackers.close()
+                self.trackers = None
+
+    def _run_rounds(self, tqdm) -> list[dict]:
+        from .models import free_memory
+
+        c = self.config
         evaluations = []
         started = time.time()
         for k in range(1, c.rounds + 1):
@@ -387,16 +554,24 @@ class IterativeRun:
             ]
             if c.eval_prompts and (k % c.eval_every == 0 or k == c.rounds):
                 steps.append((rundir.EVAL, lambda: self.evaluate(k, round_dir)))
+            ran = False
             for name, step in tqdm(steps, desc=f"round {k}/{c.rounds}", leave=False):
-                if (round_dir / name).exists():
+                if finished(round_dir / name):  # a model folder is checked whole before it is trusted
                     continue
                 t0 = time.time()
                 step()
+                ran = True
                 self.finish_step(k, name, time.time() - t0)
+                free_memory()  # what the step loaded (a trainer, a model) is garbage now; the next step needs room
                 logger.info("round %d: %s (%.1fs since this run started)", k, name, time.time() - started)
             evaluation = self.run_dir.evaluation(k)
             if evaluation is not None:
                 evaluations.append(evaluation)
+            if ran and self.trackers is not None:
+                from .tracking import round_metrics
+
+                pairing = read_json(round_dir / rundir.PAIRING) if (round_dir / rundir.PAIRING).exists() else None
+                self.trackers.log(round_metrics(evaluation, pairing, self.train_log(k)), step=k)
         state = self.run_dir.state()
         state["finished_rounds"] = c.rounds
         write_json(self.run_dir.state_path, state)
@@ -411,7 +586,7 @@ def evaluation_table(evaluations: list[dict]) -> str:
 
 # ----- configuration ---------------------------------------------------------------------------------------
 
-SECTIONS = ("reward", "eval_reward", "sampling", "train")
+SECTIONS = ("reward", "eval_reward", "sampling", "train", "vllm", "accelerate")
 
 ITERATE_HELP = """sections (YAML mappings; dotted flags reach their keys, e.g. --train.learning_rate 1e-5):
   reward, eval_reward   a reward source: {type: callable, function: "module:fn", kwargs: {...}}
@@ -420,6 +595,11 @@ ITERATE_HELP = """sections (YAML mappings; dotted flags reach their keys, e.g. -
   sampling              n, max_new_tokens, temperature, top_p, top_k, seed, batch_size
   train                 any `cringe train` training flag (CringeConfig: learning_rate, num_train_epochs,
                         per_device_train_batch_size, beta, alpha, margin, ...) and LoRA (use_peft, lora_r, ...)
+  vllm                  vLLM engine options: tensor_parallel_size, gpu_memory_utilization, dtype,
+                        max_model_len, enforce_eager, ... (passed to vllm.LLM as given)
+  accelerate            each round's training as `accelerate launch ... -m cringe train`: config_file,
+                        num_processes, any other launch flag (main_process_port, ...), and sample: true to
+                        sample data-parallel over the same processes (transformers sampler)
 
 Rerun the same command to resume an interrupted run."""
 
@@ -448,28 +628,11 @@ def iterate_parser():
 
 def parse_iterate_args(argv: list[str]) -> IterateConfig:
     """An IterateConfig from `--config FILE` plus flags; every key typed and checked before any work."""
-    from .config import (free_form, merge_section, parse, pop_config_flag, read_yaml, split_dotted,
-                         typed_section)
+    from .config import parse_with_sections
 
-    config_path, argv = pop_config_flag(argv)
-    values = read_yaml(config_path) if config_path else {}
-    source = config_path or "config"
-    sections = {name: values.pop(name) for name in SECTIONS if name in values}
-    argv, dotted = split_dotted(argv, set(SECTIONS))
-    parser = iterate_parser()
-    (flags,) = parse(parser, argv, 1, file_values=values, source=source)
-    merged = {}
-    for name in SECTIONS:
-        given = sections.get(name)
-        if given is not None and not isinstance(given, dict):
-            raise UserError(f"{source}: {name} must be a mapping, got {type(given).__name__}")
-        if given is None and name not in dotted:
-            continue
-        value = merge_section(given or {}, dotted.get(name, {}))
-        section_parser = _section_parser(name)
-        merged[name] = (typed_section(section_parser, value, f"{source}: {name}") if section_parser
-                        else free_form(value))
-    return IterateConfig(**dataclasses.asdict(flags), **merged)
+    (flags,), sections = parse_with_sections(iterate_parser(), argv, 1,
+                                             {name: _section_parser(name) for name in SECTIONS})
+    return IterateConfig(**dataclasses.asdict(flags), **sections)
 
 
 def load_config(path: str | None, overrides: list[str]) -> IterateConfig:

@@ -168,6 +168,54 @@ def _resolve_dtype(dtype):
         raise UserError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto") from None
 
 
+def resolve_device(device: str | None = "auto") -> str:
+    """'auto' (or None): cuda when torch sees a GPU, else cpu. Anything else is taken as given ('cuda:1')."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__})")
+    return device
+
+
+def default_dtype(dtype: str | None, device: str) -> str:
+    """The dtype to load weights in: as asked, or bfloat16 on a GPU and float32 on a CPU when not given."""
+    if dtype not in (None, "default"):
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def engine_path(spec: str) -> str:
+    """A folder or hub id an external engine (vLLM) can load for this spec: the packaged models' converted
+    folders, and the tiny test model saved once to the cache (it otherwise lives in memory only)."""
+    if spec == TINY_SPEC:
+        target = cache_dir() / "models" / TINY_SPEC
+        if not (target / "config.json").exists():
+            tokenizer = build_tiny_tokenizer()
+            tmp = Path(tempfile.mkdtemp(dir=_ensure(target.parent), prefix=".tiny-"))
+            try:
+                build_tiny_model(tokenizer).save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return str(target)
+    return resolve_path(spec)
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def free_memory() -> None:
+    """Give back what dropped models held: Python's references first, then the CUDA cache."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
     if spec == TINY_SPEC:
         return build_tiny_tokenizer()
@@ -180,15 +228,26 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(spec: str, tokenizer=None, dtype=None, trust_remote_code: bool = False):
+def load_model(spec: str, tokenizer=None, dtype=None, trust_remote_code: bool = False, device: str | None = None):
+    """The causal LM for `spec` in `dtype` (None/'auto': as saved), on `device` (None: where transformers puts it,
+    the CPU; 'auto': the GPU when there is one)."""
     dtype = _resolve_dtype(dtype)
     if spec == TINY_SPEC:
-        return build_tiny_model(tokenizer or build_tiny_tokenizer(), dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
-    from transformers import AutoModelForCausalLM
+        model = build_tiny_model(tokenizer or build_tiny_tokenizer(),
+                                 dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
+    else:
+        from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        resolve_path(spec), dtype=dtype if dtype is not None else "auto", trust_remote_code=trust_remote_code, use_safetensors=True
-    )
+        from .integrity import refuse_pickle_only
+
+        if Path(resolve_path(spec)).is_dir():
+            refuse_pickle_only(resolve_path(spec))  # a clear refusal, not transformers' "no file named ..."
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_path(spec), dtype=dtype if dtype is not None else "auto", trust_remote_code=trust_remote_code,
+            use_safetensors=True)
+    if device is not None:
+        model = model.to(resolve_device(device))
+    return model
 
 
 def load_model_and_tokenizer(spec: str, dtype=None, trust_remote_code: bool = False):
@@ -213,6 +272,11 @@ def save_for_inference(trainer, output_dir: str, *, base_model: str | None = Non
     else:
         trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
+        # Trainer.save_model pickles the arguments (training_args.bin): keep them as JSON, load nothing pickled.
+        Path(output_dir, "training_args.bin").unlink(missing_ok=True)
+        from .files import write_atomic
+
+        write_atomic(Path(output_dir) / "training_args.json", trainer.args.to_json_string())
         write_model_card(output_dir, model_card(trainer.args, base_model=base_model, data=data,
                                                 steps=trainer.state.global_step, lora="adapter" if
                                                 Path(output_dir, "adapter").exists() else None))
@@ -243,7 +307,7 @@ def model_card(args, *, base_model: str | None, data: str | None, steps: int, lo
                      f"- Loss: `{loss}`" + (f" ({settings})" if settings else ""),
                      f"- Data: {data or 'in-memory rows'}",
                      f"- Training: {steps} optimiser steps, learning rate {args.learning_rate} "
-                     f"({args.lr_scheduler_type}), {args.per_device_train_batch_size} rows per device and step, "
+                     f"({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}), {args.per_device_train_batch_size} rows per device and step, "
                      f"gradient accumulation {args.gradient_accumulation_steps}, seed {args.seed}"
                      + (", LoRA adapters merged (the adapters alone are under `adapter/`)" if lora else ""),
                      "", "Load it with `AutoModelForCausalLM.from_pretrained(path)`; weights are safetensors."]

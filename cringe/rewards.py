@@ -13,6 +13,8 @@ rows (Bradley-Terry), trained with transformers' Trainer.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import importlib
 import json
 import logging
@@ -65,15 +67,19 @@ class RewardModel:
     classifier trained on reviews expects); 'prompt+completion' scores the concatenation."""
 
     def __init__(self, model_or_path, tokenizer=None, *, batch_size: int = 64, max_length: int = 256,
-                 input: str = "prompt+completion", device: str | None = None, trust_remote_code: bool = False):
+                 input: str = "prompt+completion", device: str | None = None, dtype: str | None = None,
+                 trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if input not in ("completion", "prompt+completion"):
             raise UserError("input must be 'completion' or 'prompt+completion'")
         if isinstance(model_or_path, str):
+            from .models import _resolve_dtype
+
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_or_path, trust_remote_code=trust_remote_code)
             model_or_path = AutoModelForSequenceClassification.from_pretrained(
-                model_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
+                model_or_path, trust_remote_code=trust_remote_code, use_safetensors=True,
+                dtype=_resolve_dtype(dtype) or "auto")
         if tokenizer is None:
             raise UserError("pass the reward model's tokenizer")
         self.model, self.tokenizer = model_or_path.eval(), tokenizer
@@ -84,9 +90,12 @@ class RewardModel:
     @torch.no_grad()
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         texts = list(completions) if self.input == "completion" else [p + c for p, c in zip(prompts, completions)]
+        from tqdm.auto import tqdm
+
         device = next(self.model.parameters()).device
         out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
+        for start in tqdm(range(0, len(texts), self.batch_size), desc="reward model", unit="batch",
+                          disable=len(texts) <= self.batch_size):
             enc = self.tokenizer(texts[start:start + self.batch_size], truncation=True, max_length=self.max_length,
                                  padding=True, return_tensors="pt").to(device)
             logits = self.model(**enc).logits.float()
@@ -112,6 +121,8 @@ class JudgeStats:
     invalid_answers: int = 0
     failed_requests: int = 0
     undecided_pairs: int = 0
+    cached: int = 0  # answers taken from the answer log (cringe.answerlog) instead of asked again
+    skipped: int = 0  # requests not made because the server had stopped answering
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts):
@@ -121,11 +132,16 @@ class JudgeStats:
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("requests", "retries", "invalid_answers", "failed_requests",
-                                              "undecided_pairs")}
+                                              "undecided_pairs", "cached", "skipped")}
 
 
 class JudgeError(RuntimeError):
     pass
+
+
+class JudgeUnavailableError(UserError):
+    """Scoring stopped because judge requests failed after their retries (the server is down, refuses, times out):
+    scores with missing verdicts are never written."""
 
 
 class PairwiseJudge:
@@ -136,6 +152,12 @@ class PairwiseJudge:
     An answer that is not "A" or "B" is counted as invalid and that order gives no verdict: it is never
     coerced into one. A pair's result is the mean over the orders that gave a verdict (1 = first better,
     0.5 = split, 0 = second better), or None when neither did.
+
+    Failures. Once a request finds the server gone (connection refused or dropped, after its retries), the
+    requests still queued are not made. `score` works in chunks and raises JudgeUnavailableError after a chunk
+    with any failed request, instead of scoring with verdicts missing. Inside `keep_answers(path)` every answer
+    is appended to an answer log as it arrives and looked up there first, so a rerun asks only for the missing
+    ones (the loop keeps them beside the step's output: cringe.answerlog).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
@@ -146,31 +168,67 @@ class PairwiseJudge:
         self.concurrency, self.timeout, self.max_retries, self.backoff = concurrency, timeout, max_retries, backoff
         self.template, self.max_tokens = template, max_tokens
         self.stats = JudgeStats()
+        self.answers = None  # a cringe.answerlog.AnswerLog inside keep_answers()
+        self._server_gone = threading.Event()
+        self._last_failure = ""
+
+    @contextlib.contextmanager
+    def keep_answers(self, path):
+        """Inside: answers are looked up in, and appended to, the answer log at `path` (cringe.answerlog)."""
+        from .answerlog import AnswerLog
+
+        self.answers = AnswerLog(path)
+        try:
+            yield self.answers
+        finally:
+            self.answers.close()
+            self.answers = None
 
     def _ask(self, prompt: str, a: str, b: str) -> str | None:
         body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
                            "messages": [{"role": "user", "content": self.template.format(prompt=prompt, a=a, b=b)}]})
+        log = self.answers
+        if log is not None:
+            from .answerlog import request_key
+
+            log_key = request_key(body)
+            if log.get(log_key) is not None:
+                self.stats.add(cached=1)
+                return log.get(log_key)
+        if self._server_gone.is_set():
+            self.stats.add(skipped=1)
+            return None
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         for attempt in range(self.max_retries + 1):
             self.stats.add(requests=1)
+            gone = False  # set when the server refused or dropped the connection
             try:
                 request = urllib.request.Request(self.url, data=body.encode(), headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())["choices"][0]["message"]["content"]
+                    answer = json.loads(response.read())["choices"][0]["message"]["content"]
             except urllib.error.HTTPError as err:
                 retryable = err.code == 429 or err.code >= 500
                 reason = f"HTTP {err.code}"
-            except (urllib.error.URLError, TimeoutError, OSError) as err:
-                retryable, reason = True, type(err).__name__
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
+                # HTTPException: a response cut short (a server dying mid-reply) is worth another try too.
+                retryable, reason = True, _failure_reason(err)
+                gone = isinstance(err, ConnectionError) or isinstance(getattr(err, "reason", None), ConnectionError)
             except (KeyError, IndexError, TypeError, json.JSONDecodeError):
                 self.stats.add(invalid_answers=1)
                 return None
+            else:
+                if log is not None and isinstance(answer, str):
+                    log.add(log_key, answer)
+                return answer
             if not retryable or attempt == self.max_retries:
                 self.stats.add(failed_requests=1)
+                self._last_failure = reason
                 logger.warning("judge request failed after %d attempts (%s)", attempt + 1, reason)
+                if retryable and gone:
+                    self._server_gone.set()  # a server that refuses connections: stop asking it
                 return None
             self.stats.add(retries=1)
             time.sleep(self.backoff * 2**attempt * (1 + 0.1 * random.random()))
@@ -200,8 +258,13 @@ class PairwiseJudge:
 
     def compare(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float | None]:
         """Per prompt: 1 first better, 0 second better, 0.5 split across orders, None no valid verdict."""
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        self._server_gone.clear()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
             return list(pool.map(self._pair, prompts, first, second))
+        finally:
+            # On an interrupt (SIGTERM, Ctrl-C) drop the queued comparisons instead of asking all of them first.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """Round-robin within each prompt's completions: a completion's score is its mean result against the
@@ -210,8 +273,15 @@ class PairwiseJudge:
         for i, p in enumerate(prompts):
             groups.setdefault(p, []).append(i)
         jobs = [(p, i, j) for p, idx in groups.items() for a, i in enumerate(idx) for j in idx[a + 1:]]
-        results = self.compare([p for p, _, _ in jobs], [completions[i] for _, i, _ in jobs],
-                               [completions[j] for _, _, j in jobs])
+        results: list[float | None] = []
+        chunk = 4 * self.concurrency  # a failing server stops the scoring after one chunk, not after every job
+        failed_before = self.stats.failed_requests
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start:start + chunk]
+            results += self.compare([p for p, _, _ in part], [completions[i] for _, i, _ in part],
+                                    [completions[j] for _, _, j in part])
+            if self.stats.failed_requests > failed_before:
+                raise JudgeUnavailableError(self._failure_message(self.stats.failed_requests - failed_before))
         wins = [0.0] * len(completions)
         games = [0] * len(completions)
         for (_, i, j), r in zip(jobs, results):
@@ -223,10 +293,26 @@ class PairwiseJudge:
             games[j] += 1
         return [w / g if g else 0.5 for w, g in zip(wins, games)]
 
+    def _failure_message(self, failed: int) -> str:
+        kept = (f"the {len(self.answers.answers)} answers received are kept in {self.answers.path}; rerun the "
+                "same command once it answers again: only the missing ones are asked" if self.answers is not None
+                else "no scores were written")
+        return (f"the judge at {self.url} failed {failed} request(s) after {self.max_retries + 1} attempts each "
+                f"(last: {self._last_failure}); {kept}")
 
-def load_reward_source(spec: dict):
+
+def _failure_reason(err: BaseException) -> str:
+    """A short reason for a failed request: the error type, and the socket error inside a URLError."""
+    inner = getattr(err, "reason", None)
+    return f"{type(err).__name__}: {inner}" if inner is not None else type(err).__name__
+
+
+def load_reward_source(spec: dict, device: str | None = None):
     """From a config mapping: {type: callable, function: "mod:fn", kwargs: {...}} | {type: model, path: ..., input: ...}
-    | {type: judge, base_url: ..., model: ..., api_key_env: ...}."""
+    | {type: judge, base_url: ..., model: ..., api_key_env: ...}. device: where a reward model runs unless its spec
+    says (auto: cuda when available); on a GPU it loads in bfloat16 unless its spec gives a dtype."""
+    if not isinstance(spec, dict):
+        raise UserError(f"a reward source is a mapping {{type: callable|model|judge, ...}}, got {spec!r}")
     spec = dict(spec)
     kind = spec.pop("type", None)
     if kind == "callable":
@@ -240,6 +326,12 @@ def load_reward_source(spec: dict):
             reward.fn = functools.partial(reward.fn, **spec["kwargs"])
         return reward
     if kind == "model":
+        from .models import default_dtype, resolve_device
+
+        if "path" not in spec:
+            raise UserError("reward model: 'path' is required")
+        spec["device"] = resolve_device(spec.get("device") or device or "auto")
+        spec["dtype"] = default_dtype(spec.get("dtype"), spec["device"])
         return RewardModel(spec.pop("path"), **spec)
     if kind == "judge":
         return PairwiseJudge(spec.pop("base_url"), spec.pop("model"), **spec)
@@ -275,7 +367,7 @@ def train_reward_model(rows: Sequence[dict], base_model: str, output_dir: str, *
             raise UserError(f"row {i}, field 'label': expected a boolean, got {row['label']!r}")
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
     tokenizer.truncation_side = truncation_side
-    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1,
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, use_safetensors=True,
                                                                trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

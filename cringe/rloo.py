@@ -39,7 +39,7 @@ def run_rloo(run, *, samples_per_prompt: int, learning_rate: float, epochs: floa
     round_dir.mkdir(parents=True, exist_ok=True)
     if not run.run_dir.model(1).exists():
         t0 = time.time()
-        reward = load_reward_source(c.reward)
+        reward = load_reward_source(c.reward, device=c.device)
 
         def reward_fn(prompts, completions, **_):
             texts = [x[-1]["content"] if isinstance(x, list) else x for x in completions]

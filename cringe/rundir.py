@@ -8,6 +8,8 @@
                     pairs.jsonl      the training rows built from them, and pairing.json (what was kept)
                     model/           M_k (complete once it exists; written as .model.tmp and renamed)
                     eval_samples.jsonl, eval_scores.jsonl, eval.json   M_k against M_0 on held-out prompts
+    <run>/.lock                      held by the process running the directory (cringe.runlock)
+    <run>/round-<k>/.scores-partial.jsonl   an LLM judge's answers while it scores (cringe.answerlog)
 
 The loop writes through this object and the demo, the report and the benchmarks read through it, so no
 caller spells a file name.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .files import read_json, read_jsonl
+from .files import DamagedFileError, read_json, read_jsonl
 
 SAMPLES = "samples.jsonl"
 SCORES = "scores.jsonl"
@@ -72,7 +74,20 @@ class RunDir:
         return self.state_path.exists()
 
     def state(self) -> dict:
-        return read_json(self.state_path)
+        """state.json, checked: a hand-edited file that lost what resume needs is named, not a KeyError later."""
+        state = read_json(self.state_path)
+        problem = None
+        if not isinstance(state, dict):
+            problem = "not a JSON object"
+        elif not isinstance(state.get("config"), dict):
+            problem = "no 'config' mapping"
+        elif not isinstance(state.get("hash"), str):
+            problem = "no 'hash' string"
+        elif not isinstance(state.get("steps", []), list):
+            problem = "'steps' is not a list"
+        if problem:
+            raise DamagedFileError(f"{self.state_path}: {problem}; restore it, or start again in another output_dir")
+        return state
 
     def config(self) -> dict:
         """The config the run was created with (IterateConfig fields)."""
@@ -102,7 +117,20 @@ class RunDir:
         return [Sample.from_dict(d) for d in read_jsonl(path)]
 
     def scores(self, path: Path) -> list[float]:
-        return [r["score"] for r in read_jsonl(path)]
+        """The scores in `path`, checked row by row against the samples they score (the file beside it with
+        'samples' for 'scores' in its name), so a damaged file is never paired with the wrong samples."""
+        rows = read_jsonl(path)
+        samples_path = Path(path).with_name(Path(path).name.replace("scores", "samples"))
+        if samples_path != Path(path) and samples_path.exists():
+            expected = [(r["prompt_id"], r["sample_id"]) for r in read_jsonl(samples_path)]
+            got = [(r.get("prompt_id"), r.get("sample_id")) if isinstance(r, dict) else None for r in rows]
+            if got != expected:
+                raise DamagedFileError(f"{path}: {len(rows)} scores do not match the {len(expected)} samples of "
+                                       f"{samples_path.name}; delete it to score again")
+        try:
+            return [float(r["score"]) for r in rows]
+        except (KeyError, TypeError, ValueError):
+            raise DamagedFileError(f"{path}: a row without a numeric 'score'") from None
 
     def labelled_samples(self, up_to_round: int) -> int:
         """How many samples rounds 1..up_to_round had labelled by the reward source."""

@@ -1,25 +1,216 @@
-"""The loop's units of work as plain functions: sample completions, score them, log-probs for KL, and a policy
-evaluated against a baseline. `cringe iterate` chains them round after round; `cringe evaluate` uses them alone.
+"""The loop's units of work: sample completions, score them, log-probs for KL, a policy evaluated against a
+baseline. `cringe iterate` chains them round after round, in its own process or each stage in a process of its
+own (`cringe sample`, `cringe score`); `cringe evaluate` uses them alone.
 
-Each takes what it needs explicitly (models, prompts, a reward source) and returns plain data; files and resume
-are the caller's business (cringe.loop).
+The sampling stage writes one shard of SHARD_PROMPTS prompts at a time (each an atomic file), so a killed stage
+resumes from its last finished shard; the output file appears, complete, only when every shard is done.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .files import read_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
 
+SHARD_PROMPTS = 64  # prompts per sampling shard: the unit of resume inside a sampling stage
 
-def score_samples(reward, prompts, samples) -> list[float]:
-    """One reward per sample. prompts: cringe.data.Prompt (their `text` is what reward sources see)."""
+
+def select_prompts(prompts: list, start: int = 0, count: int | None = None) -> list:
+    """`count` prompts from position `start`, wrapping around (a round's slice); all of them when count is None.
+    Prompt ids stay positions in the full list."""
+    if count is None:
+        return prompts
+    if count > len(prompts):
+        raise UserError(f"{count} prompts asked for (round_prompts / count) but only {len(prompts)} prompts")
+    start %= len(prompts)
+    return (prompts + prompts)[start:start + count]
+
+
+def _contiguous_runs(prompts):
+    """Split prompts into runs of consecutive prompt ids (a wrapped round slice has two)."""
+    runs: list[list] = []
+    for p in prompts:
+        if runs and p.prompt_id == runs[-1][-1].prompt_id + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
+def distributed_state(device: str = "auto"):
+    """(process index, number of processes, local index, barrier) under `accelerate launch` / torchrun; a single
+    process otherwise. A sampling stage launched over N processes splits its shards among them."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, 0, lambda: None
+    from accelerate import PartialState
+
+    from .models import resolve_device
+
+    state = PartialState(cpu=resolve_device(device) == "cpu")
+    return state.process_index, state.num_processes, state.local_process_index, state.wait_for_everyone
+
+
+def sample_to_file(prompts, sampling, out_path: Path, open_sampler, *, shard_prompts: int = SHARD_PROMPTS,
+                   rank: int = 0, world: int = 1, barrier=None):
+    """Sample `prompts` (cringe.data.Prompt) with the sampler `open_sampler()` returns (opened only if a shard is
+    missing), shard by shard, into out_path. Returns the samples (on process 0; [] on the others). Each sample
+    carries its prompt's text.
+
+    Over `world` processes, process `rank` samples shards rank, rank + world, ...; every shard is seeded from its
+    prompt positions alone, so the file is the one a single process writes. Process 0 joins the shards after
+    `barrier()`."""
+    from .generation import Sample
+    from .integrity import shard_is_complete
+
+    out_path = Path(out_path)
+    shard_dir = out_path.parent / f".{out_path.stem}-shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
     text = {p.prompt_id: p.text for p in prompts}
-    missing = sorted({s.prompt_id for s in samples} - set(text))
-    if missing:
-        raise ValueError(f"samples refer to prompt ids that are not in the prompt list: {missing[:5]}")
-    return reward.score([text[s.prompt_id] for s in samples], [s.completion for s in samples])
+    starts = list(range(0, len(prompts), shard_prompts))
+    sampler = None
+    try:
+        for index, start in enumerate(starts):
+            shard = shard_dir / f"shard-{start:07d}.jsonl"
+            rows = len(prompts[start:start + shard_prompts]) * sampling.n
+            # A shard damaged since it was written (a kill mid-copy, a full disk) is sampled again: seeded by
+            # position, it comes out as it was.
+            if index % world != rank or shard_is_complete(shard, rows):
+                continue
+            if sampler is None:
+                sampler = open_sampler()
+            drawn = []
+            for run in _contiguous_runs(prompts[start:start + shard_prompts]):
+                drawn += sampler.sample([p.ids for p in run], sampling, prompt_ids_offset=run[0].prompt_id)
+            for s in drawn:
+                s.prompt = text[s.prompt_id]
+            write_jsonl(shard, [s.to_dict() for s in drawn])
+    finally:
+        if sampler is not None and hasattr(sampler, "close"):
+            sampler.close()
+    if barrier is not None:
+        barrier()
+    if rank != 0:
+        return []
+    samples = [Sample.from_dict(d) for start in starts for d in read_jsonl(shard_dir / f"shard-{start:07d}.jsonl")]
+    write_jsonl(out_path, [s.to_dict() for s in samples])
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    return samples
+
+
+def open_sampler(backend: str, model_spec: str, tokenizer, *, device: str = "auto", dtype: str | None = None,
+                 trust_remote_code: bool = False, engine_options: dict | None = None):
+    """A sampler for `model_spec`: transformers' generate on `device`, or one vLLM engine (engine_options go to
+    vllm.LLM; its dtype defaults to `dtype`)."""
+    from .generation import TransformersSampler, VLLMSampler, resolve_backend
+    from .models import default_dtype, engine_path, load_model, resolve_device
+
+    backend = resolve_backend(backend)
+    device = resolve_device(device)
+    dtype = default_dtype(dtype, device)
+    if backend == "vllm":
+        options = {"dtype": dtype, "trust_remote_code": trust_remote_code, **(engine_options or {})}
+        logger.info("vLLM engine for %s with %s", model_spec, options)
+        return VLLMSampler(engine_path(model_spec), tokenizer, **options)
+    if engine_options:
+        raise UserError(f"engine options {sorted(engine_options)} are for the vllm backend; this stage samples with "
+                        "transformers")
+    return TransformersSampler(load_model(model_spec, tokenizer, dtype, trust_remote_code, device=device), tokenizer)
+
+
+@dataclass
+class SampleArguments:
+    """`cringe sample`: N completions per prompt from a model, to a JSONL file (token ids, text, finish reason,
+    seed). Sampling parameters are SamplingConfig's flags; `--vllm.KEY VALUE` passes engine options."""
+
+    model: str = field(metadata={"help": "the policy: model folder, hub id or packaged spec"})
+    prompts: str = field(metadata={"help": "prompts file (any accepted data format; the prompt column is used)"})
+    output: str = field(metadata={"help": "samples.jsonl to write (atomically; a killed run resumes its shards)"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer spec (default: the model's)"})
+    backend: str = field(default="auto", metadata={"help": "auto: vLLM when installed with a GPU",
+                                                   "choices": ("auto", "transformers", "vllm")})
+    device: str = field(default="auto", metadata={"help": "auto: cuda when available, else cpu"})
+    dtype: str | None = field(default=None, metadata={"help": "default: bfloat16 on a GPU, float32 on a CPU"})
+    start: int = field(default=0, metadata={"help": "first prompt position (with --count: a wrapping slice)"})
+    count: int | None = field(default=None, metadata={"help": "how many prompts (default: all)"})
+    max_prompts: int | None = None
+    max_prompt_length: int = 512
+    trust_remote_code: bool = False
+
+
+def run_sample(args: SampleArguments, sampling, engine_options: dict | None = None):
+    """The sampling stage: prompts read and tokenised as for training, sampled, written to args.output."""
+    from .data import load_prompts
+    from .models import load_tokenizer
+
+    if not Path(args.prompts).exists():
+        raise UserError(f"prompts {args.prompts}: no such file")
+    from .models import resolve_device
+
+    tokenizer = load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
+    prompts = load_prompts(args.prompts, tokenizer, max_prompt_length=args.max_prompt_length, limit=args.max_prompts)
+    prompts = select_prompts(prompts, args.start, args.count)
+    rank, world, local, barrier = distributed_state(args.device)
+    device = args.device
+    if world > 1 and resolve_device(device) == "cuda":
+        device = f"cuda:{local}"  # one GPU per process
+    return sample_to_file(prompts, sampling, Path(args.output), lambda: open_sampler(
+        args.backend, args.model, tokenizer, device=device, dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code, engine_options=engine_options),
+        rank=rank, world=world, barrier=barrier)
+
+
+@dataclass
+class ScoreArguments:
+    """`cringe score`: one reward per sample of a samples file, to a JSONL file (prompt_id, sample_id, score)."""
+
+    samples: str = field(metadata={"help": "samples.jsonl from `cringe sample` (it carries the prompt texts)"})
+    output: str = field(metadata={"help": "scores.jsonl to write"})
+    device: str = field(default="auto", metadata={"help": "where a reward model runs (auto: cuda when available)"})
+
+
+def run_score(args: ScoreArguments, reward_spec: dict) -> list[float]:
+    from .generation import Sample
+    from .rewards import load_reward_source
+
+    if not Path(args.samples).exists():
+        raise UserError(f"samples {args.samples}: no such file")
+    samples = [Sample.from_dict(d) for d in read_jsonl(args.samples)]
+    if not samples:
+        raise UserError(f"{args.samples}: no samples")
+    from .answerlog import answers_kept
+
+    reward = load_reward_source(reward_spec, device=args.device)
+    with answers_kept(reward, args.output):  # a judge's answers survive a failure; the rerun asks the rest
+        scores = score_samples(reward, samples)
+        write_jsonl(args.output, per_sample(scores, samples))
+    return scores
+
+
+def score_samples(reward, samples, prompts=None) -> list[float]:
+    """One reward per sample. Reward sources see the prompt's text: the sample's own (`Sample.prompt`) or, for
+    samples written before they carried it, the text of `prompts` (cringe.data.Prompt) with the same prompt id."""
+    if prompts is not None:
+        text = {p.prompt_id: p.text for p in prompts}
+        missing = sorted({s.prompt_id for s in samples} - set(text))
+        if missing:
+            raise ValueError(f"samples refer to prompt ids that are not in the prompt list: {missing[:5]}")
+        prompt_texts = [text[s.prompt_id] for s in samples]
+    else:
+        if any(s.prompt is None for s in samples):
+            raise UserError("these samples carry no prompt text (written by an older version): score them with "
+                            "the prompts file, or sample them again")
+        prompt_texts = [s.prompt for s in samples]
+    return reward.score(prompt_texts, [s.completion for s in samples])
 
 
 def completion_logprobs(model, samples, pad_token_id: int, batch_size: int = 32) -> list[float]:
@@ -31,34 +222,88 @@ def completion_logprobs(model, samples, pad_token_id: int, batch_size: int = 32)
 
 
 def evaluate_policy(policy: str, baseline: str, prompts_source, reward_spec: dict, *, samples: int = 1,
-                    max_new_tokens: int = 48, max_prompts: int | None = None, dtype: str = "float32",
-                    seed: int = 0, trust_remote_code: bool = False) -> dict:
+                    max_new_tokens: int = 48, max_prompts: int | None = None, dtype: str | None = None,
+                    device: str = "auto", seed: int = 0, trust_remote_code: bool = False) -> dict:
     """Sample `samples` completions per held-out prompt from a policy and a baseline (model specs), score both
     with the reward source, and compare them (cringe.evaluate.compare; KL(policy || baseline) on the policy's
-    samples). The tokenizer is the baseline's; both models must share it."""
+    samples). Every model runs on `device` (auto: the GPU when there is one; bfloat16 there unless `dtype` says),
+    one at a time. The tokenizer is the baseline's; both models must share it."""
     from .data import load_prompts
     from .evaluate import compare
     from .generation import SamplingConfig, TransformersSampler
-    from .models import load_model, load_tokenizer
+    from .models import default_dtype, free_memory, load_model, load_tokenizer, resolve_device
     from .rewards import load_reward_source
 
-    reward = load_reward_source(reward_spec)
+    device = resolve_device(device)
+    dtype = default_dtype(dtype, device)
     tokenizer = load_tokenizer(baseline, trust_remote_code)
     prompts = load_prompts(prompts_source, tokenizer, limit=max_prompts)
     sampling = SamplingConfig(n=samples, max_new_tokens=max_new_tokens, seed=seed)
-    sides = {}
+    drawn = {}
     for name, spec in (("policy", policy), ("baseline", baseline)):
-        model = load_model(spec, tokenizer, dtype, trust_remote_code)
-        drawn = TransformersSampler(model, tokenizer).sample([p.ids for p in prompts], sampling)
-        sides[name] = (model, drawn, score_samples(reward, prompts, drawn))
-    (policy_model, policy_samples, policy_scores), (baseline_model, baseline_samples, baseline_scores) = (
-        sides["policy"], sides["baseline"])
-    pad = tokenizer.pad_token_id
-    return compare(policy_samples, policy_scores, baseline_samples, baseline_scores,
-                   policy_logps=completion_logprobs(policy_model, policy_samples, pad),
-                   reference_logps=completion_logprobs(baseline_model, policy_samples, pad), seed=seed)
+        model = load_model(spec, tokenizer, dtype, trust_remote_code, device=device)
+        drawn[name] = TransformersSampler(model, tokenizer).sample([p.ids for p in prompts], sampling)
+        del model
+        free_memory()
+    reward = load_reward_source(reward_spec, device=device)
+    scores = {name: score_samples(reward, drawn[name], prompts) for name in drawn}
+    del reward
+    free_memory()
+    logps = {}
+    for name, spec in (("policy", policy), ("baseline", baseline)):
+        model = load_model(spec, tokenizer, dtype, trust_remote_code, device=device)
+        logps[name] = completion_logprobs(model, drawn["policy"], tokenizer.pad_token_id)
+        del model
+        free_memory()
+    return compare(drawn["policy"], scores["policy"], drawn["baseline"], scores["baseline"],
+                   policy_logps=logps["policy"], reference_logps=logps["baseline"], seed=seed)
 
 
 def per_sample(values: Sequence[float], samples) -> list[dict]:
     """Rows for scores.jsonl: {prompt_id, sample_id, score}."""
     return [{"prompt_id": s.prompt_id, "sample_id": s.sample_id, "score": r} for s, r in zip(samples, values)]
+
+
+class StageFailed(UserError):
+    """A stage subprocess (`cringe sample` / `cringe score`) exited with an error; it printed its own message."""
+
+
+def launch_command(settings: dict) -> list[str]:
+    """`accelerate launch` with the user's settings ({config_file, num_processes, any other launch flag}); the
+    `sample` key is ours (sample data-parallel too) and is not passed on. A free local port is picked unless
+    one is given, so two runs on a machine do not collide."""
+    flags = {k: v for k, v in settings.items() if k != "sample"}
+    if "main_process_port" not in flags and flags.get("num_machines", 1) in (1, None):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            flags["main_process_port"] = s.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    for key, value in flags.items():
+        if value is None or value is False:
+            continue
+        command += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+    return command + ["-m", "cringe"]
+
+
+def run_stage_process(verb: str, config: dict, out_path: Path, launcher: list[str] | None = None) -> None:
+    """Run `python -m cringe VERB --config FILE` (or `LAUNCHER VERB --config FILE`, e.g. under accelerate launch)
+    with `config` written to FILE beside out_path, and check that it wrote out_path. The child owns the GPU
+    memory it uses; it is back when the child exits."""
+    import yaml
+
+    out_path = Path(out_path)
+    config_path = out_path.parent / f".{out_path.stem}-{verb}.yaml"
+    from .files import write_atomic
+
+    write_atomic(config_path, yaml.safe_dump(config, sort_keys=False))
+    command = (launcher or [sys.executable, "-m", "cringe"]) + [verb, "--config", str(config_path)]
+    logger.info("stage process: %s", " ".join(command))
+    code = subprocess.run(command, env=dict(os.environ)).returncode
+    if code != 0:
+        raise StageFailed(f"the `cringe {verb}` stage failed (exit status {code}; its message is above); "
+                          f"its config is {config_path}; rerun to resume")
+    if not out_path.exists():
+        raise StageFailed(f"the `cringe {verb}` stage exited without writing {out_path}")
+    config_path.unlink()

@@ -27,6 +27,10 @@ DPO_LOSSES = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
 LOSSES = CRINGE_LOSSES + tuple(DPO_LOSSES) + ("sft",)
 
 
+class NonFiniteLossError(UserError):
+    """Training diverged (a nan or inf loss or weight): stopped at that step, before anything is saved from it."""
+
+
 def data_kind(loss: str) -> str:
     """The kind of training data a loss needs: 'pairwise', 'binary' or 'sft'."""
     if loss == "binary_cringe":
@@ -80,6 +84,10 @@ class CringeConfig(TrainingArguments):
                                          "far (README, Performance)"}
     )
     on_invalid: str = field(default="error", metadata={"help": "bad data rows: 'error' stops, 'skip' drops and counts"})
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "processes that validate and tokenise a datasets.Dataset (TRL's name); "
+                                        "default: one per CPU, at most 8, for 2,000 rows or more (cringe.data)"}
+    )
     logging_steps: float = field(default=10, metadata={"help": "log every N optimiser steps"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: rows carry token ids"})
     ddp_find_unused_parameters: bool | None = field(
@@ -203,7 +211,8 @@ class CringeTrainer(Trainer):
             model = get_peft_model(model, peft_config)
         kind = data_kind(args.loss)
         prep = dict(kind=kind, max_prompt_length=args.max_prompt_length,
-                    max_completion_length=args.max_completion_length, on_invalid=args.on_invalid)
+                    max_completion_length=args.max_completion_length, on_invalid=args.on_invalid,
+                    num_proc=args.dataset_num_proc)
         if train_dataset is not None and not isinstance(train_dataset, PreparedData):
             train_dataset = prepare(train_dataset, processing_class, **prep)
         if eval_dataset is not None and not isinstance(eval_dataset, PreparedData):
@@ -214,12 +223,14 @@ class CringeTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
-        unsupported = chunked_unsupported_reason(self.model)
+        unsupported = chunked_unsupported_reason(self.model) or self._sharded_head_engine()
         if args.chunked_loss and unsupported:
             raise UserError(f"chunked_loss: {unsupported}")
         # bench/train_step.py measured the chunked path faster and leaner than the plain one on every model it
         # ran (README, Performance): it is the default wherever the model allows it.
         self.use_chunked = not unsupported if args.chunked_loss is None else args.chunked_loss
+        if unsupported and args.chunked_loss is None and not chunked_unsupported_reason(self.model):
+            logger.warning("chunked loss off, the plain path is used: %s", unsupported)
         if args.padding_free and not self.use_chunked:
             raise UserError(f"padding_free needs the chunked loss, which this model cannot use: {unsupported}")
         if args.optimizer_in_backward and args.world_size > 1:
@@ -238,6 +249,30 @@ class CringeTrainer(Trainer):
         # Trainer builds the groups (weight decay, the optim choice, optimizer_cls_and_kwargs); we take them over.
         self.optimizer = OptimizerInBackward(super().create_optimizer(model))
         return self.optimizer
+
+    # ----- divergence guard ----------------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Trainer's step, stopped at the first nan/inf loss. Trainer itself would log the previous losses'
+        mean in its place (logging_nan_inf_filter) and train on, saving a model full of nan."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        bad = (~torch.isfinite(loss)).any().float()
+        if self.args.world_size > 1:
+            bad = self.accelerator.reduce(bad.reshape(1), reduction="sum")  # every rank stops, none waits
+        if bad.item() > 0:
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.state.global_step + 1}: training diverged; lower "
+                "the learning rate (or check the data and the loss settings); nothing from this step is saved")
+        return loss
+
+    def train(self, *args, **kwargs):
+        """Trainer.train, then a check that no weight became nan/inf on the last update (after its loss)."""
+        output = super().train(*args, **kwargs)
+        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLossError(f"after {self.state.global_step} steps {len(bad)} weight tensors hold nan or "
+                                     f"inf (e.g. {bad[0]}): training diverged; lower the learning rate")
+        return output
 
     # ----- reference log-probs (DPO family) ------------------------------------------------------------------
 
@@ -321,7 +356,29 @@ class CringeTrainer(Trainer):
             seq_index = batch["seq_id"][:, 1:][mask]
         else:
             seq_index = torch.arange(labels.shape[0], device=labels.device).unsqueeze(-1).expand_as(labels)[mask]
+        self._check_head_is_whole(head.weight)
         return captured["hidden"][:, :-1][mask], labels[mask], seq_index, head.weight, head.bias
+
+    def _sharded_head_engine(self) -> str | None:
+        """Why the chunked path cannot read the LM head here: the engine this Trainer runs under shards it
+        (FSDP, or DeepSpeed ZeRO-3) and the chunked loss reads the head's weight outside the wrapped forward, where
+        such an engine holds only this rank's shard. ZeRO-1/2 and DDP keep whole parameters."""
+        if getattr(self, "is_fsdp_enabled", False):
+            return "the LM head is sharded by FSDP (the chunked loss reads the whole head weight)"
+        if getattr(self, "is_deepspeed_enabled", False):
+            plugin = self.accelerator.state.deepspeed_plugin
+            if plugin is not None and plugin.zero_stage == 3:
+                return "the LM head is partitioned by DeepSpeed ZeRO-3 (the chunked loss reads the whole head weight)"
+        return None
+
+    def _check_head_is_whole(self, weight) -> None:
+        """The last line of defence: a sharded or partitioned weight must never reach the chunked loss, where it
+        would give wrong numbers instead of an error (a model sharded by hand, e.g. with torch's fully_shard)."""
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(weight, DTensor) or hasattr(weight, "ds_id") or weight.numel() == 0:
+            raise UserError("the LM head weight is sharded (FSDP2 DTensor or DeepSpeed ZeRO-3), which the chunked "
+                            "loss cannot read: set chunked_loss=False")
 
     def _sequence_logps(self, model, batch) -> torch.Tensor:
         if self.use_chunked:

@@ -17,7 +17,7 @@ from cringe.cli import main, parse_train_args
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
 CONFIG = ROOT / "examples" / "train_tiny.yaml"
-PAIRWISE_FORMATS = ["pairs", "pairs_conversational", "implicit_pairs", "alpacafarm"]
+PAIRWISE_FORMATS = ["pairs", "pairs_conversational", "implicit_pairs", "alpacafarm", "ultrafeedback_style"]
 BINARY_FORMATS = ["binary", "binary_conversational"]
 LOSSES = ["pairwise_cringe", "binary_cringe", "dpo", "ipo", "hinge", "sft"]
 

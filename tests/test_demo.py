@@ -56,6 +56,7 @@ def test_unknown_method_is_refused(capsys):
     assert capsys.readouterr().err.startswith("cringe demo: error: unknown methods ['ppo']")
 
 
+@pytest.mark.slow
 def test_demo_smoke_rloo_row_through_trl(tmp_path, monkeypatch):
     pytest.importorskip("trl")
     monkeypatch.setenv("CRINGE_CACHE", str(tmp_path / "cache"))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cringe.files import DamagedFileError, read_json, read_jsonl, write_json, write_jsonl
+from cringe.files import DamagedFileError, DiskFullError, read_json, read_jsonl, write_json, write_jsonl
 
 
 def test_round_trip(tmp_path):
@@ -24,7 +24,7 @@ def test_a_write_that_dies_midway_leaves_the_old_file_intact(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", dying_fsync)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFullError, match=r"x.jsonl: no space left on device"):
         write_jsonl(target, [{"new": i} for i in range(1000)])
     assert target.read_text() == '{"old": 1}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.jsonl"]

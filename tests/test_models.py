@@ -1,5 +1,7 @@
 """Model specs and saving: a trained model (LoRA merged) reloads with transformers, in safetensors, with a card."""
 
+import json
+
 import pytest
 import torch
 
@@ -32,7 +34,8 @@ def test_lora_model_is_saved_merged_with_adapters_and_a_card(tmp_path, tokenizer
     save_for_inference(trainer, str(out), base_model="tiny-random-llama", data="pairs.jsonl")
     loaded = AutoModelForCausalLM.from_pretrained(out)
     assert not torch.allclose(params(loaded), start)
-    assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
+    assert (out / "model.safetensors").exists() and not list(out.rglob("*.bin"))  # nothing pickled
+    assert json.loads((out / "training_args.json").read_text())["loss"] == "dpo"
     assert (out / "adapter" / "adapter_config.json").exists()
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers") and "Loss: `dpo` (beta=0.2" in card

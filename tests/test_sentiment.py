@@ -1,6 +1,5 @@
 """The offline sentiment testbed: disjoint seeded splits, prompts, and the pickle-free gold judge."""
 
-import json
 
 import pytest
 

@@ -11,6 +11,12 @@ def vowel_share(prompts: list[str], completions: list[str]) -> list[float]:
     return out
 
 
+def mean_codepoint(prompts: list[str], completions: list[str]) -> list[float]:
+    """Mean Unicode code point of the completion / 1000: a reward with (almost) no ties, for tests that need
+    every prompt to give a pair."""
+    return [sum(map(ord, text)) / len(text) / 1000 if text else 0.0 for text in completions]
+
+
 def prompts(n: int = 16) -> list[dict]:
     return [{"prompt": f"Say something nice about item {i}:"} for i in range(n)]
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One GPU (H100/H200), at most about 8 minutes, nothing downloaded: two rounds of `cringe iterate` with a random
+# ~1.2B Llama-3-style policy and a random classifier reward model (bench/gpu_iterate.py): seconds per stage,
+# sampling tokens/s, GPU memory peak per stage, and a check that every stage ran on the GPU.
+#   RESULTS_DIR=$OUT bash bench/gpu_iterate.sh          (repository root; python with torch, transformers)
+# With no network there, put wheels of what is missing in WHEELS (default .whl): installed into /tmp/site.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+RESULTS_DIR=${RESULTS_DIR:-bench/results}
+WHEELS=${WHEELS:-.whl}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  "$PY" -c "import transformers" 2>/dev/null || { echo "carried transformers does not import here; using the image's"; rm -rf /tmp/site/transformers*; }
+fi
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu_iterate.sh needs a CUDA GPU')"
+"$PY" -c "import torch, transformers, accelerate; print('torch', torch.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '|', torch.cuda.get_device_name())"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+mkdir -p "$RESULTS_DIR"
+exec timeout 480 "$PY" bench/gpu_iterate.py --results-dir "$RESULTS_DIR" "$@"

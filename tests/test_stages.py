@@ -1,0 +1,151 @@
+"""The stage verbs (`cringe sample`, `cringe score`), device placement, and the loop's stages in subprocesses."""
+
+import json
+
+import pytest
+import torch
+
+from cringe.cli import main
+from cringe.testbeds.toy import prompts as toy_prompts
+
+
+def prompts_file(tmp_path, n=6):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in toy_prompts(n)))
+    return path
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sample_and_score_verbs_alone(tmp_path, capsys):
+    prompts = prompts_file(tmp_path)
+    samples = tmp_path / "samples.jsonl"
+    main(["sample", "--model", "tiny-random-llama", "--prompts", str(prompts), "--output", str(samples),
+          "--n", "3", "--max-new-tokens", "5", "--seed", "7", "--device", "cpu"])
+    rows = read(samples)
+    assert len(rows) == 18 and {r["sample_id"] for r in rows} == {0, 1, 2}
+    assert all(r["prompt"] and r["seed"] is not None and r["finish_reason"] in ("stop", "length") for r in rows)
+    assert all(len(r["completion_ids"]) <= 5 for r in rows)
+    assert "18 samples" in capsys.readouterr().out
+    reward = tmp_path / "reward.yaml"
+    reward.write_text('type: callable\nfunction: "cringe.testbeds.toy:vowel_share"\n')
+    scores = tmp_path / "scores.jsonl"
+    main(["score", "--samples", str(samples), "--reward", str(reward), "--output", str(scores)])
+    from cringe.testbeds.toy import vowel_share
+
+    expected = vowel_share([r["prompt"] for r in rows], [r["completion"] for r in rows])
+    assert [r["score"] for r in read(scores)] == pytest.approx(expected)
+    assert [(r["prompt_id"], r["sample_id"]) for r in read(scores)] == [(r["prompt_id"], r["sample_id"]) for r in rows]
+
+
+def test_sample_resumes_from_finished_shards(tmp_path, monkeypatch):
+    from cringe import stages
+
+    prompts = prompts_file(tmp_path, 5)
+    args = ["sample", "--model", "tiny-random-llama", "--prompts", str(prompts), "--n", "2",
+            "--max_new_tokens", "4", "--device", "cpu"]
+    monkeypatch.setattr(stages, "SHARD_PROMPTS", 2)
+    monkeypatch.setattr(stages.sample_to_file, "__kwdefaults__", {"shard_prompts": 2})
+    main(args + ["--output", str(tmp_path / "full.jsonl")])
+    # A killed stage: two of three shards finished. The rerun samples only the missing one, and ends identical.
+    shards = tmp_path / ".part-shards"
+    shards.mkdir()
+    full = read(tmp_path / "full.jsonl")
+    for start in (0, 2):
+        (shards / f"shard-{start:07d}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in full if start <= r["prompt_id"] < start + 2))
+    opened = []
+    original = stages.open_sampler
+    monkeypatch.setattr(stages, "open_sampler", lambda *a, **k: opened.append(1) or original(*a, **k))
+    main(args + ["--output", str(tmp_path / "part.jsonl")])
+    assert opened == [1] and read(tmp_path / "part.jsonl") == full and not shards.exists()
+
+
+def test_score_refuses_samples_without_prompt_text(tmp_path, capsys):
+    samples = tmp_path / "old.jsonl"
+    samples.write_text(json.dumps({"prompt_id": 0, "sample_id": 0, "prompt_ids": [1], "completion_ids": [2],
+                                   "completion": "x", "finish_reason": "stop"}) + "\n")
+    reward = tmp_path / "reward.yaml"
+    reward.write_text('type: callable\nfunction: "cringe.testbeds.toy:vowel_share"\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", "--samples", str(samples), "--reward", str(reward), "--output", str(tmp_path / "s.jsonl")])
+    assert exit_info.value.code == 2 and "carry no prompt text" in capsys.readouterr().err
+
+
+# ----- placement --------------------------------------------------------------------------------------------
+
+
+def test_device_and_dtype_placement_rules(monkeypatch):
+    from cringe.errors import UserError
+    from cringe.models import default_dtype, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device(None) == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    assert default_dtype(None, "cuda") == "bfloat16" and default_dtype("float32", "cuda") == "float32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and default_dtype(None, "cpu") == "float32"
+    with pytest.raises(UserError, match="sees no CUDA GPU"):
+        resolve_device("cuda")
+
+
+def iterate_config(tmp_path, **overrides):
+    from cringe.loop import IterateConfig
+
+    base = dict(model="tiny-random-llama", prompts=str(prompts_file(tmp_path)), output_dir=str(tmp_path / "run"),
+                reward={"type": "callable", "function": "cringe.testbeds.toy:vowel_share"}, rounds=1,
+                backend="transformers")
+    return IterateConfig(**{**base, **overrides})
+
+
+def test_every_model_of_the_loop_goes_to_the_accelerator(tmp_path, monkeypatch):
+    """With a GPU (faked), sampling, the KL passes and the reward model are all placed on it, in bf16."""
+    from cringe import loop, models, rewards, stages
+
+    config = iterate_config(tmp_path)  # built on the CPU: TrainingArguments would set up the (fake) GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert config.resolved_device() == "cuda" and config.use_stage_processes()
+    placed = []
+
+    def fake_load_model(spec, tokenizer=None, dtype=None, trust_remote_code=False, device=None):
+        placed.append((spec, dtype, device))
+        return models.build_tiny_model(models.build_tiny_tokenizer())
+
+    monkeypatch.setattr(models, "load_model", fake_load_model)
+    run = loop.IterativeRun(config)
+    stages.open_sampler("transformers", "tiny-random-llama", run.tokenizer, device=config.device)
+    run._logprobs(0, [])
+    assert placed == [("tiny-random-llama", "bfloat16", "cuda"), ("tiny-random-llama", "bfloat16", "auto")]
+    assert models.resolve_device(placed[1][2]) == "cuda"
+    captured = {}
+    monkeypatch.setattr(rewards, "RewardModel", lambda path, **kw: captured.update(kw, path=path))
+    rewards.load_reward_source({"type": "model", "path": "rm"}, device=config.device)
+    assert captured["device"] == "cuda" and captured["dtype"] == "bfloat16"
+    rewards.load_reward_source({"type": "model", "path": "rm", "dtype": "float32"}, device="cpu")
+    assert captured["device"] == "cpu" and captured["dtype"] == "float32"
+
+
+def test_on_a_cpu_stages_stay_in_process_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not iterate_config(tmp_path).use_stage_processes()
+    assert iterate_config(tmp_path, stage_processes=True).use_stage_processes()
+    assert iterate_config(tmp_path, backend="vllm").use_stage_processes()  # vLLM always gets its own process
+    assert iterate_config(tmp_path).training_arguments(tmp_path)[0].use_cpu is True
+
+
+def test_stage_subprocesses_write_what_the_in_process_run_writes(tmp_path):
+    """The same round with sampling and scoring as `cringe sample` / `cringe score` subprocesses."""
+    from cringe.loop import IterativeRun
+
+    common = dict(sampling={"n": 3, "max_new_tokens": 6, "batch_size": 8},
+                  train={"max_steps": 1, "per_device_train_batch_size": 4, "disable_tqdm": True,
+                         "save_strategy": "no"})
+    runs = {}
+    for mode in (False, True):
+        config = iterate_config(tmp_path, output_dir=str(tmp_path / f"run-{mode}"), stage_processes=mode, **common)
+        IterativeRun(config).run()
+        runs[mode] = tmp_path / f"run-{mode}" / "round-1"
+    for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl"):
+        assert (runs[True] / name).read_text() == (runs[False] / name).read_text(), name
+    assert not list(runs[True].glob(".*.yaml")) and not list(runs[True].glob(".*-input.jsonl"))

@@ -1,0 +1,89 @@
+"""The vLLM sampler against a fake `vllm` module that records every call (tests/fake_vllm): what cringe asks of
+vLLM, not what vLLM does with it. No GPU and no vLLM here; README "GPUs and vLLM" says what has run for real."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+FAKE = Path(__file__).parent / "fake_vllm"
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    log = tmp_path / "vllm-calls.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("CRINGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(FAKE))
+    sys.modules.pop("vllm", None)
+    yield log
+    sys.modules.pop("vllm", None)
+
+
+def calls(log):
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_sampler_sends_token_ids_and_a_seed_per_request_n_apart(fake_vllm, tokenizer):
+    from cringe.generation import SamplingConfig, VLLMSampler, request_seed
+
+    sampler = VLLMSampler("some/model", tokenizer, gpu_memory_utilization=0.5, enforce_eager=True)
+    prompts = [[1, 2, 3], [4, 5], [6]]
+    samples = sampler.sample(prompts, SamplingConfig(n=4, max_new_tokens=7, seed=11, top_k=0), prompt_ids_offset=10)
+    engine, generate = calls(fake_vllm)
+    assert engine["options"] == {"gpu_memory_utilization": 0.5, "enforce_eager": True}
+    assert generate["prompts"] == prompts
+    seeds = [p["seed"] for p in generate["params"]]
+    assert seeds == [request_seed(11, 10 + i, 4) for i in range(3)]
+    assert all(b - a >= 4 for a, b in zip(seeds, seeds[1:]))  # child j of a request samples with seed + j
+    p = generate["params"][0]
+    assert (p["n"], p["temperature"], p["top_p"], p["top_k"], p["max_tokens"]) == (4, 1.0, 1.0, -1, 7)
+    assert p["stop_token_ids"] == [tokenizer.eos_token_id]
+    assert len(samples) == 12 and len({s.seed for s in samples}) == 12
+    assert [(s.prompt_id, s.sample_id) for s in samples[:5]] == [(10, 0), (10, 1), (10, 2), (10, 3), (11, 0)]
+    for s in samples:
+        assert (s.finish_reason == "stop") == (s.completion_ids[-1] == tokenizer.eos_token_id)
+        assert s.finish_reason == "stop" or len(s.completion_ids) == 7
+
+
+def test_loop_runs_one_engine_per_sampling_stage_in_its_own_process(fake_vllm, tmp_path):
+    """backend vllm: every sampling stage is a `cringe sample` subprocess with one engine for all its shards;
+    engine options from the config reach vllm.LLM; seeds never repeat across prompts, samples or rounds."""
+    from cringe.loop import IterativeRun, load_config
+    from cringe.testbeds.toy import prompts as toy_prompts
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in toy_prompts(70)))  # two shards of 64
+    config = tmp_path / "iterate.yaml"
+    config.write_text(json.dumps({
+        "model": "tiny-random-llama", "prompts": str(prompts), "output_dir": str(tmp_path / "run"), "rounds": 2,
+        "backend": "vllm", "device": "cpu", "reward": {"type": "callable", "function": "cringe.testbeds.toy:vowel_share"},
+        "sampling": {"n": 2, "max_new_tokens": 6},
+        "vllm": {"gpu_memory_utilization": 0.6, "max_model_len": 512, "enforce_eager": True},
+        "train": {"max_steps": 1, "per_device_train_batch_size": 4, "disable_tqdm": True, "save_strategy": "no"}}))
+    run = IterativeRun(load_config(str(config), []))
+    run.run()
+    recorded = calls(fake_vllm)
+    engines = [c for c in recorded if c["event"] == "LLM"]
+    assert len(engines) == 2 and len({c["pid"] for c in engines}) == 2 and os.getpid() not in {c["pid"] for c in engines}
+    assert engines[0]["model"].endswith("tiny-random-llama") and engines[1]["model"] == str(tmp_path / "run" / "round-1" / "model")
+    assert all(c["options"] == {"dtype": "float32", "trust_remote_code": False, "gpu_memory_utilization": 0.6,
+                                "max_model_len": 512, "enforce_eager": True} for c in engines)
+    generates = [c for c in recorded if c["event"] == "generate"]
+    assert sum(len(c["prompts"]) for c in generates) == 140  # no prompt dropped, each round
+    seeds = [p["seed"] + j for c in generates for p in c["params"] for j in range(p["n"])]
+    assert len(seeds) == len(set(seeds)) == 280
+    samples = run.run_dir.samples(run.run_dir.file(2, "samples.jsonl"))
+    assert len(samples) == 140 and all(s.prompt for s in samples)
+
+
+def test_a_model_that_only_lives_in_memory_is_saved_for_the_engine(tmp_path, monkeypatch):
+    from cringe.models import engine_path
+
+    monkeypatch.setenv("CRINGE_CACHE", str(tmp_path))
+    path = Path(engine_path("tiny-random-llama"))
+    assert (path / "config.json").exists() and (path / "model.safetensors").exists()
+    assert engine_path("org/some-model") == "org/some-model"
