@@ -155,6 +155,28 @@ def _causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the LM
 
 
+def whole_head_weight(model, head) -> torch.Tensor:
+    """The LM-head weight the chunked loss multiplies by. Under FSDP2 the root may have resharded its parameters
+    after forward, leaving the head a sharded DTensor: the root is then unsharded again (FSDP2's own all-gather),
+    so the loss reads the whole weight, its gradient lands on the unsharded parameter, and FSDP reduce-scatters
+    it with every other gradient. A head that stays sharded is refused rather than used."""
+    from torch.distributed.tensor import DTensor
+
+    weight = head.weight
+    if isinstance(weight, DTensor):
+        from torch.distributed.fsdp import FSDPModule
+
+        owners = [m for m in model.modules() if isinstance(m, FSDPModule)
+                  and any(p is weight for p in m.parameters())]
+        for owner in owners:
+            owner.unshard()
+        weight = head.weight
+    if isinstance(weight, DTensor) or hasattr(weight, "ds_id") or weight.numel() == 0:
+        raise UserError("the LM head weight is sharded (FSDP DTensor or DeepSpeed ZeRO-3) where the chunked loss "
+                        "reads it: set chunked_loss=False")
+    return weight
+
+
 def chunked_unsupported_reason(model) -> str | None:
     """Why `cringe.chunked` cannot score this model (None when it can): it needs a plain linear LM head, a
     decoder to hook, and a forward that accepts `logits_to_keep`."""
@@ -356,29 +378,23 @@ class CringeTrainer(Trainer):
             seq_index = batch["seq_id"][:, 1:][mask]
         else:
             seq_index = torch.arange(labels.shape[0], device=labels.device).unsqueeze(-1).expand_as(labels)[mask]
-        self._check_head_is_whole(head.weight)
-        return captured["hidden"][:, :-1][mask], labels[mask], seq_index, head.weight, head.bias
+        weight = whole_head_weight(lm, head)
+        return captured["hidden"][:, :-1][mask], labels[mask], seq_index, weight, head.bias
 
     def _sharded_head_engine(self) -> str | None:
-        """Why the chunked path cannot read the LM head here: the engine this Trainer runs under shards it
-        (FSDP, or DeepSpeed ZeRO-3) and the chunked loss reads the head's weight outside the wrapped forward, where
-        such an engine holds only this rank's shard. ZeRO-1/2 and DDP keep whole parameters."""
+        """Why the chunked path cannot read the LM head here: the engine this Trainer runs under shards it (FSDP1,
+        or DeepSpeed ZeRO-3) and the chunked loss reads the head's weight outside the wrapped forward, where such an
+        engine holds only this rank's shard. FSDP2 is gathered (whole_head_weight); ZeRO-1/2 and DDP keep whole
+        parameters. The plain path is used instead, with a warning."""
         if getattr(self, "is_fsdp_enabled", False):
-            return "the LM head is sharded by FSDP (the chunked loss reads the whole head weight)"
+            plugin = self.accelerator.state.fsdp_plugin
+            if getattr(plugin, "fsdp_version", 1) != 2:  # FSDP2 is handled: whole_head_weight unshards the root
+                return "the LM head is flattened into FSDP1's sharded parameters (use fsdp_version: 2)"
         if getattr(self, "is_deepspeed_enabled", False):
             plugin = self.accelerator.state.deepspeed_plugin
             if plugin is not None and plugin.zero_stage == 3:
                 return "the LM head is partitioned by DeepSpeed ZeRO-3 (the chunked loss reads the whole head weight)"
         return None
-
-    def _check_head_is_whole(self, weight) -> None:
-        """The last line of defence: a sharded or partitioned weight must never reach the chunked loss, where it
-        would give wrong numbers instead of an error (a model sharded by hand, e.g. with torch's fully_shard)."""
-        from torch.distributed.tensor import DTensor
-
-        if isinstance(weight, DTensor) or hasattr(weight, "ds_id") or weight.numel() == 0:
-            raise UserError("the LM head weight is sharded (FSDP2 DTensor or DeepSpeed ZeRO-3), which the chunked "
-                            "loss cannot read: set chunked_loss=False")
 
     def _sequence_logps(self, model, batch) -> torch.Tensor:
         if self.use_chunked:
