@@ -127,6 +127,7 @@ def _run_cli(config_path, **kw):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # 36 s; tests/test_hardening.py's SIGTERM resume test covers resume equality in `make test`
 def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference"
     assert _run_cli(write_config(tmp_path, reference)).wait(timeout=300) == 0
@@ -158,7 +159,7 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
 def test_round_prompts_gives_each_round_fresh_prompts_wrapping_around(tmp_path):
     out = tmp_path / "run"
     config = load_config(str(write_config(tmp_path, out, rounds=3, round_prompts=5, eval_prompts=None,
-                                          eval_every=1)), [])
+                                          eval_every=1)), ["--train.max_steps", "1"])  # which prompts, not training
     IterativeRun(config).run()
     seen = []
     for k in (1, 2, 3):
@@ -172,7 +173,7 @@ def test_round_prompts_gives_each_round_fresh_prompts_wrapping_around(tmp_path):
 def test_eval_every_skips_intermediate_rounds_but_never_the_last(tmp_path):
     out = tmp_path / "run"
     config = load_config(str(write_config(tmp_path, out, rounds=3, eval_every=2, max_prompts=4,
-                                          max_eval_prompts=4)), [])
+                                          max_eval_prompts=4)), ["--train.max_steps", "1"])
     evaluations = IterativeRun(config).run()
     assert [e["round"] for e in evaluations] == [2, 3]
     assert not (out / "round-1" / "eval.json").exists()
