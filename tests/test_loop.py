@@ -46,9 +46,7 @@ def assert_complete(out: Path, rounds: int):
     assert state["finished_rounds"] == rounds
 
 
-# The other losses take the same path through the loop; they run with `make test-slow` to keep `make test` short.
-@pytest.mark.parametrize("loss", ["pairwise_cringe", pytest.param("binary_cringe", marks=pytest.mark.slow),
-                                  pytest.param("dpo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("loss", ["pairwise_cringe", "binary_cringe", "dpo"])
 def test_two_rounds_complete_with_evaluation(tmp_path, loss):
     config = load_config(str(write_config(tmp_path, tmp_path / "run", loss=loss)), [])
     evaluations = IterativeRun(config).run()
@@ -127,7 +125,6 @@ def _run_cli(config_path, **kw):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
 
 
-@pytest.mark.slow  # 36 s; tests/test_hardening.py's SIGTERM resume test covers resume equality in `make test`
 def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference"
     assert _run_cli(write_config(tmp_path, reference)).wait(timeout=300) == 0
