@@ -10,21 +10,9 @@
 # (default .whl): they are installed into /tmp/site and put first on PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-RESULTS_DIR=${RESULTS_DIR:-bench/results}
-WHEELS=${WHEELS:-.whl}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
-  export PYTHONPATH="/tmp/site:$PYTHONPATH"
-  # A carried transformers that this image's other packages cannot import falls back to the image's own.
-  "$PY" -c "import transformers" 2>/dev/null || { echo "carried transformers does not import here; using the image's"; rm -rf /tmp/site/transformers*; }
-fi
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu.sh needs a CUDA GPU')"
-"$PY" -c "import torch, transformers, accelerate; print('torch', torch.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '|', torch.cuda.get_device_name())"
+source bench/gpu_env.sh
 "$PY" -c "import trl; print('trl', trl.__version__)" || echo "trl does not import: its rows will fail"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader || true
-mkdir -p "$RESULTS_DIR"
 "$PY" bench/cuda_parity.py 2>&1 | tee "$RESULTS_DIR/cuda_parity.txt" || echo "cuda_parity failed; the timings still run"
 DEFAULT_CONFIGS="sft grad ckpt,pairwise_cringe,pairwise_cringe chunked,pairwise_cringe chunked bf16 grad ckpt"
 DEFAULT_CONFIGS+=",pairwise_cringe chunked bf16 grad ckpt optim-in-bwd,dpo (ref copy),dpo (precomputed ref) chunked"

@@ -7,19 +7,8 @@
 # With no network there, put wheels of what is missing in WHEELS (default .whl): installed into /tmp/site.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-RESULTS_DIR=${RESULTS_DIR:-bench/results}
-WHEELS=${WHEELS:-.whl}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
-  export PYTHONPATH="/tmp/site:$PYTHONPATH"
-  "$PY" -c "import transformers" 2>/dev/null || { echo "carried transformers does not import here; using the image's"; rm -rf /tmp/site/transformers*; }
-fi
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu_iterate.sh needs a CUDA GPU')"
-"$PY" -c "import torch, transformers, accelerate; print('torch', torch.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '|', torch.cuda.get_device_name())"
+source bench/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-mkdir -p "$RESULTS_DIR"
 timeout 420 "$PY" bench/gpu_iterate.py --results-dir "$RESULTS_DIR" "$@" || echo "gpu_iterate.py failed (status $?)"
 # `cringe train` under the shipped FSDP2 (and ZeRO-2/3 where deepspeed imports) configs against the plain run
 exec timeout 150 "$PY" bench/gpu_sharded_train.py --results-dir "$RESULTS_DIR"

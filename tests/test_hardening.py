@@ -23,11 +23,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cringe.cli import main
 from cringe.loop import IterativeRun, load_config
 from cringe.testbeds.toy import prompts as toy_prompts
+from .test_loop import write_config as loop_config
 from cringe.testbeds.toy import vowel_share
 
 from .conftest import pair_rows
@@ -60,19 +60,14 @@ def base(tmp_path_factory):
 
 
 def write_config(base: Path, out: Path, **overrides) -> Path:
-    config = {
-        "model": "tiny-random-llama", "prompts": str(base / "prompts.jsonl"), "eval_prompts": str(base / "prompts.jsonl"),
-        "output_dir": str(out), "rounds": 2, "loss": "pairwise_cringe", "max_eval_prompts": 2,
-        "reward": {"type": "callable", "function": "tests.test_hardening:gated_vowel_share"},
-        "sampling": {"n": 4, "max_new_tokens": 8, "batch_size": 16},
-        # Checkpoints every epoch (the loop's default), so an interrupted training resumes from one.
-        "train": {"per_device_train_batch_size": 2, "num_train_epochs": 2, "learning_rate": 3e-3, "use_cpu": True,
-                  "disable_tqdm": True, "save_strategy": "epoch", "logging_steps": 1},
-    }
-    config.update(overrides)
-    path = base / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    """tests/test_loop.py's config on this module's 4 prompts, with a judge that can be held, checkpoints every
+    epoch (the loop's default), so an interrupted training resumes from one."""
+    train = {"per_device_train_batch_size": 2, "num_train_epochs": 2, "learning_rate": 3e-3, "use_cpu": True,
+             "disable_tqdm": True, "save_strategy": "epoch", "logging_steps": 1}
+    defaults = {"prompts": str(base / "prompts.jsonl"), "eval_prompts": str(base / "prompts.jsonl"),
+                "max_eval_prompts": 2, "reward": {"type": "callable", "function": "tests.test_hardening:gated_vowel_share"},
+                "sampling": {"n": 4, "max_new_tokens": 8, "batch_size": 16}, "train": train}
+    return loop_config(base, out, **{**defaults, **overrides})
 
 
 @pytest.fixture(scope="module")

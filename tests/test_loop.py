@@ -16,8 +16,10 @@ from cringe.testbeds.toy import prompts as toy_prompts
 
 
 def write_config(tmp_path, out, **overrides):
+    """A 2-round iterate config on 12 toy prompts (written to tmp_path/prompts.jsonl unless `prompts` is given)."""
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in toy_prompts(12)))
+    if "prompts" not in overrides:
+        prompts.write_text("".join(json.dumps(r) + "\n" for r in toy_prompts(12)))
     config = {
         "model": "tiny-random-llama", "prompts": str(prompts), "eval_prompts": str(prompts), "output_dir": str(out),
         "rounds": 2, "loss": "pairwise_cringe",
