@@ -166,8 +166,8 @@ def main() -> None:
         tokens = ""
         if step == rundir.SAMPLES:
             samples = run.run_dir.samples(run.run_dir.file(k, rundir.SAMPLES))
-            tokens = f"{sum(x.num_tokens for x in samples) / s['seconds']:.0f}"
-        rows.append(f"| {k} | {step} | {s['seconds']:.1f} | {'' if peak is None else f'{peak:.2f}'} | {device_seen} | {tokens} |")
+            tokens = f"{sum(x.num_tokens for x in samples) / max(s['seconds'] or 0, 1e-9):.0f}"
+        rows.append(f"| {k} | {step} | {s['seconds'] or 0:.1f} | {'' if peak is None else f'{peak:.2f}'} | {device_seen} | {tokens} |")
         if on_gpu and step != rundir.PAIRS and not device_seen.startswith(("cuda", "NVIDIA")):
             failures.append(f"round {k} {step} did not run on the GPU")
     eval_stages = [p for p in stage_peaks if p["stage"].split(":")[1].startswith(("eval_", "baseline_"))]

@@ -278,6 +278,15 @@ class IterativeRun:
         write_json(state_path, current)
         return current
 
+    def _record_if_missing(self, k: int, step: str) -> None:
+        """A finished step that state.json does not list: the process ended between the step's last rename and
+        its record (or the file was put there, as the demo copies M0's samples). Listed now, its time unknown."""
+        if not any(s["round"] == k and s["step"] == step for s in self.run_dir.steps()):
+            state = self.run_dir.state()
+            state.setdefault("steps", []).append({"round": k, "step": step, "seconds": None,
+                                                  "finished": "before this run (not timed)"})
+            write_json(self.run_dir.state_path, state)
+
     def finish_step(self, k: int, step: str, seconds: float) -> None:
         """A step of round k is done: record it in state.json, log it, tell `on_step`."""
         state = self.run_dir.state()
@@ -557,6 +566,7 @@ class IterativeRun:
             ran = False
             for name, step in tqdm(steps, desc=f"round {k}/{c.rounds}", leave=False):
                 if finished(round_dir / name):  # a model folder is checked whole before it is trusted
+                    self._record_if_missing(k, name)
                     continue
                 t0 = time.time()
                 step()

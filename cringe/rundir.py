@@ -101,8 +101,8 @@ class RunDir:
         return self.state().get("steps", [])
 
     def seconds(self, step: str, up_to_round: int) -> float:
-        """Time spent on `step` (e.g. 'model' = training) in rounds 1..up_to_round."""
-        return sum(s["seconds"] for s in self.steps() if s["step"] == step and s["round"] <= up_to_round)
+        """Time spent on `step` (e.g. 'model' = training) in rounds 1..up_to_round (untimed steps count 0)."""
+        return sum(s["seconds"] or 0.0 for s in self.steps() if s["step"] == step and s["round"] <= up_to_round)
 
     def evaluation(self, k: int) -> dict | None:
         path = self.file(k, EVAL)

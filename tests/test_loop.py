@@ -184,3 +184,19 @@ def test_bad_round_prompts_are_refused(tmp_path):
     config = load_config(str(write_config(tmp_path, tmp_path / "run2", round_prompts=13)), [])
     with pytest.raises(ValueError, match=r"13 prompts asked for \(round_prompts / count\) but only 12 prompts"):
         IterativeRun(config).run()
+
+
+def test_a_step_finished_but_not_recorded_is_listed_once_on_resume(tmp_path):
+    """Killed between a step's last rename and its record in state.json: the rerun lists it (untimed) and does
+    not redo it."""
+    out = tmp_path / "run"
+    config = load_config(str(write_config(tmp_path, out, rounds=1, eval_prompts=None)), ["--train.max_steps", "1"])
+    IterativeRun(config).run()
+    state = json.loads((out / "state.json").read_text())
+    state["steps"] = [s for s in state["steps"] if s["step"] != "model"]
+    (out / "state.json").write_text(json.dumps(state))
+    weights = (out / "round-1" / "model" / "model.safetensors").stat().st_mtime_ns
+    IterativeRun(config).run()
+    steps = json.loads((out / "state.json").read_text())["steps"]
+    assert [s["seconds"] for s in steps if s["step"] == "model"] == [None]
+    assert (out / "round-1" / "model" / "model.safetensors").stat().st_mtime_ns == weights
