@@ -349,7 +349,37 @@ class Demo:
             curves[name] = curve
             if curve:
                 rows.append(curve[-1])
-        return {"rows": rows, "curves": curves}
+        return {"rows": rows, "curves": curves, "examples": self.examples(m0)}
+
+    def examples(self, m0, prompts: int = 3) -> list[dict]:
+        """The first held-out prompts: one completion of the start model and of each method's last evaluated
+        round, with gold and proxy scores (for the report)."""
+        from . import rundir
+
+        def first_per_prompt(run, samples_path, gold_path, proxy_path):
+            samples, gold = run.samples(samples_path), run.scores(gold_path)
+            proxy = self.proxy_scores(samples_path, proxy_path)
+            out = {}
+            for s, g, p in zip(samples, gold, proxy):
+                out.setdefault(s.prompt_id, (s, g, p))
+            return out
+
+        start = m0.run_dir
+        base = first_per_prompt(start, start.baseline_samples, start.baseline_scores,
+                                start.path / "baseline_proxy_scores.jsonl")
+        ids = sorted(base)[:prompts]
+        sides = [(LABELS["sft"], base)]
+        for name in self.preset.methods:
+            run = RunDir(self.out / "methods" / name)
+            rounds = run.evaluated_rounds()
+            if rounds:
+                k = rounds[-1]
+                sides.append((LABELS[name], first_per_prompt(run, run.file(k, rundir.EVAL_SAMPLES),
+                                                             run.file(k, rundir.EVAL_SCORES),
+                                                             run.file(k, "eval_proxy_scores.jsonl"))))
+        return [{"prompt": base[i][0].prompt or f"(held-out prompt {i})",
+                 "rows": [{"label": label, "completion": side[i][0].completion, "gold": side[i][1],
+                           "proxy": side[i][2]} for label, side in sides if i in side]} for i in ids]
 
     def run(self, command: str) -> dict:
         from .report import write_report

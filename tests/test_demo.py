@@ -36,6 +36,10 @@ def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatc
     assert 0 < results["meta"]["reward_models"]["gold_judge"]["accuracy"] <= 1
     md = (out / "report.md").read_text()
     assert "| Iterative Pairwise Cringe |" in md and "gold win rate vs SFT" in md
+    # example completions: the start model and every method on each of the first 3 held-out prompts
+    assert len(results["examples"]) == 3 and "## Example completions" in md
+    assert [r["label"] for r in results["examples"][0]["rows"]] == [rows["sft"]["label"]] + [rows[m]["label"] for m in METHODS]
+    assert all(0 <= r["gold"] <= 1 for e in results["examples"] for r in e["rows"])
     page = (out / "report.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page
     for png in ("win_rates.png", "reward_vs_kl.png", "rounds.png"):
