@@ -52,7 +52,7 @@ class Preset:
     round_prompts: int = 32
     samples_per_prompt: int = 4
     max_new_tokens: int = 32
-    eval_prompts: int = 64
+    eval_prompts: int = 128  # intervals of about +/-0.08 on a win rate (64 gave about +/-0.11)
     eval_every: int = 1
     epochs: float = 1.0
     learning_rate: float = 1e-4
