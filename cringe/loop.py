@@ -189,9 +189,8 @@ class IterateConfig:
 def publish_model(trainer, round_dir: Path, *, base_model: str | None = None, data: str | None = None) -> Path:
     """Save the trained model (LoRA merged) with its log as round_dir/model, renamed into place once complete,
     and drop the round's checkpoints."""
-    from .models import save_for_inference
-
     from .files import DiskFullError, is_disk_full
+    from .models import save_for_inference
 
     tmp = round_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -204,7 +203,12 @@ def publish_model(trainer, round_dir: Path, *, base_model: str | None = None, da
         if is_disk_full(err):
             raise DiskFullError(round_dir / rundir.MODEL) from err
         raise
-    os.replace(tmp, round_dir / rundir.MODEL)
+    return install_model(tmp, round_dir)
+
+
+def install_model(saved: Path, round_dir: Path) -> Path:
+    """A complete saved model folder becomes round_dir/model (one rename), and the round's checkpoints go."""
+    os.replace(saved, round_dir / rundir.MODEL)
     shutil.rmtree(round_dir / rundir.CHECKPOINTS, ignore_errors=True)
     return round_dir / rundir.MODEL
 
@@ -282,17 +286,17 @@ class IterativeRun:
         """A finished step that state.json does not list: the process ended between the step's last rename and
         its record (or the file was put there, as the demo copies M0's samples). Listed now, its time unknown."""
         if not any(s["round"] == k and s["step"] == step for s in self.run_dir.steps()):
-            state = self.run_dir.state()
-            state.setdefault("steps", []).append({"round": k, "step": step, "seconds": None,
-                                                  "finished": "before this run (not timed)"})
-            write_json(self.run_dir.state_path, state)
+            self._record_step({"round": k, "step": step, "seconds": None, "finished": "before this run (not timed)"})
+
+    def _record_step(self, record: dict) -> None:
+        state = self.run_dir.state()
+        state.setdefault("steps", []).append(record)
+        write_json(self.run_dir.state_path, state)
 
     def finish_step(self, k: int, step: str, seconds: float) -> None:
         """A step of round k is done: record it in state.json, log it, tell `on_step`."""
-        state = self.run_dir.state()
-        state.setdefault("steps", []).append({"round": k, "step": step, "seconds": round(seconds, 1),
-                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-        write_json(self.run_dir.state_path, state)
+        self._record_step({"round": k, "step": step, "seconds": round(seconds, 1),
+                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         logger.info("round %d: %s done in %.1fs", k, step, seconds)
         if self.on_step is not None:
             self.on_step(k, step, seconds)
@@ -451,13 +455,12 @@ class IterativeRun:
             **({"resume_from_checkpoint": str(checkpoint)} if checkpoint else {}),
         }
         run_stage_process("train", settings, tmp, launcher=launch_command(c.accelerate))
-        os.replace(tmp, round_dir / rundir.MODEL)
-        shutil.rmtree(self.run_dir.checkpoints(k), ignore_errors=True)
+        install_model(tmp, round_dir)
         rows_path.unlink()
         if self.trackers is not None:
             offset = self.steps_before(k)
             for line in self.train_log(k):
-                self.trackers.log({f"train/{key}": v for key, v in line.items()}, step=offset + line.get("step", 0))
+                self.trackers.log_training(line, step=offset + line.get("step", 0))
 
     def steps_before(self, k: int) -> int:
         """Optimiser steps of rounds 1..k-1: where round k's training curve continues."""

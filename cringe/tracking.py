@@ -65,6 +65,10 @@ class Trackers:
             axis = "round" if any(k.startswith(("eval/", "pairs/")) for k in scalars) else "train/global_step"
             self._wandb.log({**scalars, axis: step})
 
+    def log_training(self, logs: dict, step: int) -> None:
+        """One training log line (the Trainer's `logs`), under train/, at the run's global step."""
+        self.log({f"train/{k}": v for k, v in logs.items()}, step=step)
+
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
@@ -99,6 +103,6 @@ def trainer_callback(trackers: Trackers, step_offset: int):
     class ForwardLogs(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and state.is_world_process_zero:
-                trackers.log({f"train/{k}": v for k, v in logs.items()}, step=step_offset + state.global_step)
+                trackers.log_training(logs, step=step_offset + state.global_step)
 
     return ForwardLogs()
