@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -101,23 +102,14 @@ def main() -> None:
 
     # Stage subprocesses report their own GPU peak through the probe.
     probe_log = work / "stage-peaks.jsonl"
-
-    def probed(verb, config, out_path):
-        import os
-        import subprocess
-
-        import yaml
-
-        config_path = Path(out_path).parent / f".{Path(out_path).stem}-{verb}.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        env = dict(os.environ, CRINGE_PROBE_LOG=str(probe_log), CRINGE_PROBE_STAGE=f"{verb}:{Path(out_path).name}")
-        code = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_stage_probe.py"), verb, "--config",
-                               str(config_path)], env=env).returncode
-        if code != 0:
-            raise RuntimeError(f"stage {verb} failed with exit status {code}")
-
-    stages.run_stage_process = probed
+    os.environ["CRINGE_PROBE_LOG"] = str(probe_log)
     import cringe.loop as loop_module
+
+    def probed(verb, config, out_path, launcher=None):
+        # The loop's own stage runner, with the probe as the launcher: it runs the verb and records the peak.
+        os.environ["CRINGE_PROBE_STAGE"] = f"{verb}:{Path(out_path).name}"
+        probe = [sys.executable, str(ROOT / "bench" / "gpu_stage_probe.py")]
+        stages.run_stage_process(verb, config, out_path, launcher=probe)
 
     loop_module.run_stage_process = probed
 

@@ -180,10 +180,10 @@ def score(argv: list[str]) -> None:
     source is a YAML file (--reward FILE) or the `reward:` section of --config, refined by --reward.KEY VALUE."""
     import time
 
-    from .config import make_parser, parse_with_sections, read_yaml
+    from .config import make_parser, parse_with_sections, pop_flag, read_yaml
     from .stages import ScoreArguments, run_score
 
-    reward_file, argv = _pop_flag(argv, "--reward")
+    reward_file, argv = pop_flag(argv, "--reward", "a file path")
     parser = make_parser(ScoreArguments, prog="cringe score", description=score.__doc__,
                          epilog="sections: reward ({type: callable|model|judge, ...}, as in an iterate config)")
     base = {"reward": read_yaml(reward_file)} if reward_file else None
@@ -193,21 +193,6 @@ def score(argv: list[str]) -> None:
     t0 = time.time()
     scores = run_score(args, sections["reward"])
     print(f"{len(scores)} scores (mean {sum(scores) / len(scores):.4f}) in {time.time() - t0:.1f} s -> {args.output}")
-
-
-def _pop_flag(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
-    """(value of `flag VALUE` / `flag=VALUE`, the other arguments); dotted `flag.key` forms are left alone."""
-    rest, value, i = [], None, 0
-    while i < len(argv):
-        if argv[i] == flag and i + 1 < len(argv):
-            value, i = argv[i + 1], i + 2
-            continue
-        if argv[i].startswith(flag + "="):
-            value = argv[i].split("=", 1)[1]
-        else:
-            rest.append(argv[i])
-        i += 1
-    return value, rest
 
 
 def demo(argv: list[str]) -> None:

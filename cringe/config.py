@@ -68,22 +68,27 @@ def read_yaml(path: str | Path) -> dict:
     return values
 
 
-def pop_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
-    """(path given with --config FILE or --config=FILE, the other arguments)."""
-    rest, path, i = [], None, 0
+def pop_flag(argv: list[str], flag: str, what: str = "a value") -> tuple[str | None, list[str]]:
+    """(value given with `FLAG VALUE` or `FLAG=VALUE`, the other arguments); dotted `FLAG.key` forms stay."""
+    rest, value, i = [], None, 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--config":
+        if arg == flag:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise UsageError("--config needs a file path")
-            path, i = argv[i + 1], i + 2
+                raise UsageError(f"{flag} needs {what}")
+            value, i = argv[i + 1], i + 2
             continue
-        if arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
+        if arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
         else:
             rest.append(arg)
         i += 1
-    return path, rest
+    return value, rest
+
+
+def pop_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(path given with --config FILE or --config=FILE, the other arguments)."""
+    return pop_flag(argv, "--config", "a file path")
 
 
 def _actions_by_key(parser) -> dict[str, argparse.Action]:

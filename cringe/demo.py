@@ -310,12 +310,12 @@ class Demo:
         from .stages import per_sample
 
         if not scores_path.exists():
-            samples = RunDir(samples_path.parent).samples(samples_path)
+            samples = RunDir.samples(samples_path)
             if not hasattr(self, "_proxy"):
                 self._proxy = load_reward_source(self.base_config()["reward"], device="auto")
             scores = self._proxy.score([""] * len(samples), [s.completion for s in samples])
             write_jsonl(scores_path, per_sample(scores, samples))
-        return RunDir(scores_path.parent).scores(scores_path)
+        return RunDir.scores(scores_path)
 
     def collect(self, m0) -> dict:
         """One row per method (its last evaluated round) and every evaluated round: the loop's comparison

@@ -369,7 +369,7 @@ class IterativeRun:
     def score(self, prompts, samples, out_path: Path, evaluation: bool = False) -> list[float]:
         """One reward per sample into out_path, in this process or in a `cringe score` subprocess."""
         from .models import free_memory
-        from .stages import per_sample, score_samples
+        from .stages import score_to_file
 
         c = self.config
         spec = c.eval_reward if evaluation and c.eval_reward is not None else c.reward
@@ -380,13 +380,7 @@ class IterativeRun:
                                         "reward": spec}, out_path)
             samples_path.unlink()
             return self.run_dir.scores(out_path)
-        from .answerlog import answers_kept
-
-        reward = self.reward(evaluation)
-        with answers_kept(reward, out_path):  # a judge's answers survive a failure; the rerun asks the rest
-            scores = score_samples(reward, samples, prompts)
-            write_jsonl(out_path, per_sample(scores, samples))
-        del reward
+        scores = score_to_file(self.reward(evaluation), samples, out_path, prompts)
         self.release_rewards()
         free_memory()
         return scores

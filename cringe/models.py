@@ -64,16 +64,22 @@ def _convert_gguf(spec: str, gguf_dir: Path, gguf_file: str) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
+    _save_folder(model, tokenizer, target)
+    return target
+
+
+def _save_folder(model, tokenizer, target: Path) -> None:
+    """model + tokenizer as a Hugging Face folder (safetensors) at `target`, written beside it and renamed into
+    place: a crash never leaves a half-written model folder behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".save-"))
     os.chmod(tmp, 0o755)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a crash never leaves a half-written model folder behind
+        os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def smollm2_path() -> Path:
@@ -191,20 +197,9 @@ def engine_path(spec: str) -> str:
         target = cache_dir() / "models" / TINY_SPEC
         if not (target / "config.json").exists():
             tokenizer = build_tiny_tokenizer()
-            tmp = Path(tempfile.mkdtemp(dir=_ensure(target.parent), prefix=".tiny-"))
-            try:
-                build_tiny_model(tokenizer).save_pretrained(tmp, safe_serialization=True)
-                tokenizer.save_pretrained(tmp)
-                os.replace(tmp, target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            _save_folder(build_tiny_model(tokenizer), tokenizer, target)
         return str(target)
     return resolve_path(spec)
-
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def free_memory() -> None:
@@ -244,10 +239,11 @@ def load_model(spec: str, tokenizer=None, dtype=None, trust_remote_code: bool = 
 
         from .integrity import refuse_pickle_only
 
-        if Path(resolve_path(spec)).is_dir():
-            refuse_pickle_only(resolve_path(spec))  # a clear refusal, not transformers' "no file named ..."
+        path = resolve_path(spec)
+        if Path(path).is_dir():
+            refuse_pickle_only(path)  # a clear refusal, not transformers' "no file named ..."
         model = AutoModelForCausalLM.from_pretrained(
-            resolve_path(spec), dtype=dtype if dtype is not None else "auto", trust_remote_code=trust_remote_code,
+            path, dtype=dtype if dtype is not None else "auto", trust_remote_code=trust_remote_code,
             use_safetensors=True)
     if device is not None:
         model = model.to(resolve_device(device))

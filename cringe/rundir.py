@@ -111,12 +111,15 @@ class RunDir:
     def evaluated_rounds(self) -> list[int]:
         return [k for k in range(1, self.planned_rounds() + 1) if self.file(k, EVAL).exists()]
 
-    def samples(self, path: Path):
+    @staticmethod
+    def samples(path: Path):
+        """The samples in a samples file (cringe.generation.Sample)."""
         from .generation import Sample
 
         return [Sample.from_dict(d) for d in read_jsonl(path)]
 
-    def scores(self, path: Path) -> list[float]:
+    @staticmethod
+    def scores(path: Path) -> list[float]:
         """The scores in `path`, checked row by row against the samples they score (the file beside it with
         'samples' for 'scores' in its name), so a damaged file is never paired with the wrong samples."""
         rows = read_jsonl(path)

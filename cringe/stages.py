@@ -179,20 +179,25 @@ class ScoreArguments:
 
 
 def run_score(args: ScoreArguments, reward_spec: dict) -> list[float]:
-    from .generation import Sample
     from .rewards import load_reward_source
+    from .rundir import RunDir
 
     if not Path(args.samples).exists():
         raise UserError(f"samples {args.samples}: no such file")
-    samples = [Sample.from_dict(d) for d in read_jsonl(args.samples)]
+    samples = RunDir.samples(args.samples)
     if not samples:
         raise UserError(f"{args.samples}: no samples")
+    return score_to_file(load_reward_source(reward_spec, device=args.device), samples, Path(args.output))
+
+
+def score_to_file(reward, samples, out_path: Path, prompts=None) -> list[float]:
+    """score_samples, written to out_path as scores.jsonl rows. A judge's answers are kept beside out_path as
+    they arrive (cringe.answerlog), so a stage that fails midway is resumed by asking only the rest."""
     from .answerlog import answers_kept
 
-    reward = load_reward_source(reward_spec, device=args.device)
-    with answers_kept(reward, args.output):  # a judge's answers survive a failure; the rerun asks the rest
-        scores = score_samples(reward, samples)
-        write_jsonl(args.output, per_sample(scores, samples))
+    with answers_kept(reward, out_path):
+        scores = score_samples(reward, samples, prompts)
+        write_jsonl(out_path, per_sample(scores, samples))
     return scores
 
 
