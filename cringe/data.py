@@ -119,20 +119,9 @@ LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 
 def _read_json_rows(path: str) -> list[dict]:
     # Read small JSON files ourselves: it is faster than the datasets builder, and a broken line is named.
-    with open(path, encoding="utf-8") as f:
-        if path.lower().endswith(".jsonl"):
-            rows = []
-            for line_no, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise UserError(f"{path}: line {line_no} is not valid JSON: {err}") from None
-        else:
-            try:
-                rows = json.load(f)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}: not valid JSON: {err}") from None
+    from .files import read_json, read_jsonl
+
+    rows = read_jsonl(path) if path.lower().endswith(".jsonl") else read_json(path)
     if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
         raise UserError(f"{path}: expected a list of JSON objects (one per row)")
     return rows

@@ -19,7 +19,8 @@ from .errors import UserError
 
 
 class DamagedFileError(UserError):
-    """A file in a run directory that exists but cannot be read back (truncated, hand-edited)."""
+    """A file that exists but cannot be read back (truncated, hand-edited, not JSON): a data file or a file in a
+    run directory."""
 
 
 class DiskFullError(UserError):
