@@ -245,14 +245,15 @@ class CringeTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
-        unsupported = chunked_unsupported_reason(self.model) or self._sharded_head_engine()
+        model_reason, engine_reason = chunked_unsupported_reason(self.model), self._sharded_head_engine()
+        unsupported = model_reason or engine_reason
         if args.chunked_loss and unsupported:
             raise UserError(f"chunked_loss: {unsupported}")
         # bench/train_step.py measured the chunked path faster and leaner than the plain one on every model it
         # ran (README, Performance): it is the default wherever the model allows it.
         self.use_chunked = not unsupported if args.chunked_loss is None else args.chunked_loss
-        if unsupported and args.chunked_loss is None and not chunked_unsupported_reason(self.model):
-            logger.warning("chunked loss off, the plain path is used: %s", unsupported)
+        if engine_reason and not model_reason and args.chunked_loss is None:  # the engine, not the model: say so
+            logger.warning("chunked loss off, the plain path is used: %s", engine_reason)
         if args.padding_free and not self.use_chunked:
             raise UserError(f"padding_free needs the chunked loss, which this model cannot use: {unsupported}")
         if args.optimizer_in_backward and args.world_size > 1:
