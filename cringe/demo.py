@@ -74,9 +74,9 @@ class Preset:
 PRESETS = {
     "default": Preset(),
     # ~5 minutes from an empty cache: smaller classifiers (their set-up is most of the difference), 2 rounds
-    # Its proxy: 600 whole reviews at lr 1e-4 reached 0.59-0.60 held-out accuracy (noise for a labeller); 2,400
-    # review endings of 40 tokens at lr 3e-4 reach 0.786 in about a minute of training on 2 cores (measured with
-    # the same split and seed, 2026-11-27).
+    # Its proxy: 600 whole reviews at lr 1e-4 reached 0.58-0.60 held-out accuracy (noise for a labeller); 2,400
+    # review endings of 40 tokens at lr 3e-4 reach 0.75-0.79 in about a minute of training on 2 cores
+    # (bench/proxy_reward.py, 2026-11-27; CPU training is not bit-reproducible run to run).
     "quick": Preset(rounds=2, round_prompts=12, max_new_tokens=16, eval_prompts=24, eval_every=2,
                     proxy_max_length=40, proxy_learning_rate=3e-4,
                     sizes=SplitSizes(proxy_train=2400, gold_train=5000, classifier_test=500)),
