@@ -46,12 +46,16 @@ def win_rate_from_outcomes(outcomes: Sequence[float], *, seed: int = 0, n_boot: 
     return {"win_rate": mean, "sem": sem, "ci_low": lo, "ci_high": hi, "n": len(outcomes)}
 
 
+def _outcome(policy: float, baseline: float) -> float:
+    return 1.0 if policy > baseline else 0.5 if policy == baseline else 0.0
+
+
 def win_rate(policy_scores: Sequence[float], baseline_scores: Sequence[float], *, seed: int = 0,
              n_boot: int = 10_000) -> dict:
     """Per prompt, policy vs baseline score: win 1, tie 0.5, loss 0. Returns {win_rate, sem, ci_low, ci_high, n}."""
     if len(policy_scores) != len(baseline_scores):
         raise ValueError(f"{len(policy_scores)} policy scores but {len(baseline_scores)} baseline scores")
-    outcomes = [1.0 if p > b else 0.5 if p == b else 0.0 for p, b in zip(policy_scores, baseline_scores)]
+    outcomes = [_outcome(p, b) for p, b in zip(policy_scores, baseline_scores)]
     return win_rate_from_outcomes(outcomes, seed=seed, n_boot=n_boot)
 
 
@@ -61,6 +65,47 @@ def mean_by_prompt(samples, scores: Sequence[float]) -> dict[int, float]:
     for s, r in zip(samples, scores):
         totals.setdefault(s.prompt_id, []).append(r)
     return {k: sum(v) / len(v) for k, v in totals.items()}
+
+
+def win_outcomes(policy_samples, policy_scores: Sequence[float], baseline_samples,
+                 baseline_scores: Sequence[float]) -> list[float]:
+    """Per held-out prompt (sorted by prompt id): 1 if the policy's mean score beats the baseline's, 0.5 on a tie,
+    0 otherwise. Several samples per prompt are averaged first. Raises if the two sides cover different prompts."""
+    if len(policy_samples) != len(policy_scores) or len(baseline_samples) != len(baseline_scores):
+        raise ValueError("compare: one score per sample is needed on both sides")
+    per_prompt = mean_by_prompt(policy_samples, policy_scores)
+    base_per_prompt = mean_by_prompt(baseline_samples, baseline_scores)
+    if set(per_prompt) != set(base_per_prompt):
+        missing = sorted(set(per_prompt) ^ set(base_per_prompt))[:5]
+        raise ValueError(f"compare: policy and baseline were sampled on different prompts (e.g. prompt ids {missing})")
+    return [_outcome(per_prompt[i], base_per_prompt[i]) for i in sorted(per_prompt)]
+
+
+def pooled_mean(groups: Sequence[Sequence[float]], *, seed: int = 0, n_boot: int = 10_000,
+                level: float = 0.95) -> dict:
+    """The mean of per-prompt values from several independent runs (seeds), with an interval that accounts for
+    both sources of variation: a two-stage bootstrap that resamples runs, then prompts within each drawn run.
+
+    groups: one list of per-prompt values per run (e.g. win outcomes, or gold rewards). Every run weighs the same.
+    Returns {mean, ci_low, ci_high, per_run: [mean of each run], n_runs, n (values in all)}. With one run it is
+    the ordinary prompt bootstrap; with few runs the interval is honest but coarse (it can only move as far as
+    the runs themselves disagree)."""
+    if not groups or any(len(g) == 0 for g in groups):
+        raise ValueError("pooled_mean needs at least one run, each with at least one value")
+    rng = random.Random(seed)
+    per_run = [sum(g) / len(g) for g in groups]
+    means = []
+    for _ in range(n_boot):
+        total = 0.0
+        for _ in range(len(groups)):
+            g = groups[rng.randrange(len(groups))]
+            n = len(g)
+            total += sum(g[rng.randrange(n)] for _ in range(n)) / n
+        means.append(total / len(groups))
+    means.sort()
+    return {"mean": sum(per_run) / len(per_run), "ci_low": means[int((1 - level) / 2 * n_boot)],
+            "ci_high": means[min(n_boot - 1, int((1 + level) / 2 * n_boot))], "per_run": per_run,
+            "n_runs": len(groups), "n": sum(len(g) for g in groups)}
 
 
 def mean_with_ci(values: Sequence[float], *, seed: int = 0) -> dict:
@@ -156,14 +201,7 @@ def compare(policy_samples, policy_scores: Sequence[float], baseline_samples, ba
     baseline_reward: {...}, kl: {mean, sem, ci_low, ci_high, n} | None, text: {length_tokens, truncated_rate,
     distinct_1, distinct_2, repeated_3gram_rate}, baseline_text: {...}}.
     """
-    if len(policy_samples) != len(policy_scores) or len(baseline_samples) != len(baseline_scores):
-        raise ValueError("compare: one score per sample is needed on both sides")
-    per_prompt = mean_by_prompt(policy_samples, policy_scores)
-    base_per_prompt = mean_by_prompt(baseline_samples, baseline_scores)
-    if set(per_prompt) != set(base_per_prompt):
-        missing = sorted(set(per_prompt) ^ set(base_per_prompt))[:5]
-        raise ValueError(f"compare: policy and baseline were sampled on different prompts (e.g. prompt ids {missing})")
-    ids = sorted(per_prompt)
+    outcomes = win_outcomes(policy_samples, policy_scores, baseline_samples, baseline_scores)
     policy, baseline = summarise(policy_samples, policy_scores, seed=seed), summarise(baseline_samples,
                                                                                       baseline_scores, seed=seed)
     kl = None
@@ -171,8 +209,7 @@ def compare(policy_samples, policy_scores: Sequence[float], baseline_samples, ba
         if reference_logps is None or not len(policy_logps) == len(reference_logps) == len(policy_samples):
             raise ValueError("compare: KL needs one policy and one reference log-prob per policy sample")
         kl = kl_estimate(policy_logps, reference_logps, seed=seed)
-    return {"n_prompts": len(ids),
-            "win_rate": win_rate([per_prompt[i] for i in ids], [base_per_prompt[i] for i in ids], seed=seed),
+    return {"n_prompts": len(outcomes), "win_rate": win_rate_from_outcomes(outcomes, seed=seed),
             "reward": policy["reward"], "baseline_reward": baseline["reward"], "kl": kl,
             "text": policy["text"], "baseline_text": baseline["text"]}
 

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from cringe.evaluate import distinct_n, kl_estimate, repeated_ngram_rate, text_metrics, win_rate, win_rate_from_outcomes
+from cringe.evaluate import (distinct_n, kl_estimate, pooled_mean, repeated_ngram_rate, text_metrics, win_outcomes,
+                             win_rate, win_rate_from_outcomes)
 
 
 def test_win_rate_counts_ties_as_half_and_reports_sem_and_ci():
@@ -27,6 +28,33 @@ def test_win_rate_edges():
         win_rate([1], [1, 2])
     with pytest.raises(ValueError):
         win_rate([], [])
+
+
+def test_win_outcomes_average_samples_per_prompt_and_refuse_different_prompts():
+    from types import SimpleNamespace as S
+
+    policy = [S(prompt_id=i) for i in (2, 2, 0, 1)]
+    base = [S(prompt_id=i) for i in (0, 1, 2)]
+    # prompt 0: 5 vs 4 win; prompt 1: 1 vs 1 tie; prompt 2: mean(0, 3)=1.5 vs 2 loss
+    assert win_outcomes(policy, [0, 3, 5, 1], base, [4, 1, 2]) == [1.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="different prompts"):
+        win_outcomes(policy[:3], [0, 3, 5], base, [4, 1, 2])
+
+
+def test_pooled_mean_widens_with_disagreeing_runs_and_reduces_to_the_prompt_bootstrap():
+    one = pooled_mean([[1, 0, 1, 1, 0, 1, 0, 1]], seed=0)
+    plain = win_rate_from_outcomes([1, 0, 1, 1, 0, 1, 0, 1], seed=0)
+    assert one["mean"] == pytest.approx(plain["win_rate"]) and one["n_runs"] == 1 and one["n"] == 8
+    assert one["ci_high"] - one["ci_low"] == pytest.approx(plain["ci_high"] - plain["ci_low"], abs=0.07)
+    agree = pooled_mean([[1, 0] * 20, [0, 1] * 20, [1, 0] * 20], seed=0)
+    disagree = pooled_mean([[1] * 30 + [0] * 10, [1] * 20 + [0] * 20, [1] * 10 + [0] * 30], seed=0)
+    assert agree["mean"] == pytest.approx(0.5) and disagree["mean"] == pytest.approx(0.5)
+    assert disagree["per_run"] == pytest.approx([0.75, 0.5, 0.25])
+    # the same number of values per run, but runs that disagree: the interval must be wider
+    assert disagree["ci_high"] - disagree["ci_low"] > 1.5 * (agree["ci_high"] - agree["ci_low"])
+    assert pooled_mean([[1, 0, 1], [0, 0]], seed=3) == pooled_mean([[1, 0, 1], [0, 0]], seed=3)  # seeded
+    with pytest.raises(ValueError):
+        pooled_mean([[1], []])
 
 
 def test_text_metrics():
