@@ -8,7 +8,8 @@ demo's seed, M0 samples, proxy labeller, gold examiner and held-out prompts), so
 matched KL:
     DPO                 beta (0.1 is the demo's)
     Binary Cringe       alpha (1.0 is the demo's)
-    Pairwise Cringe     alpha with margin 1, and margin with alpha 0.2 (alpha 0.2, margin 1 is the demo's)
+    Pairwise Cringe     alpha with margin 1, margin with alpha 0.2 (alpha 0.2, margin 1 is the demo's), and
+                        3 epochs instead of 1 (alpha and margin barely move one round's KL)
     Iterative DPO / Iterative Pairwise Cringe   by round (the demo evaluates every round)
 The demo's own runs in --demo-dir are the default-strength points (run `cringe demo --output_dir DIR` first, or
 let this script do it: it resumes the demo there). Each new point is one round of training on the same M0
@@ -46,7 +47,11 @@ POINTS = {
     "pc-alpha-1": ("pairwise_cringe", {"alpha": 1.0}, "α 1"),
     "pc-margin-0": ("pairwise_cringe", {"margin": 0.0}, "b 0"),
     "pc-margin-10": ("pairwise_cringe", {"margin": 10.0}, "b 10"),
+    # alpha and margin leave one round near KL 3-5; more training is the lever left
+    "pc-epochs-3": ("pairwise_cringe", {"num_train_epochs": 3.0}, "3 epochs"),
 }
+# how a Pairwise Cringe family is drawn: (line style, marker)
+PC_STYLES = {"alpha": ("-", "o"), "margin": ("--", "^"), "num_train_epochs": (":", "s")}
 # the demo's own settings, as labelled on the plot
 DEFAULT_LABELS = {"dpo": "β 0.1", "binary_cringe": "α 1", "pairwise_cringe": "α 0.2, b 1"}
 
@@ -99,9 +104,10 @@ def plot(rows: list[dict], start: dict, start_proxy: dict, families: dict[str, s
             continue
         colour = _colour(pts[0]["method"])
         xs, ys = [0.0] + [r["kl"]["mean"] for r in pts], [start["mean"]] + [r["gold_reward"]["mean"] for r in pts]
-        ax.plot(xs, ys, color=colour, alpha=0.5, linestyle="--" if "margin" in family else "-")
+        line, marker = PC_STYLES.get(family.partition("/")[2], ("-", "o"))
+        ax.plot(xs, ys, color=colour, alpha=0.5, linestyle=line)
         ax.errorbar(xs[1:], ys[1:], yerr=_interval([r["gold_reward"] for r in pts]),
-                    xerr=_interval([r["kl"] for r in pts]), marker="^" if "margin" in family else "o", capsize=2, color=colour,
+                    xerr=_interval([r["kl"] for r in pts]), marker=marker, capsize=2, color=colour,
                     linestyle="none", label=label)
         for r in pts:
             ax.annotate(r["setting"], (r["kl"]["mean"], r["gold_reward"]["mean"]), textcoords="offset points",
@@ -111,7 +117,7 @@ def plot(rows: list[dict], start: dict, start_proxy: dict, families: dict[str, s
                     marker="o", capsize=2, color=colour, linestyle="none", label=label, alpha=0.85)
     n = start["n"]
     ax.set_xlabel("KL(policy || start), nats per completion (95% CI)")
-    ax.set_ylabel(f"gold reward: P(positive), mean of n = {n} held-out prompts (95% CI)")
+    ax.set_ylabel(f"gold reward P(positive), n = {n} (95% CI)")
     ax.set_title("(a) gold reward against KL", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     bx.set_xlabel("proxy reward (the labeller's logit), mean (95% CI)")
@@ -162,18 +168,21 @@ def main() -> None:
         demo.seed_from_m0(run, m0)
         t0 = time.time()
         logging.info("frontier point %s: %s %s", name, method, overrides)
+        finished_before = run.run_dir.evaluation(1) is not None
         run.run()
-        seconds[name] = round(time.time() - t0, 1)
+        if not finished_before:
+            seconds[name] = round(time.time() - t0, 1)
 
     families = {"dpo": "DPO (β)", "binary_cringe": "Binary Cringe (α)", "pairwise_cringe/alpha": "Pairwise Cringe (α)",
-                "pairwise_cringe/margin": "Pairwise Cringe (margin b)", "iterative_dpo": LABELS["iterative_dpo"] + " (round)",
+                "pairwise_cringe/margin": "Pairwise Cringe (margin b)",
+                "pairwise_cringe/num_train_epochs": "Pairwise Cringe (epochs)", "iterative_dpo": LABELS["iterative_dpo"] + " (round)",
                 "iterative_pairwise_cringe": LABELS["iterative_pairwise_cringe"] + " (round)"}
     rows = []
     demo_dir = Path(args.demo_dir)
     for method in ("dpo", "binary_cringe", "pairwise_cringe"):
         run_dir = demo_dir / "methods" / method
         k = RunDir(run_dir).evaluated_rounds()[-1]
-        for family in ([method] if method != "pairwise_cringe" else ["pairwise_cringe/alpha", "pairwise_cringe/margin"]):
+        for family in ([method] if method != "pairwise_cringe" else [f"pairwise_cringe/{k}" for k in PC_STYLES]):
             rows.append(point_row(demo, run_dir, k, method, DEFAULT_LABELS[method] + " (demo)", family))
     for method in ("iterative_dpo", "iterative_pairwise_cringe"):
         run_dir = demo_dir / "methods" / method
@@ -195,7 +204,7 @@ def main() -> None:
     # gold reward at shared KL values, by linear interpolation along each family's curve (from the start model)
     curves = {f: family_curve(rows, start, f) for f in families}
     top = max(r["kl"]["mean"] for r in rows)
-    grid = [kl for kl in (2.5, 5, 10, 15, 20, 30, 40) if kl <= top]
+    grid = [kl for kl in (2.5, 5, 7.5, 10, 15, 20, 30, 40) if kl <= top]
     matched = ["| method (what varies) | " + " | ".join(f"KL {kl:g}" for kl in grid) + " |",
                "|---|" + "---|" * len(grid)]
     for f, label in families.items():
@@ -215,7 +224,7 @@ def main() -> None:
         f"# The reward-KL frontier on the demo's testbed ({args.preset} preset, seed {demo.seed})", "",
         f"`python bench/frontier.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
         f"{machine_description()} · this call {(time.time() - started) / 60:.1f} min "
-        f"({len(seconds)} points trained and evaluated here: "
+        f"({len(seconds)} points trained and evaluated in this call, the rest resumed: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ")", "",
         f"Start model: gold reward {start['mean']:.3f} ({start['ci_low']:.3f}..{start['ci_high']:.3f}), proxy "
         f"{start_proxy['mean']:.2f}. Every point: one round on the demo's M0 samples (iterative methods: their "

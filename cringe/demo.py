@@ -76,9 +76,13 @@ PRESETS = {
     # ~5 minutes from an empty cache: smaller classifiers (their set-up is most of the difference), 2 rounds
     # Its proxy: 600 whole reviews at lr 1e-4 reached 0.58-0.60 held-out accuracy (noise for a labeller); 2,400
     # review endings of 40 tokens at lr 3e-4 reach 0.75-0.79 in about a minute of training on 2 cores
-    # (bench/proxy_reward.py, 2026-11-27; CPU training is not bit-reproducible run to run).
-    "quick": Preset(rounds=2, round_prompts=12, max_new_tokens=16, eval_prompts=24, eval_every=2,
-                    proxy_max_length=40, proxy_learning_rate=3e-4,
+    # (bench/proxy_reward.py, 2026-11-27; CPU training is not bit-reproducible run to run). The policy's lr 3e-4:
+    # at 1e-4 Iterative Pairwise Cringe scored 0.375 (2-3 steps a round barely move it); at 3e-4, 0.708
+    # (0.583..0.833) on 48 prompts, seed 0 (bench/quick_preset.py, 2026-11-27; seeds 1-2 and other variants in
+    # bench/results/quick_preset-2026-11-27.md). 48 evaluation prompts, not 24: intervals of +/-0.13 instead of
+    # +/-0.2, for about 55 s more (5 min 41 s cold against 4 min 29 s, README).
+    "quick": Preset(rounds=2, round_prompts=12, max_new_tokens=16, eval_prompts=48, eval_every=2,
+                    learning_rate=3e-4, proxy_max_length=40, proxy_learning_rate=3e-4,
                     sizes=SplitSizes(proxy_train=2400, gold_train=5000, classifier_test=500)),
     # what `make test` runs: the whole pipeline on a tiny random policy, in seconds
     "smoke": Preset(policy="tiny-random-llama", rounds=2, round_prompts=4, max_new_tokens=6, eval_prompts=6,
