@@ -182,7 +182,7 @@ def main() -> None:
     for method in ("dpo", "binary_cringe", "pairwise_cringe"):
         run_dir = demo_dir / "methods" / method
         k = RunDir(run_dir).evaluated_rounds()[-1]
-        for family in ([method] if method != "pairwise_cringe" else [f"pairwise_cringe/{k}" for k in PC_STYLES]):
+        for family in ([method] if method != "pairwise_cringe" else [f"pairwise_cringe/{lever}" for lever in PC_STYLES]):
             rows.append(point_row(demo, run_dir, k, method, DEFAULT_LABELS[method] + " (demo)", family))
     for method in ("iterative_dpo", "iterative_pairwise_cringe"):
         run_dir = demo_dir / "methods" / method

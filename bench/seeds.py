@@ -50,7 +50,6 @@ def method_outcomes(run_dir: Path, k: int) -> dict:
     proxy = run.scores(proxy_path) if proxy_path.exists() else []
     return {"outcomes": win_outcomes(samples, gold, base_samples, base_gold),
             "gold": [per_prompt[i] for i in sorted(per_prompt)],
-            "start_gold": [v for _, v in sorted(mean_by_prompt(base_samples, base_gold).items())],
             "kl": run.evaluation(k)["kl"]["mean"], "proxy": sum(proxy) / len(proxy) if proxy else None}
 
 
@@ -60,15 +59,19 @@ def pool(seed_dirs: dict[int, Path], methods: list[str], seed: int = 0) -> list[
     from cringe.evaluate import pooled_mean
     from cringe.rundir import RunDir
 
+    from cringe.evaluate import mean_by_prompt
+
     rows = []
     first = next(iter(seed_dirs.values()))
-    start_gold = {}  # per seed: every method compares with the same start-model samples
+    start_gold = {}  # per seed: the start model's held-out samples in m0/, which every method compares with
+    for s, d in seed_dirs.items():
+        m0 = RunDir(d / "m0")
+        per_prompt = mean_by_prompt(m0.samples(m0.baseline_samples), m0.scores(m0.baseline_scores))
+        start_gold[s] = [per_prompt[i] for i in sorted(per_prompt)]
     for name in methods:
         rounds = RunDir(first / "methods" / name).evaluated_rounds()
         for k in rounds:
             per_seed = {s: method_outcomes(d / "methods" / name, k) for s, d in seed_dirs.items()}
-            for s, r in per_seed.items():
-                start_gold.setdefault(s, r["start_gold"])
             kls = [r["kl"] for r in per_seed.values()]
             proxies = [r["proxy"] for r in per_seed.values() if r["proxy"] is not None]
             rows.append({

@@ -31,9 +31,13 @@ def _bootstrap_ci(values: Sequence[float], seed: int, n_boot: int = 10_000, leve
     rng = random.Random(seed)
     n = len(values)
     means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    lo = means[int((1 - level) / 2 * n_boot)]
-    hi = means[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
-    return lo, hi
+    return _percentile_interval(means, level)
+
+
+def _percentile_interval(sorted_means: Sequence[float], level: float) -> tuple[float, float]:
+    """The bootstrap's percentile interval from its sorted resampled means."""
+    n_boot = len(sorted_means)
+    return sorted_means[int((1 - level) / 2 * n_boot)], sorted_means[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
 
 
 def win_rate_from_outcomes(outcomes: Sequence[float], *, seed: int = 0, n_boot: int = 10_000) -> dict:
@@ -102,9 +106,8 @@ def pooled_mean(groups: Sequence[Sequence[float]], *, seed: int = 0, n_boot: int
             n = len(g)
             total += sum(g[rng.randrange(n)] for _ in range(n)) / n
         means.append(total / len(groups))
-    means.sort()
-    return {"mean": sum(per_run) / len(per_run), "ci_low": means[int((1 - level) / 2 * n_boot)],
-            "ci_high": means[min(n_boot - 1, int((1 + level) / 2 * n_boot))], "per_run": per_run,
+    lo, hi = _percentile_interval(sorted(means), level)
+    return {"mean": sum(per_run) / len(per_run), "ci_low": lo, "ci_high": hi, "per_run": per_run,
             "n_runs": len(groups), "n": sum(len(g) for g in groups)}
 
 
