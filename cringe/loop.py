@@ -48,6 +48,18 @@ def _help(text: str, **extra) -> dict:
 ITERATE_LOSSES = ("pairwise_cringe", "binary_cringe", "dpo", "ipo", "hinge")
 
 
+def _backend_in(python: str) -> str:
+    """What `backend: auto` resolves to under another interpreter (the sampling stage's)."""
+    import subprocess
+
+    probe = "from cringe.generation import resolve_backend; print(resolve_backend('auto'))"
+    out = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise UserError(f"sampling_python: {python} cannot import cringe ({out.stderr.strip().splitlines()[-1:]}); "
+                        "install the project there too (`make vllm` does)")
+    return out.stdout.strip()
+
+
 @dataclass
 class IterateConfig:
     """One iterative run. Every field is a YAML key and a flag of `cringe iterate`; `reward`, `eval_reward`,
@@ -88,6 +100,9 @@ class IterateConfig:
                                                          choices=("auto", "transformers", "vllm")))
     vllm: dict = field(default_factory=dict, metadata=_help(
         "vLLM engine options: tensor_parallel_size, gpu_memory_utilization, dtype, max_model_len, enforce_eager, ..."))
+    sampling_python: str | None = field(default=None, metadata=_help(
+        "the Python that runs each sampling stage (`cringe sample`), e.g. .venv-vllm/bin/python from `make vllm`: "
+        "vLLM pins its own transformers, so it lives in an environment of its own; training stays in this one"))
     stage_processes: bool | None = field(default=None, metadata=_help(
         "run sampling and scoring as `cringe sample` / `cringe score` subprocesses, so their GPU memory is "
         "free before training (default: on with a GPU or vLLM, off on a CPU; always on with vLLM)"))
@@ -126,6 +141,12 @@ class IterateConfig:
 
         check_trackers(self.report_to)
         self.training_arguments(Path(self.output_dir) / "round-1")  # every train.* key and value checked now
+        if self.sampling_python is not None:
+            python = shutil.which(self.sampling_python)
+            if python is None:
+                raise UserError(f"sampling_python: {self.sampling_python} is not an executable Python "
+                                "(`make vllm` builds .venv-vllm/bin/python)")
+            self.sampling_python = str(Path(python).absolute())
         if self.vllm and self.resolved_backend() != "vllm":
             raise UserError(f"vllm engine options {sorted(self.vllm)} given, but the sampler is "
                             f"{self.resolved_backend()} (backend: {self.backend})")
@@ -133,6 +154,8 @@ class IterateConfig:
     def resolved_backend(self) -> str:
         from .generation import resolve_backend
 
+        if self.sampling_python is not None and self.backend == "auto":
+            return _backend_in(self.sampling_python)  # 'auto' means what is installed there, not here
         return resolve_backend(self.backend)
 
     def resolved_device(self) -> str:
@@ -142,7 +165,7 @@ class IterateConfig:
 
     def use_stage_processes(self) -> bool:
         """vLLM always samples in a process of its own (its memory is only reliably back when the process ends)."""
-        if self.resolved_backend() == "vllm" or self.accelerate.get("sample"):
+        if self.resolved_backend() == "vllm" or self.accelerate.get("sample") or self.sampling_python:
             return True
         if self.stage_processes is not None:
             return self.stage_processes
@@ -173,8 +196,8 @@ class IterateConfig:
         return args, lora
 
     # Keys that do not change what a round computes: changing them on resume is allowed.
-    RESUMABLE_KEYS = ("rounds", "output_dir", "backend", "device", "vllm", "stage_processes", "report_to", "run_name",
-                      "accelerate")
+    RESUMABLE_KEYS = ("rounds", "output_dir", "backend", "device", "vllm", "sampling_python", "stage_processes",
+                      "report_to", "run_name", "accelerate")
 
     def result_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -363,8 +386,11 @@ class IterativeRun:
         if c.vllm:
             stage["vllm"] = c.vllm
         data_parallel = c.accelerate.get("sample") and c.resolved_backend() == "transformers"
-        run_stage_process("sample", stage, out_path,
-                          launcher=launch_command(c.accelerate) if data_parallel else None)
+        if data_parallel:
+            launcher = launch_command(c.accelerate, python=c.sampling_python)
+        else:
+            launcher = [c.sampling_python, "-m", "cringe"] if c.sampling_python else None
+        run_stage_process("sample", stage, out_path, launcher=launcher)
 
     def score(self, prompts, samples, out_path: Path, evaluation: bool = False) -> list[float]:
         """One reward per sample into out_path, in this process or in a `cringe score` subprocess."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .denormals import flush_denormals
 from .errors import UserError
 
 
@@ -82,6 +83,7 @@ class RewardModel:
                 dtype=_resolve_dtype(dtype) or "auto")
         if tokenizer is None:
             raise UserError("pass the reward model's tokenizer")
+        flush_denormals()
         self.model, self.tokenizer = model_or_path.eval(), tokenizer
         if device is not None:
             self.model.to(device)

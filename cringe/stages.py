@@ -273,10 +273,10 @@ class StageFailed(UserError):
     """A stage subprocess (`cringe sample` / `cringe score`) exited with an error; it printed its own message."""
 
 
-def launch_command(settings: dict) -> list[str]:
-    """`accelerate launch` with the user's settings ({config_file, num_processes, any other launch flag}); the
-    `sample` key is ours (sample data-parallel too) and is not passed on. A free local port is picked unless
-    one is given, so two runs on a machine do not collide."""
+def launch_command(settings: dict, python: str | None = None) -> list[str]:
+    """`accelerate launch` with the user's settings ({config_file, num_processes, any other launch flag}), under
+    `python` (default: this interpreter); the `sample` key is ours (sample data-parallel too) and is not passed
+    on. A free local port is picked unless one is given, so two runs on a machine do not collide."""
     flags = {k: v for k, v in settings.items() if k != "sample"}
     if "main_process_port" not in flags and flags.get("num_machines", 1) in (1, None):
         import socket
@@ -284,7 +284,7 @@ def launch_command(settings: dict) -> list[str]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             flags["main_process_port"] = s.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    command = [python or sys.executable, "-m", "accelerate.commands.launch"]
     for key, value in flags.items():
         if value is None or value is False:
             continue

@@ -18,6 +18,7 @@ from transformers import Trainer, TrainingArguments
 from . import chunked as C
 from . import losses as L
 from .data import Collator, PreparedData, prepare
+from .denormals import flush_denormals
 from .errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ class CringeTrainer(Trainer):
                  ref_model=None, peft_config=None, **kwargs):
         if processing_class is None:
             raise ValueError("CringeTrainer needs the tokenizer as processing_class")
+        flush_denormals()
         if peft_config is not None:
             from peft import get_peft_model
 

