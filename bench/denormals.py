@@ -156,7 +156,7 @@ def worker(spec: dict) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = CringeConfig(output_dir=tmp, loss="pairwise_cringe", per_device_train_batch_size=8,
-                              num_train_epochs=spec["epochs"], learning_rate=1e-4, lr_scheduler_type="constant",
+                              num_train_epochs=spec["epochs"], learning_rate=spec.get("learning_rate", 1e-4), lr_scheduler_type="constant",
                               chunked_loss=True, use_cpu=True, bf16=spec["autocast"], logging_steps=1,
                               save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
                               dataloader_num_workers=0)
@@ -225,6 +225,8 @@ def main() -> None:
     parser.add_argument("--models", default="smollm2,gemma3")
     parser.add_argument("--configs", default="all", help="all, none (the per-operation table only), or names")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--pairs", nargs="*", default=[], metavar="MODEL=FILE",
                         help="train on a loop's round-N/pairs.jsonl instead of sampling them again")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -257,7 +259,8 @@ def main() -> None:
         print(f"{model}: {made['pairs']} pairs from {made.get('source', 'round 1 sampled again')}", flush=True)
         for name in configs:
             dtype, autocast, flush = CONFIGS[name]
-            spec = {"model": model, "pairs": str(pairs), "dtype": dtype, "autocast": autocast, "epochs": a.epochs}
+            spec = {"model": model, "pairs": str(pairs), "dtype": dtype, "autocast": autocast, "epochs": a.epochs,
+                    "learning_rate": a.learning_rate}
             env = {**os.environ, "CRINGE_FLUSH_DENORMAL": "1" if flush else "0"}
             r = run_child(["--worker", json.dumps(spec)], env)
             assert r["flushed"] == flush, (name, r["flushed"])
@@ -280,18 +283,18 @@ def main() -> None:
               "last loss | subnormal share of one step's outputs, before -> after | ops making most, after | "
               "of AdamW state, after |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     table = header + "".join(
-        f"| {r['model']} | {r['weights']} | {r['autocast']} | {r['flush']} | {r['steps']} | {r['median_s']:.1f} | "
-        f"{r['max_s']:.1f} | {r['train_s']:.0f} | {r['last_loss']:.4g} | {r['subnormal']} | "
+        f"| {r['model']} | {r['weights']} | {r['autocast']} | {r['flush']} | {r['steps']} | {r['median_s']:.3g} | "
+        f"{r['max_s']:.3g} | {r['train_s']:.3g} | {r['last_loss']:.4g} | {r['subnormal']} | "
         f"{r['subnormal_ops']} | {r['optimizer_subnormal']} |\n" for r in rows)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
+    a.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
-    (RESULTS / f"denormals-{stamp}.md").write_text(
+    (a.results_dir / f"denormals-{stamp}.md").write_text(
         f"# Step times over {a.epochs} epochs on round 1's pairs, with and without flushing denormals\n\n"
         f"`python bench/denormals.py {' '.join(sys.argv[1:])}` on {machine}.\n\n"
         + "## This CPU's price of a subnormal operand\n\n" + penalty_table
         + "\n## Training steps\n\n" + table)
-    (RESULTS / f"denormals-{stamp}.json").write_text(json.dumps(raw, indent=1))
+    (a.results_dir / f"denormals-{stamp}.json").write_text(json.dumps(raw, indent=1))
 
 
 if __name__ == "__main__":

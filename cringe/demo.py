@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rundir
+from .models import cpu_prefers_bf16
 from .rundir import RunDir
 from .testbeds.sentiment import SplitSizes
 
@@ -58,8 +59,11 @@ class Preset:
     learning_rate: float = 1e-4
     pairs_per_step: int = 8
     beta: float = 0.1  # DPO
-    bf16: bool = True  # bf16 autocast, fp32 weights: 0.65x the fp32 step here (bench/results/*-demo-shape.md)
-    sampling_dtype: str | None = "bfloat16"  # the fast sampling path on this CPU (2x fp32)
+    # bf16 autocast over fp32 weights, and bf16 sampling, where the CPU computes bf16 natively (AMX/AVX512-BF16:
+    # 0.65x the fp32 step and 2x the fp32 sampling rate, bench/results/*-demo-shape.md); None: as the CPU allows
+    # (torch emulates bf16 on other CPUs, slower than fp32: bench/cpu_dtype.py, cringe.models.cpu_prefers_bf16).
+    bf16: bool | None = None
+    sampling_dtype: str | None = "auto"  # auto: bfloat16 where the CPU prefers it, else the policy's dtype
     sampling_batch: int = 64
     proxy_epochs: float = 1.0
     # The proxy reads the last proxy_max_length tokens of a text (reviews state their verdict at the end; the
@@ -69,6 +73,14 @@ class Preset:
     rloo_beta: float = 0.05  # RLOO's KL penalty to the start (TRL's default); 0 loads no reference model
     sizes: SplitSizes = field(default_factory=SplitSizes)
     methods: tuple[str, ...] = tuple(m for m in METHODS if m != "rloo")
+
+    def resolved_bf16(self) -> bool:
+        return cpu_prefers_bf16() if self.bf16 is None else self.bf16
+
+    def resolved_sampling_dtype(self) -> str | None:
+        if self.sampling_dtype == "auto":
+            return "bfloat16" if cpu_prefers_bf16() else None
+        return self.sampling_dtype
 
 
 PRESETS = {
@@ -174,7 +186,7 @@ class Demo:
             eval_reward={"type": "callable", "function": "cringe.testbeds.sentiment:gold_reward",
                          "kwargs": {"judge_dir": str(self.gold_dir)}},
             sampling={"n": p.samples_per_prompt, "max_new_tokens": p.max_new_tokens, "batch_size": p.sampling_batch},
-            sampling_dtype=p.sampling_dtype, eval_every=p.eval_every, seed=self.seed, backend="transformers",
+            sampling_dtype=p.resolved_sampling_dtype(), eval_every=p.eval_every, seed=self.seed, backend="transformers",
         )
 
     def train_args(self, loss: str) -> dict:
@@ -182,7 +194,7 @@ class Demo:
         rows_per_pair = 1 if loss != "binary_cringe" else 2  # binary rows are single sequences
         args = {"per_device_train_batch_size": p.pairs_per_step * rows_per_pair, "learning_rate": p.learning_rate,
                 "num_train_epochs": p.epochs, "lr_scheduler_type": "constant", "warmup_steps": 0,
-                "logging_steps": 5, "save_strategy": "no", "use_cpu": True, "bf16": p.bf16}
+                "logging_steps": 5, "save_strategy": "no", "use_cpu": True, "bf16": p.resolved_bf16()}
         if loss == "dpo":
             args.update(beta=p.beta, precompute_ref_logps=True)
         return args
@@ -292,7 +304,7 @@ class Demo:
                 p = self.preset
                 run_rloo(run, samples_per_prompt=p.samples_per_prompt, learning_rate=p.learning_rate,
                          epochs=p.epochs, batch_size=p.pairs_per_step * 2, max_new_tokens=p.max_new_tokens,
-                         beta=p.rloo_beta, bf16=p.bf16, seed=self.seed, before_training=self.copy_baseline)
+                         beta=p.rloo_beta, bf16=p.resolved_bf16(), seed=self.seed, before_training=self.copy_baseline)
                 continue
             self.seed_from_m0(run, m0)
             for k, step in self.method_steps.get(name, []):  # finished on an earlier run of this command

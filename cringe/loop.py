@@ -34,6 +34,7 @@ from . import rundir
 from .errors import UserError
 from .files import read_json, read_jsonl, write_json, write_jsonl
 from .integrity import finished, last_complete_checkpoint
+from .models import cpu_prefers_bf16
 from .rundir import RunDir
 from .stages import launch_command, run_stage_process
 
@@ -95,7 +96,8 @@ class IterateConfig:
         "weights for training and evaluation (default: bfloat16 on a GPU, float32 on a CPU)",
         choices=("float32", "bfloat16", "float16", "auto")))
     sampling_dtype: str | None = field(default=None, metadata=_help(
-        "e.g. bfloat16: the fast sampling path on CPUs with AVX512-BF16 (default: dtype)"))
+        "weights for sampling (default: dtype; on a CPU without a dtype given, bfloat16 where the CPU computes it "
+        "natively (AMX, AVX512-BF16), float32 elsewhere: bench/cpu_dtype.py)"))
     backend: str = field(default="auto", metadata=_help("sampler: auto = vLLM when installed with a GPU",
                                                          choices=("auto", "transformers", "vllm")))
     vllm: dict = field(default_factory=dict, metadata=_help(
@@ -158,6 +160,11 @@ class IterateConfig:
             return _backend_in(self.sampling_python)  # 'auto' means what is installed there, not here
         return resolve_backend(self.backend)
 
+    def resolved_sampling_dtype(self) -> str | None:
+        if self.sampling_dtype or self.dtype or self.resolved_device() != "cpu":
+            return self.sampling_dtype or self.dtype
+        return "bfloat16" if cpu_prefers_bf16() else "float32"
+
     def resolved_device(self) -> str:
         from .models import resolve_device
 
@@ -178,6 +185,10 @@ class IterateConfig:
                  "output_dir": str(round_dir / rundir.CHECKPOINTS), "loss": self.loss}
         if self.resolved_device() == "cpu":
             train.setdefault("use_cpu", True)  # the Trainer would otherwise take a GPU the user kept out
+            if not {"bf16", "fp16"} & set(train):
+                # bf16 autocast over fp32 weights where the CPU has native bf16 (about 2x faster steps there);
+                # emulated elsewhere, and slower than fp32 (cringe.models.cpu_prefers_bf16).
+                train["bf16"] = cpu_prefers_bf16()
         return train
 
     def training_arguments(self, round_dir: Path, seed_offset: int = 0):
@@ -359,9 +370,11 @@ class IterativeRun:
         if c.use_stage_processes():
             self._sample_in_subprocess(model_index, prompts, out_path, settings, evaluation)
             return self.run_dir.samples(out_path)
-        samples = sample_to_file(prompts, SamplingConfig(**settings), out_path, lambda: open_sampler(
+        sampling = SamplingConfig(**settings)
+        samples = sample_to_file(prompts, sampling, out_path, lambda: open_sampler(
             c.backend, self.model_path(model_index), self.tokenizer, device=c.device,
-            dtype=c.sampling_dtype or c.dtype, trust_remote_code=c.trust_remote_code, engine_options=c.vllm))
+            dtype=c.resolved_sampling_dtype(), trust_remote_code=c.trust_remote_code, engine_options=c.vllm,
+            new_tokens=len(prompts) * sampling.n * sampling.max_new_tokens))
         free_memory()
         return samples
 
@@ -381,7 +394,7 @@ class IterativeRun:
             count = None
         stage = {"model": self.model_path(model_index), "tokenizer": c.model, "prompts": source,
                  "output": str(out_path), "backend": c.backend, "device": c.device,
-                 "dtype": c.sampling_dtype or c.dtype, "start": start, "count": count, "max_prompts": limit,
+                 "dtype": c.resolved_sampling_dtype(), "start": start, "count": count, "max_prompts": limit,
                  "max_prompt_length": c.max_prompt_length, "trust_remote_code": c.trust_remote_code, **settings}
         if c.vllm:
             stage["vllm"] = c.vllm

@@ -183,6 +183,24 @@ def resolve_device(device: str | None = "auto") -> str:
     return device
 
 
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's native bfloat16 instructions as /proc/cpuinfo lists them (avx512_bf16, amx_bf16); [] where it
+    has none or the file is not there."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def cpu_prefers_bf16() -> bool:
+    """bfloat16 is the fast path only where the CPU computes it natively: bench/cpu_dtype.py measured bf16 products
+    slower than fp32 on a CPU without (AMD Zen 3, torch emulates them) and the iterate example's steps about twice
+    as fast with them (Intel with AMX)."""
+    return bool(cpu_bf16_flags())
+
+
 def default_dtype(dtype: str | None, device: str) -> str:
     """The dtype to load weights in: as asked, or bfloat16 on a GPU and float32 on a CPU when not given."""
     if dtype not in (None, "default"):
@@ -272,6 +290,7 @@ def save_for_inference(trainer, output_dir: str, *, base_model: str | None = Non
     else:
         trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
+        _drop_tied_copies(model, Path(output_dir))
         # Trainer.save_model pickles the arguments (training_args.bin): keep them as JSON, load nothing pickled.
         Path(output_dir, "training_args.bin").unlink(missing_ok=True)
         from .files import write_atomic
@@ -280,6 +299,29 @@ def save_for_inference(trainer, output_dir: str, *, base_model: str | None = Non
         write_model_card(output_dir, model_card(trainer.args, base_model=base_model, data=data,
                                                 steps=trainer.state.global_step, lora="adapter" if
                                                 Path(output_dir, "adapter").exists() else None))
+
+
+def _drop_tied_copies(model, output_dir: Path) -> None:
+    """A tied LM head is saved once, under its source's name, as `save_pretrained` does for a plain model. Under
+    DeepSpeed ZeRO-2 the Trainer saves the engine's consolidated state dict, in which the tied head is a separate
+    tensor, so both names were written (tests/test_deepspeed.py)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    path = output_dir / "model.safetensors"
+    if not tied or not path.exists():
+        return
+    with safe_open(str(path), "pt") as f:
+        keys, metadata = set(f.keys()), f.metadata()
+    copies = [target for target, source in tied.items() if target in keys and source in keys]
+    if not copies:
+        return
+    tensors = {k: v for k, v in load_file(str(path)).items() if k not in copies}
+    partial = path.with_name(f".{path.name}.partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, path)
+    logger.info("saved the tied %s once (as %s)", ", ".join(copies), ", ".join(tied[c] for c in copies))
 
 
 LOSS_SETTINGS = {

@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import http.client
 import importlib
+import inspect
 import json
 import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -118,6 +120,7 @@ JUDGE_TEMPLATE = (
 
 @dataclass
 class JudgeStats:
+    answers: int = 0  # answers received (or taken from the answer log), readable or not
     requests: int = 0
     retries: int = 0
     invalid_answers: int = 0
@@ -133,12 +136,16 @@ class JudgeStats:
                 setattr(self, k, getattr(self, k) + v)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("requests", "retries", "invalid_answers", "failed_requests",
+        return {k: getattr(self, k) for k in ("answers", "requests", "retries", "invalid_answers", "failed_requests",
                                               "undecided_pairs", "cached", "skipped")}
 
 
 class JudgeError(RuntimeError):
     pass
+
+
+class JudgeUnreadableError(UserError):
+    """Most of the judge's answers named neither response: scores built from the rest would be mostly 0.5."""
 
 
 class JudgeUnavailableError(UserError):
@@ -151,9 +158,16 @@ class PairwiseJudge:
 
     The API key is read from the environment variable named by `api_key_env` (never from config files, never
     logged). Requests retry with exponential backoff on 429, 5xx and timeouts; at most `concurrency` run at once.
-    An answer that is not "A" or "B" is counted as invalid and that order gives no verdict: it is never
-    coerced into one. A pair's result is the mean over the orders that gave a verdict (1 = first better,
-    0.5 = split, 0 = second better), or None when neither did.
+    Verdicts (`verdict`):
+    * "text": the reply's first word must be A or B ("A", "B.", "**A**", "Response B" are read; "A: A" is A);
+      anything else is counted invalid and that order gives no verdict: it is never coerced into one.
+    * "choice": the same, with the answer constrained to A or B by the server (vLLM's structured outputs,
+      `structured_outputs: {choice: [A, B]}`; a server without them ignores or refuses the field).
+    * "logprobs": AlpacaEval's way: the first token's top log-probabilities, P(A) / (P(A) + P(B)), a continuous
+      preference that a small judge gives even when its text would say something else. Needs `logprobs`.
+    A pair's result is the mean over the orders that gave a verdict (1 = first better, 0 = second better,
+    between: split or uncertain), or None when neither did. When more than `max_invalid` of the answers are
+    unreadable, `score` refuses (JudgeUnreadableError, with examples) instead of returning mostly 0.5.
 
     Failures. Once a request finds the server gone (connection refused or dropped, after its retries), the
     requests still queued are not made. `score` works in chunks and raises JudgeUnavailableError after a chunk
@@ -164,12 +178,17 @@ class PairwiseJudge:
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0, template: str = JUDGE_TEMPLATE,
-                 max_tokens: int = 4):
+                 max_tokens: int = 4, verdict: str = "text", max_invalid: float = 0.5):
+        if verdict not in VERDICTS:
+            raise UserError(f"judge verdict must be one of {', '.join(VERDICTS)}; got {verdict!r}")
+        if not 0 <= max_invalid <= 1:
+            raise UserError("judge max_invalid is a share of the answers, between 0 and 1")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env = model, api_key_env
         self.concurrency, self.timeout, self.max_retries, self.backoff = concurrency, timeout, max_retries, backoff
-        self.template, self.max_tokens = template, max_tokens
+        self.template, self.max_tokens, self.verdict, self.max_invalid = template, max_tokens, verdict, max_invalid
         self.stats = JudgeStats()
+        self.unreadable: list[str] = []  # a few examples for the report
         self.answers = None  # a cringe.answerlog.AnswerLog inside keep_answers()
         self._server_gone = threading.Event()
         self._last_failure = ""
@@ -186,9 +205,25 @@ class PairwiseJudge:
             self.answers.close()
             self.answers = None
 
+    def _request_body(self, prompt: str, a: str, b: str) -> str:
+        request = {"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
+                   "messages": [{"role": "user", "content": self.template.format(prompt=prompt, a=a, b=b)}]}
+        if self.verdict == "choice":
+            request["structured_outputs"] = {"choice": ["A", "B"]}
+        elif self.verdict == "logprobs":
+            request.update(max_tokens=1, logprobs=True, top_logprobs=20)
+        return json.dumps(request)
+
+    def _answer_of(self, response: dict) -> str:
+        """The text the answer log keeps: the reply, or with `logprobs` the first token's alternatives as JSON."""
+        choice = response["choices"][0]
+        if self.verdict != "logprobs":
+            return choice["message"]["content"]
+        first = choice["logprobs"]["content"][0]
+        return json.dumps({t["token"]: t["logprob"] for t in first["top_logprobs"]})
+
     def _ask(self, prompt: str, a: str, b: str) -> str | None:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
-                           "messages": [{"role": "user", "content": self.template.format(prompt=prompt, a=a, b=b)}]})
+        body = self._request_body(prompt, a, b)
         log = self.answers
         if log is not None:
             from .answerlog import request_key
@@ -210,7 +245,7 @@ class PairwiseJudge:
             try:
                 request = urllib.request.Request(self.url, data=body.encode(), headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    answer = json.loads(response.read())["choices"][0]["message"]["content"]
+                    answer = self._answer_of(json.loads(response.read()))
             except urllib.error.HTTPError as err:
                 retryable = err.code == 429 or err.code >= 500
                 reason = f"HTTP {err.code}"
@@ -236,23 +271,28 @@ class PairwiseJudge:
             time.sleep(self.backoff * 2**attempt * (1 + 0.1 * random.random()))
         return None
 
-    def _verdict(self, answer: str | None) -> str | None:
+    def _verdict(self, answer: str | None) -> float | None:
+        """P(response A is better) from one answer: 1 or 0 from text, continuous from log-probabilities; None
+        when the answer names neither (counted, and a few kept for the report)."""
         if answer is None:
             return None
-        text = answer.strip().strip(".").strip().upper()
-        if text in ("A", "B"):
-            return text
-        self.stats.add(invalid_answers=1)
-        return None
+        self.stats.add(answers=1)
+        value = read_logprob_verdict(answer) if self.verdict == "logprobs" else read_text_verdict(answer)
+        if value is None:
+            self.stats.add(invalid_answers=1)
+            with self.stats.lock:
+                if len(self.unreadable) < 3:
+                    self.unreadable.append(answer[:60])
+        return value
 
     def _pair(self, prompt: str, first: str, second: str) -> float | None:
         results = []
         v = self._verdict(self._ask(prompt, first, second))  # first shown as A
         if v is not None:
-            results.append(1.0 if v == "A" else 0.0)
+            results.append(v)
         v = self._verdict(self._ask(prompt, second, first))  # first shown as B
         if v is not None:
-            results.append(1.0 if v == "B" else 0.0)
+            results.append(1.0 - v)
         if not results:
             self.stats.add(undecided_pairs=1)
             return None
@@ -284,6 +324,7 @@ class PairwiseJudge:
                                     [completions[j] for _, _, j in part])
             if self.stats.failed_requests > failed_before:
                 raise JudgeUnavailableError(self._failure_message(self.stats.failed_requests - failed_before))
+        self.check_readable()
         wins = [0.0] * len(completions)
         games = [0] * len(completions)
         for (_, i, j), r in zip(jobs, results):
@@ -295,12 +336,49 @@ class PairwiseJudge:
             games[j] += 1
         return [w / g if g else 0.5 for w, g in zip(wins, games)]
 
+    def check_readable(self) -> None:
+        """Log what the judge answered; refuse when most answers named neither response."""
+        s = self.stats
+        logger.info("judge %s (verdict: %s): %d answers, %d unreadable, %d pairs undecided, %d from the answer log",
+                    self.model, self.verdict, s.answers, s.invalid_answers, s.undecided_pairs, s.cached)
+        if s.answers and s.invalid_answers > self.max_invalid * s.answers:
+            hint = ("verdict: choice (the server constrains the answer to A or B) or verdict: logprobs"
+                    if self.verdict == "text" else "a stronger judge model, or another verdict")
+            raise JudgeUnreadableError(
+                f"the judge {self.model} at {self.url} named neither response in {s.invalid_answers} of {s.answers} "
+                f"answers (more than max_invalid {self.max_invalid:.0%}; e.g. {self.unreadable}); try {hint}")
+
     def _failure_message(self, failed: int) -> str:
         kept = (f"the {len(self.answers.answers)} answers received are kept in {self.answers.path}; rerun the "
                 "same command once it answers again: only the missing ones are asked" if self.answers is not None
                 else "no scores were written")
         return (f"the judge at {self.url} failed {failed} request(s) after {self.max_retries + 1} attempts each "
                 f"(last: {self._last_failure}); {kept}")
+
+
+VERDICTS = ("text", "choice", "logprobs")
+# The capital letter alone ("a" is more often an article), after optional punctuation or "Response".
+_ANSWER = re.compile(r"^[^A-Za-z0-9]*(?:(?i:response)\s+)?([AB])(?![A-Za-z0-9'])")
+
+
+def read_text_verdict(answer: str) -> float | None:
+    """1.0 for A, 0.0 for B, from the reply's first word; None when it names neither."""
+    match = _ANSWER.match(answer.strip())
+    if match is None:
+        return None
+    return 1.0 if match.group(1).upper() == "A" else 0.0
+
+
+def read_logprob_verdict(answer: str) -> float | None:
+    """P(A) / (P(A) + P(B)) from a first token's top log-probabilities ({token: logprob} as JSON); tokens that
+    read as A or B after stripping spaces and punctuation are pooled. None when neither is among them."""
+    mass = {"A": 0.0, "B": 0.0}
+    for token, logprob in json.loads(answer).items():
+        letter = token.strip().strip("*.:()").upper()
+        if letter in mass:
+            mass[letter] += math.exp(logprob)
+    total = mass["A"] + mass["B"]
+    return mass["A"] / total if total > 0 else None
 
 
 def _failure_reason(err: BaseException) -> str:
@@ -336,6 +414,13 @@ def load_reward_source(spec: dict, device: str | None = None):
         spec["dtype"] = default_dtype(spec.get("dtype"), spec["device"])
         return RewardModel(spec.pop("path"), **spec)
     if kind == "judge":
+        missing = [k for k in ("base_url", "model") if k not in spec]
+        if missing:
+            raise UserError(f"judge: {missing} required (base_url: the server's /v1 URL, model: its model name)")
+        known = set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"}
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise UserError(f"judge: unknown keys {unknown} (known: {', '.join(sorted(known))})")
         return PairwiseJudge(spec.pop("base_url"), spec.pop("model"), **spec)
     raise UserError(f"reward source type must be callable, model or judge, got {kind!r}")
 

@@ -108,13 +108,14 @@ def sample_to_file(prompts, sampling, out_path: Path, open_sampler, *, shard_pro
 
 
 def open_sampler(backend: str, model_spec: str, tokenizer, *, device: str = "auto", dtype: str | None = None,
-                 trust_remote_code: bool = False, engine_options: dict | None = None):
+                 trust_remote_code: bool = False, engine_options: dict | None = None, new_tokens: int | None = None):
     """A sampler for `model_spec`: transformers' generate on `device`, or one vLLM engine (engine_options go to
-    vllm.LLM; its dtype defaults to `dtype`)."""
+    vllm.LLM; its dtype defaults to `dtype`). new_tokens, the stage's size, lets `backend: auto` weigh vLLM's
+    start-up on a CPU (cringe.generation.resolve_backend)."""
     from .generation import TransformersSampler, VLLMSampler, resolve_backend
     from .models import default_dtype, engine_path, load_model, resolve_device
 
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, new_tokens)
     device = resolve_device(device)
     dtype = default_dtype(dtype, device)
     if backend == "vllm":
@@ -165,7 +166,8 @@ def run_sample(args: SampleArguments, sampling, engine_options: dict | None = No
         device = f"cuda:{local}"  # one GPU per process
     return sample_to_file(prompts, sampling, Path(args.output), lambda: open_sampler(
         args.backend, args.model, tokenizer, device=device, dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code, engine_options=engine_options),
+        trust_remote_code=args.trust_remote_code, engine_options=engine_options,
+        new_tokens=len(prompts) * sampling.n * sampling.max_new_tokens),
         rank=rank, world=world, barrier=barrier)
 
 

@@ -58,3 +58,31 @@ def test_unknown_dtype_is_a_user_error():
 
     with pytest.raises(UserError, match="unknown dtype 'fp8'"):
         load_model("tiny-random-llama", dtype="fp8")
+
+
+def test_a_tied_head_saved_twice_is_saved_once(tmp_path, tokenizer):
+    """DeepSpeed ZeRO-2's consolidated state dict holds the tied head as its own tensor (tests/test_deepspeed.py):
+    the saved folder must hold the keys a plain save_pretrained writes, and still load."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from cringe.models import _drop_tied_copies, build_tiny_model
+
+    model = build_tiny_model(tokenizer)
+    model.save_pretrained(tmp_path)
+    plain = load_file(tmp_path / "model.safetensors")
+    assert "lm_head.weight" not in plain
+    doubled = {**plain, "lm_head.weight": plain["model.embed_tokens.weight"].clone()}
+    save_file(doubled, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    _drop_tied_copies(model, tmp_path)
+    assert sorted(load_file(tmp_path / "model.safetensors")) == sorted(plain)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
+
+    untied = build_tiny_model(tokenizer)
+    untied.config.tie_word_embeddings = False
+    untied = type(untied)(untied.config)
+    untied.save_pretrained(tmp_path / "untied")
+    before = sorted(load_file(tmp_path / "untied" / "model.safetensors"))
+    _drop_tied_copies(untied, tmp_path / "untied")
+    assert "lm_head.weight" in before and sorted(load_file(tmp_path / "untied" / "model.safetensors")) == before

@@ -3,6 +3,7 @@ pairwise LLM judge against a local OpenAI-compatible server started on 127.0.0.1
 
 import json
 import logging
+import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
+from cringe.errors import UserError
 from cringe.rewards import CallableReward, PairwiseJudge, RewardModel, load_reward_source, train_reward_model
 
 
@@ -76,19 +78,25 @@ class JudgeServer:
     """An OpenAI-compatible /chat/completions endpoint on 127.0.0.1 whose answers a test scripts."""
 
     def __init__(self, answer):
-        self.answer, self.requests, self.auth = answer, [], []
+        self.answer, self.requests, self.auth, self.bodies = answer, [], [], []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(body["messages"][0]["content"])
+                outer.bodies.append(body)
                 outer.auth.append(self.headers.get("Authorization"))
                 status, content = outer.answer(body["messages"][0]["content"], len(outer.requests))
                 if status == "sleep":
                     time.sleep(content)
                     status, content = 200, "A"
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                choice = {"message": {"role": "assistant", "content": content}}
+                if isinstance(content, dict):  # {token: logprob}: the first token's alternatives
+                    choice = {"message": {"role": "assistant", "content": max(content, key=content.get)},
+                              "logprobs": {"content": [{"top_logprobs": [{"token": t, "logprob": lp}
+                                                                         for t, lp in content.items()]}]}}
+                payload = json.dumps({"choices": [choice]}).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -155,6 +163,53 @@ def test_judge_counts_malformed_answers_and_never_coerces_them():
     with JudgeServer(lambda c, n: (200, "A") if n == 1 else (200, "???")) as url:
         judge = PairwiseJudge(url, "m", concurrency=1, backoff=0.01)
         assert judge.compare(["q"], ["a"], ["b"]) == [1.0]
+
+
+def test_judge_reads_the_first_word_and_refuses_a_mostly_unreadable_round(caplog):
+    from cringe.rewards import JudgeUnreadableError, read_text_verdict
+
+    assert [read_text_verdict(a) for a in ("A", "B.", "**A**", "Response B", "A: A\n", "B is better")] == \
+        [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert [read_text_verdict(a) for a in ("You're a helpful", "a", "Both", "Answer: A", "AB")] == [None] * 5
+    answers = iter(["A", "You're a helpful", "B", "???"] * 10)
+    with JudgeServer(lambda c, n: (200, next(answers))) as url:
+        judge = PairwiseJudge(url, "m", concurrency=1, backoff=0.01)
+        with caplog.at_level(logging.INFO):
+            judge.score(["p", "p", "p"], ["x", "y", "z"])  # 3 pairs, 6 answers, 3 unreadable: at the limit
+        assert "6 answers, 3 unreadable" in caplog.text
+        judge = PairwiseJudge(url, "m", concurrency=1, backoff=0.01, max_invalid=0.25)
+        with pytest.raises(JudgeUnreadableError, match=r"neither response in \d+ of 6 answers .*verdict: choice"):
+            judge.score(["p", "p", "p"], ["x", "y", "z"])
+
+
+def test_judge_verdicts_constrained_or_from_logprobs():
+    """choice: the request asks the server to constrain the answer to A or B; logprobs: P(A) / (P(A) + P(B)) of the
+    first token, averaged over both orders."""
+    server = JudgeServer(lambda c, n: (200, "A"))
+    with server as url:
+        PairwiseJudge(url, "m", backoff=0.01, verdict="choice").compare(["q"], ["x"], ["y"])
+    assert [b["structured_outputs"] for b in server.bodies] == [{"choice": ["A", "B"]}] * 2
+
+    def logprobs(content, _):  # P(A) 0.8 when the GOOD response is shown as A, 0.3 when it is shown as B
+        p_a = 0.8 if "GOOD" in content.split("Response A:\n")[1].split("\n\nResponse B:")[0] else 0.3
+        return 200, {"A": math.log(p_a), " B": math.log(1 - p_a), "Sure": -6.0}
+
+    server = JudgeServer(logprobs)
+    with server as url:
+        judge = PairwiseJudge(url, "m", backoff=0.01, verdict="logprobs")
+        [result] = judge.compare(["q"], ["GOOD"], ["bad"])
+    assert result == pytest.approx((0.8 + 0.7) / 2)
+    assert all(b["logprobs"] is True and b["max_tokens"] == 1 for b in server.bodies)
+    assert judge.stats.invalid_answers == 0 and judge.stats.answers == 2
+    with pytest.raises(UserError, match="verdict"):
+        PairwiseJudge("http://127.0.0.1:9/v1", "m", verdict="vibes")
+
+
+def test_a_judge_spec_is_checked_when_read():
+    with pytest.raises(UserError, match="base_url"):
+        load_reward_source({"type": "judge", "model": "m"})
+    with pytest.raises(UserError, match=r"unknown keys \['temprature'\]"):
+        load_reward_source({"type": "judge", "base_url": "http://127.0.0.1:9/v1", "model": "m", "temprature": 0})
 
 
 def test_judge_timeout_is_retried_then_reported():

