@@ -55,9 +55,18 @@ def worker(spec: dict) -> dict:
         sampler = VLLMSampler(spec["model_path"], tokenizer, dtype=spec["dtype"], max_model_len=1024)
     else:
         from cringe.generation import TransformersSampler
-        from cringe.models import load_model_and_tokenizer
+        from cringe.models import build_tiny_tokenizer, load_model_and_tokenizer
 
-        model, tokenizer = load_model_and_tokenizer(spec["model_spec"], dtype=spec["dtype"])
+        if spec["model_spec"] == "random-1b":  # the GPU's stand-in: nothing to download (bench/train_step.py)
+            from train_step import random_llama
+
+            tokenizer = build_tiny_tokenizer()
+            model = random_llama(tokenizer, "1b")
+        else:
+            model, tokenizer = load_model_and_tokenizer(spec["model_spec"], dtype=spec["dtype"])
+        model = model.to(spec["device"], getattr(torch, spec["dtype"]))
+        if spec["device"] == "cuda":
+            torch.cuda.synchronize()
         sampler = TransformersSampler(model, tokenizer)
     startup = time.perf_counter() - start
     prompts = prompts_for(tokenizer, prompts_n)
@@ -66,10 +75,15 @@ def worker(spec: dict) -> dict:
         from transformers import GenerationConfig
 
         gen = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new,
-                               num_return_sequences=n, eos_token_id=tokenizer.eos_token_id,
+                               eos_token_id=tokenizer.eos_token_id,
                                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         torch.manual_seed(0)
-        out = model.generate_batch(inputs=prompts, generation_config=gen, progress_bar=False)
+        # Each prompt n times: generate_batch (transformers 5.24) returned one sequence per input with
+        # num_return_sequences=4 (measured: 8,192 tokens for 64 prompts x 4 x 128).
+        out = model.generate_batch(inputs=[p for p in prompts for _ in range(n)], generation_config=gen,
+                                   progress_bar=False)
+        if spec["device"] == "cuda":
+            torch.cuda.synchronize()
         tokens = sum(len(o.generated_tokens) for o in out.values())
         sequences = len(out)
     else:
@@ -83,11 +97,13 @@ def worker(spec: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--model", default="smollm2", help="smollm2 | tiny | random-1b (GPU, random weights) | a path")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--shapes", default="64x4x48,256x4x48")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--engines", default="generate,generate_batch,vllm,vllm-all-cores")
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
@@ -97,13 +113,14 @@ def main() -> None:
     from cringe.models import engine_path
 
     model_spec = {"smollm2": "smollm2-135m-instruct", "tiny": "tiny-random-llama"}.get(a.model, a.model)
-    model_path = engine_path(model_spec)  # the converted folder vLLM loads
+    vllm_rows = any(e.startswith("vllm") for e in a.engines.split(","))
+    model_path = engine_path(model_spec) if vllm_rows else None  # the converted folder vLLM loads
     rows = []
     for shape_text in a.shapes.split(","):
         shape = [int(x) for x in shape_text.split("x")]
         for engine in a.engines.split(","):
             spec = {"engine": engine, "shape": shape, "dtype": a.dtype, "model_spec": model_spec,
-                    "model_path": str(model_path)}
+                    "model_path": str(model_path), "device": a.device}
             python = a.vllm_python if engine.startswith("vllm") else sys.executable
             env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
@@ -136,12 +153,16 @@ def main() -> None:
     print(table)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine())
-    RESULTS.mkdir(exist_ok=True)
+    if a.device == "cuda":
+        import torch
+
+        cpu = torch.cuda.get_device_name()
+    a.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
-    (RESULTS / f"sampling_engines-{stamp}.md").write_text(
+    (a.results_dir / f"sampling_engines-{stamp}.md").write_text(
         f"# Sampling engines side by side\n\n`python bench/sampling_engines.py {' '.join(sys.argv[1:])}` on {cpu}, "
         f"{os.cpu_count()} cores, {a.model} in {a.dtype}.\n\n{table}\n")
-    (RESULTS / f"sampling_engines-{stamp}.json").write_text(json.dumps(rows, indent=1))
+    (a.results_dir / f"sampling_engines-{stamp}.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

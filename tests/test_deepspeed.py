@@ -63,15 +63,17 @@ def test_zero2_and_zero3_train_as_one_process_does(tmp_path):
         run, out_dir = train(tmp_path, f"zero{stage}", launcher(tmp_path, stage),
                              ["--per_device_train_batch_size", "4"])
         assert run.returncode == 0, run.stderr[-3000:]
-        assert "DeepSpeed" in run.stderr or "deepspeed" in run.stderr
+        # Evidence that the engine ran: ZeRO-2 saves its consolidated state dict, tied head included (written
+        # once by cringe.models); ZeRO-3 partitions the LM head, so the chunked loss steps aside.
+        evidence = ("saved the tied lm_head.weight once" if stage == 2 else
+                    "chunked loss off, the plain path is used: the LM head is partitioned by DeepSpeed ZeRO-3")
+        assert evidence in run.stderr, run.stderr[-2000:]
         for step, loss in losses(plain_dir).items():
             assert losses(out_dir)[step] == pytest.approx(loss, abs=2e-3), (stage, step)
         trained = weights(out_dir)
         assert sorted(trained) == sorted(reference), stage  # the same keys: a tied head saved once
         largest = max((trained[k].float() - reference[k].float()).abs().max().item() for k in reference)
         assert largest < tolerance, (stage, largest)
-        if stage == 3:  # the LM head is sharded: the chunked loss cannot read it whole, and says so
-            assert "chunked loss off, the plain path is used" in run.stderr
     refused, _ = train(tmp_path, "zero3-chunked", launcher(tmp_path, 3),
                        ["--per_device_train_batch_size", "4", "--chunked_loss", "true"])
     assert refused.returncode != 0
