@@ -50,7 +50,10 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Long checks: 2-process training (DDP, FSDP2, DeepSpeed ZeRO-2/3 on the CPU over gloo), resume after SIGKILL.
+# DeepSpeed installs as pure Python (DS_BUILD_OPS=0); its first launch JIT-builds one shared-memory op.
 test-slow: $(STAMP)
+	DS_BUILD_OPS=0 $(PIP) install -q "$(TORCH)" -e ".[deepspeed]"
 	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP)

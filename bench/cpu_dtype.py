@@ -3,10 +3,9 @@ the CPU's native bf16 support as /proc/cpuinfo reports it (avx512_bf16, amx_bf16
 
     python bench/cpu_dtype.py
 
-Why: the loop's CPU default dtype (`cringe.models.cpu_prefers_bf16`) follows this. On a CPU with AMX or
-AVX512-BF16 (Intel Sapphire Rapids and later, AMD Zen 4 and later) bf16 products run in hardware and the training
-steps of the iterate example took about half the fp32 time; on one without (AMD Zen 3, this project's machine
-on 2026-11-28) torch emulates bf16 and it is slower than fp32. Best of 5 after a warm-up (one timed call when a call
+Why: the loop's CPU defaults (`cringe.models.cpu_prefers_bf16`) follow this. On a CPU with AMX or AVX512-BF16
+bf16 products run in hardware (an Intel Xeon: 0.29x the fp32 time); on one without (AMD Zen 3, this project's
+machine on 2026-11-28) torch emulates bf16 and it is 28-241x slower than fp32. Best of 5 after a warm-up (one timed call when a call
 takes over 2 s), all threads.
 """
 

@@ -293,7 +293,7 @@ def main() -> None:
         f"# Step times over {a.epochs} epochs on round 1's pairs, with and without flushing denormals\n\n"
         f"`python bench/denormals.py {' '.join(sys.argv[1:])}` on {machine}.\n\n"
         + "## This CPU's price of a subnormal operand\n\n" + penalty_table
-        + "\n## Training steps\n\n" + table)
+        + ("\n## Training steps\n\n" + table if rows else ""))
     (a.results_dir / f"denormals-{stamp}.json").write_text(json.dumps(raw, indent=1))
 
 

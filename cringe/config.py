@@ -172,7 +172,11 @@ def _yaml_value(text: str) -> Any:
     try:
         return float(text) if any(c in text for c in "eE.") and not text.isalpha() else yaml.safe_load(text)
     except ValueError:
+        pass
+    try:
         return yaml.safe_load(text)
+    except yaml.YAMLError:  # not YAML (a judge template with "A: {a}" in it): the string as given
+        return text
 
 
 def split_dotted(argv: list[str], sections: set[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -248,6 +252,9 @@ def parse_with_sections(parser, argv: list[str], dataclass_count: int, sections:
             raise UsageError(f"{source}: {name} must be a mapping, got {type(value).__name__}")
         if value is None and name not in dotted:
             continue
-        value = merge_section(value or {}, dotted.get(name, {}))
-        merged[name] = typed_section(section_parser, value, f"{source}: {name}") if section_parser else free_form(value)
+        if section_parser:
+            value = merge_section(value or {}, dotted.get(name, {}))
+            merged[name] = typed_section(section_parser, value, f"{source}: {name}")
+        else:  # only the command line's strings are read as YAML: the file's values are typed already
+            merged[name] = merge_section(value or {}, free_form(dotted.get(name, {})))
     return flat, merged

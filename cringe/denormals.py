@@ -1,11 +1,12 @@
 """Flush denormal (subnormal) floats to zero on the CPU, in every thread that computes.
 
-Why: once a model grows confident, most of the vocabulary's probabilities underflow into the subnormal range
-(below ~1.2e-38 in float32), and x86 CPUs handle subnormal operands in microcode, 10-100x slower than normal
-ones. Measured on our 2-core machine: the same 9 Pairwise Cringe steps on SmolLM2 took 327 s with subnormals and
-50 s flushed, with identical logged losses (`bench/train_step.py --epochs` reproduces the median/max step
-times). The values flushed are below anything a loss or gradient here can resolve; `tests/test_denormals.py`
-checks the losses and gradients to tolerance.
+Why: once a model grows confident on its data, a share of what a training step computes falls below float32's
+smallest normal number (~1.2e-38): 2.8% of every operation's outputs in a SmolLM2 step after the iterate
+example's three epochs (`bench/denormals.py` counts them). Intel cores handle subnormal operands in microcode:
+a matmul on them took 153x its normal time on an Intel Xeon, and the example's 9 Pairwise Cringe steps took 327 s
+instead of 50 s on an Intel machine, with identical losses. (AMD Zen 3 pays nothing: 1.0x;
+bench/results/denormals-2026-11-28-*.md.) The values flushed are below anything a loss or gradient here can
+resolve; `tests/test_denormals.py` checks the losses and gradients to tolerance.
 
 `torch.set_flush_denormal` sets the FTZ/DAZ bits of the calling thread only. Threads created later inherit
 them (Linux copies the floating-point environment into a new thread), but torch's OpenMP pool may already

@@ -204,3 +204,17 @@ def _weights_of_fresh_model():
 
     model = build_tiny_model(build_tiny_tokenizer())
     return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def test_free_form_sections_keep_the_files_strings_and_read_flags_as_yaml(tmp_path):
+    """A judge template with "A: {a}" in a reward file stays a string (it was read as YAML a second time: a
+    traceback); a flag's value is still typed."""
+    from cringe.config import make_parser, parse_with_sections
+
+    config = tmp_path / "c.yaml"
+    config.write_text('reward: {type: judge, template: "Pick one.\\nA: {a}\\nB: {b}", retries: "3"}\n')
+    parser = make_parser([], prog="t")
+    _, sections = parse_with_sections(parser, ["--config", str(config), "--reward.concurrency", "4",
+                                               "--reward.note", "Pick. {p}\nA: {a}"], 0, {"reward": None})
+    assert sections["reward"] == {"type": "judge", "template": "Pick one.\nA: {a}\nB: {b}", "retries": "3",
+                                  "concurrency": 4, "note": "Pick. {p}\nA: {a}"}  # not YAML: as given
