@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
-        print(json.dumps(worker(json.loads(a.worker))))
+        print("RESULT " + json.dumps(worker(json.loads(a.worker))), flush=True)  # vLLM prints to stdout too
         return
 
     from cringe.models import engine_path
@@ -136,7 +136,7 @@ def main() -> None:
                 rows.append({"shape": shape_text, "engine": engine, "error": error, "wall_s": wall})
                 continue
             r = {"shape": shape_text, "engine": engine, "wall_s": wall,
-                 **json.loads(out.stdout.strip().splitlines()[-1])}
+                 **json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])}
             rows.append(r)
             print(f"{shape_text} {engine:16s} start-up {r['startup_s']:6.1f} s  sampling {r['sample_s']:6.1f} s  "
                   f"{r['tokens_per_s']:6.0f} new tokens/s  ({r['new_tokens']} tokens)", flush=True)

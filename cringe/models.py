@@ -183,15 +183,18 @@ def resolve_device(device: str | None = "auto") -> str:
     return device
 
 
-def cpu_bf16_flags() -> list[str]:
-    """The CPU's native bfloat16 instructions as /proc/cpuinfo lists them (avx512_bf16, amx_bf16); [] where it
-    has none or the file is not there."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them; empty where the file is not there."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted({"avx512_bf16", "amx_bf16"} & set(flags))
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's native bfloat16 instructions (avx512_bf16, amx_bf16); [] where it has none."""
+    return sorted({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def cpu_prefers_bf16() -> bool:

