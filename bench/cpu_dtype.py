@@ -5,8 +5,8 @@ the CPU's native bf16 support as /proc/cpuinfo reports it (avx512_bf16, amx_bf16
 
 Why: the loop's CPU defaults (`cringe.models.cpu_prefers_bf16`) follow this. On a CPU with AMX or AVX512-BF16
 bf16 products run in hardware (an Intel Xeon: 0.29x the fp32 time); on one without (AMD Zen 3, this project's
-machine on 2026-11-28) torch emulates bf16 and it is 28-241x slower than fp32. Best of 5 after a warm-up (one timed call when a call
-takes over 2 s), all threads.
+machine on 2026-11-28) torch emulates bf16 and it is 28-241x slower than fp32. Best of 5 after a warm-up (one
+timed call when a call takes over 2 s), all threads.
 """
 
 from __future__ import annotations

@@ -156,7 +156,8 @@ def worker(spec: dict) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = CringeConfig(output_dir=tmp, loss="pairwise_cringe", per_device_train_batch_size=8,
-                              num_train_epochs=spec["epochs"], learning_rate=spec.get("learning_rate", 1e-4), lr_scheduler_type="constant",
+                              num_train_epochs=spec["epochs"], learning_rate=spec.get("learning_rate", 1e-4),
+                              lr_scheduler_type="constant",
                               chunked_loss=True, use_cpu=True, bf16=spec["autocast"], logging_steps=1,
                               save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
                               dataloader_num_workers=0)
@@ -273,8 +274,9 @@ def main() -> None:
             rows.append(row)
             raw.append({**row, "pairs": made["pairs"], "step_s": r["steps"], "losses": r["losses"]})
             print(f"  {name:28s} median {r['median_s']:6.1f} s  max {r['max_s']:6.1f} s  "
-                  f"train {r['train_s']:6.0f} s  loss {row['last_loss']}  subnormal {row['subnormal']} ({row['subnormal_ops']})  "
-                  f"optimizer {row['optimizer_subnormal']}", flush=True)
+                  f"train {r['train_s']:6.0f} s  loss {row['last_loss']}  "
+                  f"subnormal {row['subnormal']} ({row['subnormal_ops']})  optimizer {row['optimizer_subnormal']}",
+                  flush=True)
 
     import torch
 
