@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 
 def best(fn, reps: int = 5) -> float:
@@ -37,8 +36,9 @@ def main() -> None:
 
     from cringe.models import cpu_bf16_flags
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
+    from denormals import cpu_name  # bench/denormals.py, beside this script
+
+    cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}; native bf16: {cpu_bf16_flags() or 'none'}\n")
     print("| work | fp32 ms | bf16 ms | bf16 / fp32 |\n|---|---|---|---|")
     torch.manual_seed(0)

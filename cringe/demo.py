@@ -78,6 +78,8 @@ class Preset:
         return cpu_prefers_bf16() if self.bf16 is None else self.bf16
 
     def resolved_sampling_dtype(self) -> str | None:
+        # Resolved here rather than left to the loop's own CPU rule: the run's config records the value, and demo
+        # runs written before (bfloat16) keep resuming on the CPUs that prefer it.
         if self.sampling_dtype == "auto":
             return "bfloat16" if cpu_prefers_bf16() else None
         return self.sampling_dtype

