@@ -36,6 +36,7 @@ from .errors import UserError
 from .files import read_json, read_jsonl, write_json, write_jsonl
 from .integrity import finished, last_complete_checkpoint
 from .models import cpu_prefers_bf16, default_dtype
+from .rewards import check_reward_spec
 from .rundir import RunDir
 from .stages import launch_command, run_stage_process
 
@@ -122,6 +123,9 @@ class IterateConfig:
     def __post_init__(self):
         if self.reward is None:
             raise UserError("reward is required: a section {type: callable|model|judge, ...}")
+        check_reward_spec(self.reward, "reward")
+        if self.eval_reward is not None:
+            check_reward_spec(self.eval_reward, "eval_reward")
         if self.loss not in ITERATE_LOSSES:
             raise UserError(f"loss must be one of {', '.join(ITERATE_LOSSES)}; got {self.loss!r}")
         if self.dpo_reference not in ("previous", "initial"):

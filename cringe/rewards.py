@@ -387,18 +387,50 @@ def _failure_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {inner}" if inner is not None else type(err).__name__
 
 
+REWARD_TYPES = ("callable", "model", "judge")
+
+
+def check_reward_spec(spec, where: str = "reward") -> None:
+    """A reward source's mapping checked without loading anything: its type, its required keys, no unknown key
+    (the keys are the constructor's parameters, so they cannot drift). A config is checked when it is read, not
+    when a round first scores."""
+    if not isinstance(spec, dict):
+        raise UserError(f"{where}: a reward source is a mapping {{type: callable|model|judge, ...}}, got {spec!r}")
+    kind = spec.get("type")
+    if kind not in REWARD_TYPES:
+        raise UserError(f"{where}: type must be callable, model or judge, got {kind!r}")
+    keys = set(spec) - {"type"}
+    if kind == "callable":
+        required, known = {"function"}, {"function", "kwargs"}
+    elif kind == "model":
+        required = {"path"}
+        known = {"path"} | set(inspect.signature(RewardModel.__init__).parameters) - {"self", "model_or_path",
+                                                                                      "tokenizer"}
+    else:
+        required = {"base_url", "model"}
+        known = set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"}
+    missing = sorted(required - keys)
+    if missing:
+        hints = {"path": "the reward model's folder or hub id", "base_url": "the server's /v1 URL",
+                 "model": "the served model's name", "function": "'module:function'"}
+        raise UserError(f"{where} ({kind}): missing {', '.join(f'{k} ({hints[k]})' for k in missing)}")
+    unknown = sorted(keys - known)
+    if unknown:
+        import difflib
+
+        close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise UserError(f"{where} ({kind}): unknown keys {unknown}{hint}; known: {', '.join(sorted(known))}")
+
+
 def load_reward_source(spec: dict, device: str | None = None):
     """From a config mapping: {type: callable, function: "mod:fn", kwargs: {...}} | {type: model, path: ..., input: ...}
     | {type: judge, base_url: ..., model: ..., api_key_env: ...}. device: where a reward model runs unless its spec
     says (auto: cuda when available); on a GPU it loads in bfloat16 unless its spec gives a dtype."""
-    if not isinstance(spec, dict):
-        raise UserError(f"a reward source is a mapping {{type: callable|model|judge, ...}}, got {spec!r}")
+    check_reward_spec(spec)
     spec = dict(spec)
-    kind = spec.pop("type", None)
+    kind = spec.pop("type")
     if kind == "callable":
-        unknown = sorted(set(spec) - {"function", "kwargs"})
-        if unknown:
-            raise UserError(f"callable reward: unknown keys {unknown} (function, kwargs)")
         reward = CallableReward(spec["function"])
         if spec.get("kwargs"):
             import functools
@@ -408,21 +440,10 @@ def load_reward_source(spec: dict, device: str | None = None):
     if kind == "model":
         from .models import default_dtype, resolve_device
 
-        if "path" not in spec:
-            raise UserError("reward model: 'path' is required")
         spec["device"] = resolve_device(spec.get("device") or device or "auto")
         spec["dtype"] = default_dtype(spec.get("dtype"), spec["device"])
         return RewardModel(spec.pop("path"), **spec)
-    if kind == "judge":
-        missing = [k for k in ("base_url", "model") if k not in spec]
-        if missing:
-            raise UserError(f"judge: {missing} required (base_url: the server's /v1 URL, model: its model name)")
-        known = set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"}
-        unknown = sorted(set(spec) - known)
-        if unknown:
-            raise UserError(f"judge: unknown keys {unknown} (known: {', '.join(sorted(known))})")
-        return PairwiseJudge(spec.pop("base_url"), spec.pop("model"), **spec)
-    raise UserError(f"reward source type must be callable, model or judge, got {kind!r}")
+    return PairwiseJudge(spec.pop("base_url"), spec.pop("model"), **spec)
 
 
 # ---------------------------------------------------------------------------------------------------------------

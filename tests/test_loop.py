@@ -136,6 +136,26 @@ def test_a_round_whose_pairing_kept_nothing_reruns_with_other_settings(tmp_path,
     assert json.loads((out / "round-1" / "pairing.json").read_text())["settings"]["min_gap"] == 0
 
 
+@pytest.mark.parametrize("section, reward, message", [
+    ("reward", {"type": "judge", "model": "m"}, "reward (judge): missing base_url (the server's /v1 URL)"),
+    ("reward", {"type": "model", "path": "rm", "max_lenght": 512},
+     "reward (model): unknown keys ['max_lenght'] (did you mean 'max_length'?)"),
+    ("eval_reward", {"type": "modle", "path": "rm"}, "eval_reward: type must be callable, model or judge"),
+])
+def test_the_reward_sections_are_checked_when_the_config_is_read(tmp_path, capsys, section, reward, message):
+    # They were checked when a round first scored: a KeyError or TypeError traceback after sampling.
+    from cringe.cli import main
+
+    out = tmp_path / "run"
+    path = write_config(tmp_path, out, **{section: reward})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["iterate", "--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cringe iterate: error: {message}"), err
+    assert not out.exists()
+
+
 def test_config_errors_are_clear(tmp_path):
     path = write_config(tmp_path, tmp_path / "run")
     with pytest.raises(ValueError, match="unknown option --roundz .did you mean '--rounds'"):
