@@ -149,6 +149,9 @@ class IterateConfig:
         from .tracking import check_trackers
 
         check_trackers(self.report_to)
+        config_file = self.accelerate.get("config_file")
+        if config_file and not Path(config_file).is_file():
+            raise UserError(f"accelerate.config_file: {config_file}: no such file")
         self.training_arguments(Path(self.output_dir) / "round-1")  # every train.* key and value checked now
         if self.sampling_python is not None:
             python = shutil.which(self.sampling_python)
