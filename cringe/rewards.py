@@ -388,6 +388,11 @@ def _failure_reason(err: BaseException) -> str:
 
 
 REWARD_TYPES = ("callable", "model", "judge")
+# A spec's keys are its class's constructor parameters (read once here, so they cannot drift from the code).
+_SPEC_KEYS = {
+    "model": {"path"} | set(inspect.signature(RewardModel.__init__).parameters) - {"self", "model_or_path", "tokenizer"},
+    "judge": set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"},
+}
 
 
 def check_reward_spec(spec, where: str = "reward") -> None:
@@ -403,12 +408,9 @@ def check_reward_spec(spec, where: str = "reward") -> None:
     if kind == "callable":
         required, known = {"function"}, {"function", "kwargs"}
     elif kind == "model":
-        required = {"path"}
-        known = {"path"} | set(inspect.signature(RewardModel.__init__).parameters) - {"self", "model_or_path",
-                                                                                      "tokenizer"}
+        required, known = {"path"}, _SPEC_KEYS["model"]
     else:
-        required = {"base_url", "model"}
-        known = set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"}
+        required, known = {"base_url", "model"}, _SPEC_KEYS["judge"]
     missing = sorted(required - keys)
     if missing:
         hints = {"path": "the reward model's folder or hub id", "base_url": "the server's /v1 URL",
