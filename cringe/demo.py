@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import rundir
 from .models import cpu_prefers_bf16
+from .registry import LOSSES, loss_spec
 from .rundir import RunDir
 from .testbeds.sentiment import SplitSizes
 
@@ -39,10 +40,14 @@ METHODS = {
     "iterative_dpo": ("dpo", True),
     "iterative_pairwise_cringe": ("pairwise_cringe", True),
     "rloo": ("rloo", False),  # TRL's RLOOTrainer on the proxy reward: opt-in (--methods ...,rloo), see README
+    # Rejection-sampling fine-tuning (RAFT / ReST): Iterative Pairwise Cringe without the loser; opt-in
+    "iterative_sft": ("sft", True),
 }
+OPT_IN = ("rloo", "iterative_sft")
 LABELS = {"sft": "SFT (start, baseline)", "dpo": "DPO", "binary_cringe": "Binary Cringe",
           "pairwise_cringe": "Pairwise Cringe", "iterative_dpo": "Iterative DPO",
-          "iterative_pairwise_cringe": "Iterative Pairwise Cringe", "rloo": "RLOO (TRL, PPO family)"}
+          "iterative_pairwise_cringe": "Iterative Pairwise Cringe", "rloo": "RLOO (TRL, PPO family)",
+          "iterative_sft": "Iterative SFT on the best sample"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class Preset:
     proxy_learning_rate: float = 1e-4
     rloo_beta: float = 0.05  # RLOO's KL penalty to the start (TRL's default); 0 loads no reference model
     sizes: SplitSizes = field(default_factory=SplitSizes)
-    methods: tuple[str, ...] = tuple(m for m in METHODS if m != "rloo")
+    methods: tuple[str, ...] = tuple(m for m in METHODS if m not in OPT_IN)
 
     def resolved_bf16(self) -> bool:
         return cpu_prefers_bf16() if self.bf16 is None else self.bf16
@@ -192,11 +197,12 @@ class Demo:
 
     def train_args(self, loss: str) -> dict:
         p = self.preset
-        rows_per_pair = 1 if loss != "binary_cringe" else 2  # binary rows are single sequences
+        spec = loss_spec(loss)
+        rows_per_pair = 2 if spec.data_kind == "binary" else 1  # binary rows are single sequences
         args = {"per_device_train_batch_size": p.pairs_per_step * rows_per_pair, "learning_rate": p.learning_rate,
                 "num_train_epochs": p.epochs, "lr_scheduler_type": "constant", "warmup_steps": 0,
                 "logging_steps": 5, "save_strategy": "no", "bf16": p.resolved_bf16()}
-        if loss == "dpo":
+        if spec.needs_reference:
             args.update(beta=p.beta, precompute_ref_logps=True)
         return args
 
@@ -254,11 +260,13 @@ class Demo:
         for name in p.methods:
             loss, iterative = METHODS[name]
             rounds, prompts = (p.rounds, p.round_prompts) if iterative else (1, n_train)
-            seqs = prompts * (p.samples_per_prompt if loss in ("binary_cringe", "rloo") else 2)
+            kind = "binary" if loss == "rloo" else loss_spec(loss).data_kind
+            seqs = prompts * {"binary": p.samples_per_prompt, "pairwise": 2, "sft": 1}[kind]
             for k in range(1, rounds + 1):
                 if k > 1:
                     self.plan_step(name, k, rundir.SAMPLES, prompts * p.samples_per_prompt * p.max_new_tokens / rate)
-                train = seqs * seq_tokens * p.epochs / train_rate * (1.3 if loss == "dpo" else 1.0)
+                train = seqs * seq_tokens * p.epochs / train_rate * (1.3 if loss in LOSSES and
+                                                                      loss_spec(loss).needs_reference else 1.0)
                 if loss == "rloo":  # its own fp32 sampling, and a reference pass when beta > 0
                     train = train * (1.5 if p.rloo_beta else 1.2) + seqs * p.max_new_tokens / (rate / 2)
                 self.plan_step(name, k, rundir.MODEL, train)

@@ -37,6 +37,7 @@ from .errors import UserError
 from .files import read_json, read_jsonl, write_json, write_jsonl
 from .integrity import finished, last_complete_checkpoint
 from .models import cpu_prefers_bf16, default_dtype
+from .registry import LOSSES, loss_spec
 from .rewards import check_reward_spec
 from .rundir import RunDir
 from .stages import launch_command, run_stage_process
@@ -49,7 +50,6 @@ def _help(text: str, **extra) -> dict:
     return {"help": text, **extra}
 
 
-ITERATE_LOSSES = ("pairwise_cringe", "binary_cringe", "dpo", "ipo", "hinge")
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,7 +76,10 @@ class IterateConfig:
     output_dir: str = field(metadata=_help("the run directory; rerun the same command to resume"))
     reward: dict = field(default=None, metadata=_help("reward source: {type: callable|model|judge, ...}"))
     rounds: int = field(default=3, metadata=_help("rounds of sample -> score -> pair -> train"))
-    loss: str = field(default="pairwise_cringe", metadata=_help("training loss", choices=ITERATE_LOSSES))
+    loss: str = field(default="pairwise_cringe", metadata=_help(
+        "training loss; each round trains on what it needs (cringe.registry): best-vs-worst pairs, threshold-labelled "
+        "samples (binary_cringe), or each prompt's best sample (sft: rejection-sampling fine-tuning)",
+        choices=tuple(LOSSES)))
     sampling: dict = field(default_factory=dict, metadata=_help("cringe.generation.SamplingConfig fields"))
     min_gap: float = field(default=0.0, metadata=_help("drop prompts whose best-worst reward gap is below this"))
     binary_threshold: float | None = field(
@@ -133,8 +136,7 @@ class IterateConfig:
         check_reward_spec(self.reward, "reward")
         if self.eval_reward is not None:
             check_reward_spec(self.eval_reward, "eval_reward")
-        if self.loss not in ITERATE_LOSSES:
-            raise UserError(f"loss must be one of {', '.join(ITERATE_LOSSES)}; got {self.loss!r}")
+        loss_spec(self.loss)
         if self.dpo_reference not in ("previous", "initial"):
             raise UserError("dpo_reference must be 'previous' or 'initial'")
         if self.rounds < 1:
@@ -615,16 +617,20 @@ class IterativeRun:
         return scores
 
     def pair(self, samples, scores, round_dir: Path) -> list[dict]:
-        from .pairing import best_vs_worst, by_threshold
+        """The round's training rows, of the kind the loss needs (cringe.pairing)."""
+        from .pairing import best_only, best_vs_worst, by_threshold
 
         c = self.config
-        if c.loss == "binary_cringe":
+        kind = loss_spec(c.loss).data_kind
+        if kind == "binary":
             threshold = c.binary_threshold
             if threshold is None:
                 # Default: good means above this round's mean reward (a median would call every sample good
                 # when more than half share the lowest score).
                 threshold = math.nextafter(sum(scores) / len(scores), math.inf)
             rows, report = by_threshold(samples, scores, threshold=threshold, drop_truncated=c.drop_truncated)
+        elif kind == "sft":
+            rows, report = best_only(samples, scores, min_gap=c.min_gap, drop_truncated=c.drop_truncated)
         else:
             rows, report = best_vs_worst(samples, scores, min_gap=c.min_gap, drop_truncated=c.drop_truncated)
         write_json(round_dir / rundir.PAIRING, {**report.as_dict(), "settings": c.pairing_settings()})
@@ -647,7 +653,7 @@ class IterativeRun:
             rows = [r for j in range(1, k) for r in read_jsonl(self.run_dir.file(j, rundir.PAIRS))] + rows
         if c.accelerate:
             return self._train_launched(k, rows, round_dir)
-        data = as_training_data(rows, "binary" if c.loss == "binary_cringe" else "pairwise")
+        data = as_training_data(rows, loss_spec(c.loss).data_kind)
         args, lora = c.training_arguments(round_dir, seed_offset=k)
         model = self.load_model(k - 1)
         ref_model = self.load_model(0) if self._initial_reference() else None
@@ -660,7 +666,7 @@ class IterativeRun:
                       data=f"round {k} of `cringe iterate`: {len(rows)} rows from {round_dir / rundir.PAIRS}")
 
     def _initial_reference(self) -> bool:
-        return self.config.loss in ("dpo", "ipo", "hinge") and self.config.dpo_reference == "initial"
+        return loss_spec(self.config.loss).needs_reference and self.config.dpo_reference == "initial"
 
     def _train_launched(self, k: int, rows: list[dict], round_dir: Path) -> None:
         """Round k's training as `accelerate launch [the user's accelerate settings] -m cringe train`: DDP, FSDP or
