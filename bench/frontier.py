@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from cringe import rundir
+from cringe.loop import rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,7 +61,7 @@ DEFAULT_LABELS = {"dpo": "β 0.1", "binary_cringe": "α 1", "pairwise_cringe": "
 def point_row(demo, run_dir: Path, k: int, method: str, setting: str, family: str) -> dict:
     """One evaluated policy: the loop's comparison (gold-scored), its proxy reward, and where it came from."""
     from cringe.evaluate import mean_with_ci
-    from cringe.rundir import RunDir
+    from cringe.loop.rundir import RunDir
 
     run = RunDir(run_dir)
     comparison = run.evaluation(k)
@@ -141,9 +141,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("cringe").setLevel(logging.INFO)
 
-    from cringe.demo import LABELS, PRESETS, Demo, machine_description
-    from cringe.loop import IterativeRun
-    from cringe.rundir import RunDir
+    from cringe.demo.pipeline import LABELS, PRESETS, Demo, machine_description
+    from cringe.loop.run import IterativeRun
+    from cringe.loop.rundir import RunDir
 
     started = time.time()
     preset = PRESETS[args.preset]

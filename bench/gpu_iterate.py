@@ -87,8 +87,8 @@ def main() -> None:
 
     import torch
 
-    from cringe import rundir, stages
-    from cringe.loop import IterateConfig, IterativeRun
+    from cringe.loop import processes, rundir
+    from cringe.loop.run import IterateConfig, IterativeRun
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("bench/gpu_iterate.py needs a CUDA GPU (or --device cpu --smoke)")
@@ -103,13 +103,13 @@ def main() -> None:
     # Stage subprocesses report their own GPU peak through the probe.
     probe_log = work / "stage-peaks.jsonl"
     os.environ["CRINGE_PROBE_LOG"] = str(probe_log)
-    import cringe.loop as loop_module
+    import cringe.loop.run as loop_module
 
     def probed(verb, config, out_path, launcher=None):
         # The loop's own stage runner, with the probe as the launcher: it runs the verb and records the peak.
         os.environ["CRINGE_PROBE_STAGE"] = f"{verb}:{Path(out_path).name}"
         probe = [sys.executable, str(ROOT / "bench" / "gpu_stage_probe.py")]
-        stages.run_stage_process(verb, config, out_path, launcher=probe)
+        processes.run_stage_process(verb, config, out_path, launcher=probe)
 
     loop_module.run_stage_process = probed
 

@@ -23,9 +23,9 @@ def main() -> None:
     parser.add_argument("--round", type=int, default=1)
     args = parser.parse_args()
 
-    from cringe import rundir
+    from cringe.loop import rundir
     from cringe.models import load_model, load_tokenizer
-    from cringe.stages import completion_logprobs
+    from cringe.loop.stages import completion_logprobs
 
     run = rundir.RunDir(args.run)
     config = run.config()

@@ -38,9 +38,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    from cringe.demo import PRESETS, Demo, machine_description
+    from cringe.demo.pipeline import PRESETS, Demo, machine_description
     from cringe.evaluate import format_table
-    from cringe.rundir import RunDir
+    from cringe.loop.rundir import RunDir
 
     methods = tuple(m.strip() for m in args.methods.split(","))
     chosen = list(VARIANTS) if not args.variants else [v.strip() for v in args.variants.split(",")]

@@ -38,9 +38,9 @@ def run_seed(seed: int, out: Path, preset: str) -> dict:
 
 def method_outcomes(run_dir: Path, k: int) -> dict:
     """One method's round k on one seed: per-prompt gold win outcomes and gold rewards, its KL and proxy reward."""
-    from cringe import rundir
+    from cringe.loop import rundir
     from cringe.evaluate import mean_by_prompt, win_outcomes
-    from cringe.rundir import RunDir
+    from cringe.loop.rundir import RunDir
 
     run = RunDir(run_dir)
     samples, gold = run.samples(run.file(k, rundir.EVAL_SAMPLES)), run.scores(run.file(k, rundir.EVAL_SCORES))
@@ -55,9 +55,9 @@ def method_outcomes(run_dir: Path, k: int) -> dict:
 
 def pool(seed_dirs: dict[int, Path], methods: list[str], seed: int = 0) -> list[dict]:
     """One row per method and evaluated round, pooled over the seeds that have it."""
-    from cringe.demo import LABELS
+    from cringe.demo.pipeline import LABELS
     from cringe.evaluate import pooled_mean
-    from cringe.rundir import RunDir
+    from cringe.loop.rundir import RunDir
 
     from cringe.evaluate import mean_by_prompt
 
@@ -110,7 +110,7 @@ def main() -> None:
                         help="an earlier `cringe demo --seed SEED --output_dir DIR` run to count as that seed")
     args = parser.parse_args()
 
-    from cringe.demo import PRESETS, machine_description
+    from cringe.demo.pipeline import PRESETS, machine_description
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from cringe import models, rundir
-from cringe.loop import IterativeRun, load_config
+from cringe import models
+from cringe.loop import rundir
+from cringe.loop.run import IterativeRun, load_config
 from cringe.testbeds.toy import prompts as toy_prompts
 
 STEPS = (rundir.SAMPLES, rundir.SCORES, rundir.PAIRS, rundir.MODEL, rundir.EVAL)

@@ -2,7 +2,7 @@
 
     python bench/stop_latency.py [--config examples/iterate_smollm2.yaml] [--tries 3]
 
-The loop's handler (cringe.interrupt) raises in the main thread, and Python runs a signal handler only between
+The loop's handler (cringe.durable.interrupt) raises in the main thread, and Python runs a signal handler only between
 bytecodes: inside one long C++ call (the autograd engine's backward through the model body) it waits for the call
 to return. So the bound is the longest stretch of C++ in a step, not the step. This script starts the example,
 waits until training has logged its first loss, sends SIGTERM at a different offset into the following steps on

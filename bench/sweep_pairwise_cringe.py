@@ -44,10 +44,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from cringe.demo import PRESETS, Demo, machine_description
-    from cringe import rundir
+    from cringe.demo.pipeline import PRESETS, Demo, machine_description
+    from cringe.loop import rundir
     from cringe.evaluate import compare, format_table
-    from cringe.loop import IterativeRun
+    from cringe.loop.run import IterativeRun
     from cringe.rewards import load_reward_source
     from cringe.testbeds import sentiment
 
@@ -56,7 +56,7 @@ def main() -> None:
     demo = Demo(preset, str(out))
     demo.plan()
     demo.assets()
-    m0 = demo.m0()
+    demo.m0()
     splits = sentiment.make_splits(demo.seed, preset.sizes)
     used = preset.rounds * preset.round_prompts
     validation = splits["train_prompts"][used:used + args.validation_prompts]

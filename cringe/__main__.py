@@ -1,4 +1,4 @@
-from .cli import main
+from cringe.cli import main
 
 if __name__ == "__main__":  # vLLM starts its engine with spawn, which imports this module again
     main()

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import losses as L
+from cringe import losses as L
 
 DEFAULT_CHUNK = 1024
 

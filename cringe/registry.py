@@ -15,9 +15,9 @@ from typing import Callable
 
 import torch
 
-from . import chunked as C
-from . import losses as L
-from .errors import UserError
+from cringe import chunked as C
+from cringe import losses as L
+from cringe.errors import UserError
 
 
 @dataclass(frozen=True)

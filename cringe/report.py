@@ -15,6 +15,9 @@ import logging
 import os
 from pathlib import Path
 
+from cringe.durable.files import write_atomic, write_json
+from cringe.evaluate import format_table
+
 logger = logging.getLogger(__name__)
 
 COLUMNS = [
@@ -39,13 +42,11 @@ def _cells(row: dict) -> dict:
 
 
 def results_table(rows: list[dict]) -> str:
-    from .evaluate import format_table
 
     return format_table([_cells(r) for r in rows], COLUMNS)
 
 
 def rounds_table(curves: dict[str, list[dict]]) -> str:
-    from .evaluate import format_table
 
     rows = [_cells(r) for curve in curves.values() if len(curve) > 1 for r in curve]
     if not rows:
@@ -272,7 +273,6 @@ def html_page(md: str, out: Path) -> str:
 
 
 def write_report(results: dict, out: Path) -> None:
-    from .files import write_atomic, write_json
 
     out = Path(out)
     try:

@@ -14,6 +14,8 @@ rows (Bradley-Terry), trained with transformers' Trainer.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
 import http.client
 import importlib
 import inspect
@@ -32,10 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
-from .denormals import flush_denormals
-from .errors import UserError
-
+from cringe.denormals import flush_denormals
+from cringe.durable.answerlog import AnswerLog, request_key
+from cringe.errors import UserError
+from cringe.models import _resolve_dtype, default_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +77,10 @@ class RewardModel:
     def __init__(self, model_or_path, tokenizer=None, *, batch_size: int = 64, max_length: int = 256,
                  input: str = "prompt+completion", device: str | None = None, dtype: str | None = None,
                  trust_remote_code: bool = False):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if input not in ("completion", "prompt+completion"):
             raise UserError("input must be 'completion' or 'prompt+completion'")
         if isinstance(model_or_path, str):
-            from .models import _resolve_dtype
 
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_or_path, trust_remote_code=trust_remote_code)
             model_or_path = AutoModelForSequenceClassification.from_pretrained(
@@ -94,7 +97,6 @@ class RewardModel:
     @torch.no_grad()
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         texts = list(completions) if self.input == "completion" else [p + c for p, c in zip(prompts, completions)]
-        from tqdm.auto import tqdm
 
         device = next(self.model.parameters()).device
         out: list[float] = []
@@ -126,7 +128,7 @@ class JudgeStats:
     invalid_answers: int = 0
     failed_requests: int = 0
     undecided_pairs: int = 0
-    cached: int = 0  # answers taken from the answer log (cringe.answerlog) instead of asked again
+    cached: int = 0  # answers taken from the answer log (cringe.durable.answerlog) instead of asked again
     skipped: int = 0  # requests not made because the server had stopped answering
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -173,7 +175,7 @@ class PairwiseJudge:
     requests still queued are not made. `score` works in chunks and raises JudgeUnavailableError after a chunk
     with any failed request, instead of scoring with verdicts missing. Inside `keep_answers(path)` every answer
     is appended to an answer log as it arrives and looked up there first, so a rerun asks only for the missing
-    ones (the loop keeps them beside the step's output: cringe.answerlog).
+    ones (the loop keeps them beside the step's output: cringe.durable.answerlog).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
@@ -189,14 +191,13 @@ class PairwiseJudge:
         self.template, self.max_tokens, self.verdict, self.max_invalid = template, max_tokens, verdict, max_invalid
         self.stats = JudgeStats()
         self.unreadable: list[str] = []  # a few examples for the report
-        self.answers = None  # a cringe.answerlog.AnswerLog inside keep_answers()
+        self.answers = None  # a cringe.durable.answerlog.AnswerLog inside keep_answers()
         self._server_gone = threading.Event()
         self._last_failure = ""
 
     @contextlib.contextmanager
     def keep_answers(self, path):
-        """Inside: answers are looked up in, and appended to, the answer log at `path` (cringe.answerlog)."""
-        from .answerlog import AnswerLog
+        """Inside: answers are looked up in, and appended to, the answer log at `path` (cringe.durable.answerlog)."""
 
         self.answers = AnswerLog(path)
         try:
@@ -226,7 +227,6 @@ class PairwiseJudge:
         body = self._request_body(prompt, a, b)
         log = self.answers
         if log is not None:
-            from .answerlog import request_key
 
             log_key = request_key(body)
             if log.get(log_key) is not None:
@@ -418,7 +418,6 @@ def check_reward_spec(spec, where: str = "reward") -> None:
         raise UserError(f"{where} ({kind}): missing {', '.join(f'{k} ({hints[k]})' for k in missing)}")
     unknown = sorted(keys - known)
     if unknown:
-        import difflib
 
         close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
@@ -435,12 +434,10 @@ def load_reward_source(spec: dict, device: str | None = None):
     if kind == "callable":
         reward = CallableReward(spec["function"])
         if spec.get("kwargs"):
-            import functools
 
             reward.fn = functools.partial(reward.fn, **spec["kwargs"])
         return reward
     if kind == "model":
-        from .models import default_dtype, resolve_device
 
         spec["device"] = resolve_device(spec.get("device") or device or "auto")
         spec["dtype"] = default_dtype(spec.get("dtype"), spec["device"])
@@ -463,7 +460,6 @@ def train_reward_model(rows: Sequence[dict], base_model: str, output_dir: str, *
     (where reviews state their verdict); it is saved with the tokenizer, so scoring truncates the same way.
     Returns output_dir.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
     if not rows:
         raise UserError("no rows to train the reward model on")

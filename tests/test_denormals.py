@@ -91,7 +91,7 @@ def cringe_env(extra_env=None, launcher=()):
 
 
 def test_every_cringe_process_flushes_unless_turned_off():
-    """Every stage subprocess runs `python -m cringe VERB` (cringe.stages.run_stage_process), which flushes
+    """Every stage subprocess runs `python -m cringe VERB` (cringe.loop.processes.run_stage_process), which flushes
     before the verb; CRINGE_FLUSH_DENORMAL=0 reaches the child and turns it off."""
     threads = {"OMP_NUM_THREADS": "2"}
     assert cringe_env(threads) == ["- CPU denormal floats: flushed to zero on all 2 CPU threads "
@@ -101,7 +101,7 @@ def test_every_cringe_process_flushes_unless_turned_off():
 
 
 def test_every_accelerate_launched_rank_flushes():
-    from cringe.stages import launch_command
+    from cringe.loop.processes import launch_command
 
     command = launch_command({"config_file": str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"),
                               "num_processes": 2})

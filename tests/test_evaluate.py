@@ -106,7 +106,7 @@ def test_cringe_evaluate_compares_a_trained_round_with_the_start(tmp_path, capsy
     import json
 
     from cringe.cli import main
-    from cringe.loop import IterativeRun, load_config
+    from cringe.loop.run import IterativeRun, load_config
 
     from .test_loop import write_config
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cringe.files import DamagedFileError, DiskFullError, read_json, read_jsonl, write_json, write_jsonl
+from cringe.durable.files import DamagedFileError, DiskFullError, read_json, read_jsonl, write_json, write_jsonl
 
 
 def test_round_trip(tmp_path):
@@ -39,7 +39,7 @@ def test_a_killed_writer_never_exposes_a_partial_file(tmp_path):
     target = tmp_path / "big.jsonl"
     write_jsonl(target, [{"old": True}])
     # The child stops between writing the new bytes and renaming them into place, and is killed there.
-    code = ("import os, time\nfrom cringe.files import write_atomic\n"
+    code = ("import os, time\nfrom cringe.durable.files import write_atomic\n"
             "def stall(fd):\n    print('writing', flush=True)\n    time.sleep(60)\n"
             "os.fsync = stall\n"
             f"write_atomic({str(target)!r}, 'x' * 10_000_000)\n")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cringe.cli import main
-from cringe.loop import IterativeRun, load_config
+from cringe.loop.run import IterativeRun, load_config
 from cringe.testbeds.toy import prompts as toy_prompts
 from .test_loop import write_config as loop_config
 from cringe.testbeds.toy import vowel_share
@@ -157,9 +157,9 @@ def test_a_second_process_is_refused_and_sigint_stops_the_first_which_then_resum
 
 
 def test_a_dead_holders_lock_is_taken_over(tmp_path):
-    from cringe.runlock import RunLock, RunLockedError
+    from cringe.durable.runlock import RunLock, RunLockedError
 
-    code = ("import sys, time\nfrom cringe.runlock import RunLock\n"
+    code = ("import sys, time\nfrom cringe.durable.runlock import RunLock\n"
             f"RunLock({str(tmp_path)!r}).acquire()\nprint('locked', flush=True)\ntime.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -280,7 +280,7 @@ def test_a_damaged_sampling_shard_is_sampled_again(base, reference, caplog):
 
 
 def test_a_shard_cut_at_a_line_boundary_is_incomplete(tmp_path):
-    from cringe.integrity import shard_is_complete
+    from cringe.durable.integrity import shard_is_complete
 
     shard = tmp_path / "shard-0000000.jsonl"
     shard.write_text('{"a": 1}\n{"a": 2}\n')
@@ -291,7 +291,7 @@ def test_a_shard_cut_at_a_line_boundary_is_incomplete(tmp_path):
 
 
 def test_an_interrupted_checkpoint_is_not_resumed_from(tmp_path):
-    from cringe.integrity import last_complete_checkpoint
+    from cringe.durable.integrity import last_complete_checkpoint
 
     for step in (9, 10, 12):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -348,7 +348,7 @@ def test_a_full_disk_stops_the_run_and_it_resumes_once_space_is_freed(base, refe
 
 
 def test_disk_full_is_recognised_in_the_forms_libraries_raise():
-    from cringe.files import is_disk_full
+    from cringe.durable.files import is_disk_full
 
     assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
@@ -450,7 +450,7 @@ def test_a_judge_that_dies_mid_round_keeps_its_answers_and_the_rerun_asks_only_t
 
 
 def test_the_answer_log_drops_a_torn_last_line(tmp_path):
-    from cringe.answerlog import AnswerLog
+    from cringe.durable.answerlog import AnswerLog
 
     path = tmp_path / ".scores-partial.jsonl"
     path.write_text('{"key": "k1", "answer": "A"}\n{"key": "k2", "ans')  # the writer died mid-line

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cringe.loop import IterativeRun, load_config
+from cringe.loop.run import IterativeRun, load_config
 from cringe.testbeds.toy import prompts as toy_prompts
 
 
@@ -88,7 +88,7 @@ def test_resume_refuses_a_changed_config_but_allows_more_rounds(tmp_path):
 def test_what_the_machine_resolves_is_part_of_a_resume_check(tmp_path, monkeypatch):
     # device, backend and the number of training processes were resumable keys, yet each changes results: the
     # default dtype, the sampler's seeding, the effective batch.
-    from cringe.loop import IterateConfig
+    from cringe.loop.run import IterateConfig
 
     path = write_config(tmp_path, tmp_path / "run", rounds=1, eval_prompts=None)
     IterativeRun(load_config(str(path), [])).run()

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_launch_command_passes_the_users_settings_and_picks_a_port():
-    from cringe.stages import launch_command
+    from cringe.loop.processes import launch_command
 
     command = launch_command({"config_file": "fsdp.yaml", "num_processes": 4, "sample": True, "same_network": True})
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and command[-2:] == ["-m", "cringe"]
@@ -28,7 +28,7 @@ def test_data_parallel_sampling_writes_what_one_process_writes(tmp_path, tokeniz
     """Two ranks split the shards (each seeded from its own prompt positions); rank 0 joins them."""
     from cringe.data import load_prompts
     from cringe.generation import SamplingConfig, TransformersSampler
-    from cringe.stages import sample_to_file
+    from cringe.loop.stages import sample_to_file
 
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in toy_prompts(7)))
@@ -69,7 +69,7 @@ def test_two_process_iterate_matches_the_in_process_run(tmp_path):
     rows nor accelerate's padding of short batches can differ)."""
     from safetensors.torch import load_file
 
-    from cringe.loop import IterativeRun, load_config
+    from cringe.loop.run import IterativeRun, load_config
 
     from .test_loop import write_config
 

@@ -1,7 +1,7 @@
 """Best-vs-worst pairs, ties and small gaps dropped, truncation handling, binary threshold labels."""
 
 from cringe.generation import Sample
-from cringe.pairing import as_training_data, best_only, best_vs_worst, by_threshold
+from cringe.loop.pairing import as_training_data, best_only, best_vs_worst, by_threshold
 
 
 def sample(p, j, ids, reason="stop"):

@@ -41,7 +41,7 @@ def test_sample_and_score_verbs_alone(tmp_path, capsys):
 
 
 def test_sample_resumes_from_finished_shards(tmp_path, monkeypatch):
-    from cringe import stages
+    from cringe.loop import stages
 
     prompts = prompts_file(tmp_path, 5)
     args = ["sample", "--model", "tiny-random-llama", "--prompts", str(prompts), "--n", "2",
@@ -56,9 +56,11 @@ def test_sample_resumes_from_finished_shards(tmp_path, monkeypatch):
     for start in (0, 2):
         (shards / f"shard-{start:07d}.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in full if start <= r["prompt_id"] < start + 2))
+    import cringe.cli.sample
+
     opened = []
-    original = stages.open_sampler
-    monkeypatch.setattr(stages, "open_sampler", lambda *a, **k: opened.append(1) or original(*a, **k))
+    original = stages.open_sampler  # the verb's: `cringe sample` opens the sampler
+    monkeypatch.setattr(cringe.cli.sample, "open_sampler", lambda *a, **k: opened.append(1) or original(*a, **k))
     main(args + ["--output", str(tmp_path / "part.jsonl")])
     assert opened == [1] and read(tmp_path / "part.jsonl") == full and not shards.exists()
 
@@ -91,7 +93,7 @@ def test_device_and_dtype_placement_rules(monkeypatch):
 
 
 def iterate_config(tmp_path, **overrides):
-    from cringe.loop import IterateConfig
+    from cringe.loop.run import IterateConfig
 
     base = dict(model="tiny-random-llama", prompts=str(prompts_file(tmp_path)), output_dir=str(tmp_path / "run"),
                 reward={"type": "callable", "function": "cringe.testbeds.toy:vowel_share"}, rounds=1,
@@ -101,7 +103,8 @@ def iterate_config(tmp_path, **overrides):
 
 def test_every_model_of_the_loop_goes_to_the_accelerator(tmp_path, monkeypatch):
     """With a GPU (faked), sampling, the KL passes and the reward model are all placed on it, in bf16."""
-    from cringe import loop, models, rewards, stages
+    from cringe.loop import run as loop, stages
+    from cringe import models, rewards
 
     config = iterate_config(tmp_path)  # built on the CPU: TrainingArguments would set up the (fake) GPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -112,7 +115,8 @@ def test_every_model_of_the_loop_goes_to_the_accelerator(tmp_path, monkeypatch):
         placed.append((spec, dtype, device))
         return models.build_tiny_model(models.build_tiny_tokenizer())
 
-    monkeypatch.setattr(models, "load_model", fake_load_model)
+    monkeypatch.setattr(stages, "load_model", fake_load_model)  # where the sampler and the loop load models
+    monkeypatch.setattr(loop, "load_model", fake_load_model)
     run = loop.IterativeRun(config)
     stages.open_sampler("transformers", "tiny-random-llama", run.tokenizer, device=config.device)
     run._logprobs(0, [])
@@ -136,7 +140,7 @@ def test_on_a_cpu_stages_stay_in_process_unless_asked(tmp_path, monkeypatch):
 
 def test_stage_subprocesses_write_what_the_in_process_run_writes(tmp_path):
     """The same round with sampling and scoring as `cringe sample` / `cringe score` subprocesses."""
-    from cringe.loop import IterativeRun
+    from cringe.loop.run import IterativeRun
 
     common = dict(sampling={"n": 3, "max_new_tokens": 6, "batch_size": 8},
                   train={"max_steps": 1, "per_device_train_batch_size": 4, "disable_tqdm": True,

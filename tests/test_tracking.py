@@ -19,7 +19,7 @@ def scalars(log_dir):
 def test_two_round_lora_iterate_logs_to_tensorboard(tmp_path, loss):
     pytest.importorskip("peft")
     pytest.importorskip("tensorboard")
-    from cringe.loop import IterativeRun, load_config
+    from cringe.loop.run import IterativeRun, load_config
 
     out = tmp_path / "run"
     path = write_config(tmp_path, out, loss=loss, report_to=["tensorboard"],
@@ -49,7 +49,7 @@ def test_two_round_lora_iterate_logs_to_tensorboard(tmp_path, loss):
 
 
 def test_trackers_are_checked_when_the_config_is_read(tmp_path):
-    from cringe.loop import load_config
+    from cringe.loop.run import load_config
 
     with pytest.raises(ValueError, match="unknown trackers \\['tensorbord'\\]"):
         load_config(str(write_config(tmp_path, tmp_path / "run", report_to=["tensorbord"])), [])

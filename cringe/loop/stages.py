@@ -9,16 +9,19 @@ resumes from its last finished shard; the output file appears, complete, only wh
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .files import read_jsonl, write_jsonl
+from cringe.data import load_prompts
+from cringe.durable.answerlog import answers_kept
+from cringe.durable.files import read_jsonl, write_jsonl
+from cringe.durable.integrity import shard_is_complete
+from cringe.errors import UserError
+from cringe.evaluate import compare, sequence_logprobs
+from cringe.generation import Sample, SamplingConfig, TransformersSampler, VLLMSampler, resolve_backend
+from cringe.models import default_dtype, engine_path, free_memory, load_model, load_tokenizer, resolve_device
+from cringe.rewards import load_reward_source
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +50,6 @@ def _contiguous_runs(prompts):
     return runs
 
 
-def distributed_state(device: str = "auto"):
-    """(process index, number of processes, local index, barrier) under `accelerate launch` / torchrun; a single
-    process otherwise. A sampling stage launched over N processes splits its shards among them."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, 0, lambda: None
-    from accelerate import PartialState
-
-    from .models import resolve_device
-
-    state = PartialState(cpu=resolve_device(device) == "cpu")
-    return state.process_index, state.num_processes, state.local_process_index, state.wait_for_everyone
-
-
 def sample_to_file(prompts, sampling, out_path: Path, open_sampler, *, shard_prompts: int = SHARD_PROMPTS,
                    rank: int = 0, world: int = 1, barrier=None):
     """Sample `prompts` (cringe.data.Prompt) with the sampler `open_sampler()` returns (opened only if a shard is
@@ -69,8 +59,6 @@ def sample_to_file(prompts, sampling, out_path: Path, open_sampler, *, shard_pro
     Over `world` processes, process `rank` samples shards rank, rank + world, ...; every shard is seeded from its
     prompt positions alone, so the file is the one a single process writes. Process 0 joins the shards after
     `barrier()`."""
-    from .generation import Sample
-    from .integrity import shard_is_complete
 
     out_path = Path(out_path)
     shard_dir = out_path.parent / f".{out_path.stem}-shards"
@@ -112,8 +100,6 @@ def open_sampler(backend: str, model_spec: str, tokenizer, *, device: str = "aut
     """A sampler for `model_spec`: transformers' generate on `device`, or one vLLM engine (engine_options go to
     vllm.LLM; its dtype defaults to `dtype`). new_tokens, the stage's size, lets `backend: auto` weigh vLLM's
     start-up on a CPU (cringe.generation.resolve_backend)."""
-    from .generation import TransformersSampler, VLLMSampler, resolve_backend
-    from .models import default_dtype, engine_path, load_model, resolve_device
 
     backend = resolve_backend(backend, new_tokens)
     device = resolve_device(device)
@@ -128,74 +114,9 @@ def open_sampler(backend: str, model_spec: str, tokenizer, *, device: str = "aut
     return TransformersSampler(load_model(model_spec, tokenizer, dtype, trust_remote_code, device=device), tokenizer)
 
 
-@dataclass
-class SampleArguments:
-    """`cringe sample`: N completions per prompt from a model, to a JSONL file (token ids, text, finish reason,
-    seed). Sampling parameters are SamplingConfig's flags; `--vllm.KEY VALUE` passes engine options."""
-
-    model: str = field(metadata={"help": "the policy: model folder, hub id or packaged spec"})
-    prompts: str = field(metadata={"help": "prompts file (any accepted data format; the prompt column is used)"})
-    output: str = field(metadata={"help": "samples.jsonl to write (atomically; a killed run resumes its shards)"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer spec (default: the model's)"})
-    backend: str = field(default="auto", metadata={"help": "auto: vLLM when installed with a GPU",
-                                                   "choices": ("auto", "transformers", "vllm")})
-    device: str = field(default="auto", metadata={"help": "auto: cuda when available, else cpu"})
-    dtype: str | None = field(default=None, metadata={"help": "default: bfloat16 on a GPU, float32 on a CPU"})
-    start: int = field(default=0, metadata={"help": "first prompt position (with --count: a wrapping slice)"})
-    count: int | None = field(default=None, metadata={"help": "how many prompts (default: all)"})
-    max_prompts: int | None = None
-    max_prompt_length: int = 512
-    trust_remote_code: bool = False
-
-
-def run_sample(args: SampleArguments, sampling, engine_options: dict | None = None):
-    """The sampling stage: prompts read and tokenised as for training, sampled, written to args.output."""
-    from .data import load_prompts
-    from .models import load_tokenizer
-
-    if not Path(args.prompts).exists():
-        raise UserError(f"prompts {args.prompts}: no such file")
-    from .models import resolve_device
-
-    tokenizer = load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
-    prompts = load_prompts(args.prompts, tokenizer, max_prompt_length=args.max_prompt_length, limit=args.max_prompts)
-    prompts = select_prompts(prompts, args.start, args.count)
-    rank, world, local, barrier = distributed_state(args.device)
-    device = args.device
-    if world > 1 and resolve_device(device) == "cuda":
-        device = f"cuda:{local}"  # one GPU per process
-    return sample_to_file(prompts, sampling, Path(args.output), lambda: open_sampler(
-        args.backend, args.model, tokenizer, device=device, dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code, engine_options=engine_options,
-        new_tokens=len(prompts) * sampling.n * sampling.max_new_tokens),
-        rank=rank, world=world, barrier=barrier)
-
-
-@dataclass
-class ScoreArguments:
-    """`cringe score`: one reward per sample of a samples file, to a JSONL file (prompt_id, sample_id, score)."""
-
-    samples: str = field(metadata={"help": "samples.jsonl from `cringe sample` (it carries the prompt texts)"})
-    output: str = field(metadata={"help": "scores.jsonl to write"})
-    device: str = field(default="auto", metadata={"help": "where a reward model runs (auto: cuda when available)"})
-
-
-def run_score(args: ScoreArguments, reward_spec: dict) -> list[float]:
-    from .rewards import load_reward_source
-    from .rundir import RunDir
-
-    if not Path(args.samples).exists():
-        raise UserError(f"samples {args.samples}: no such file")
-    samples = RunDir.samples(args.samples)
-    if not samples:
-        raise UserError(f"{args.samples}: no samples")
-    return score_to_file(load_reward_source(reward_spec, device=args.device), samples, Path(args.output))
-
-
 def score_to_file(reward, samples, out_path: Path, prompts=None) -> list[float]:
     """score_samples, written to out_path as scores.jsonl rows. A judge's answers are kept beside out_path as
-    they arrive (cringe.answerlog), so a stage that fails midway is resumed by asking only the rest."""
-    from .answerlog import answers_kept
+    they arrive (cringe.durable.answerlog), so a stage that fails midway is resumed by asking only the rest."""
 
     with answers_kept(reward, out_path):
         scores = score_samples(reward, samples, prompts)
@@ -222,7 +143,6 @@ def score_samples(reward, samples, prompts=None) -> list[float]:
 
 def completion_logprobs(model, samples, pad_token_id: int, batch_size: int = 32) -> list[float]:
     """log pi(completion | prompt) of each sample under `model`."""
-    from .evaluate import sequence_logprobs
 
     rows = [{"prompt_ids": s.prompt_ids, "completion_ids": [s.completion_ids]} for s in samples]
     return sequence_logprobs(model, rows, pad_token_id, batch_size=batch_size)
@@ -235,11 +155,6 @@ def evaluate_policy(policy: str, baseline: str, prompts_source, reward_spec: dic
     with the reward source, and compare them (cringe.evaluate.compare; KL(policy || baseline) on the policy's
     samples). Every model runs on `device` (auto: the GPU when there is one; bfloat16 there unless `dtype` says),
     one at a time. The tokenizer is the baseline's; both models must share it."""
-    from .data import load_prompts
-    from .evaluate import compare
-    from .generation import SamplingConfig, TransformersSampler
-    from .models import default_dtype, free_memory, load_model, load_tokenizer, resolve_device
-    from .rewards import load_reward_source
 
     device = resolve_device(device)
     dtype = default_dtype(dtype, device)
@@ -269,48 +184,3 @@ def evaluate_policy(policy: str, baseline: str, prompts_source, reward_spec: dic
 def per_sample(values: Sequence[float], samples) -> list[dict]:
     """Rows for scores.jsonl: {prompt_id, sample_id, score}."""
     return [{"prompt_id": s.prompt_id, "sample_id": s.sample_id, "score": r} for s, r in zip(samples, values)]
-
-
-class StageFailed(UserError):
-    """A stage subprocess (`cringe sample` / `cringe score`) exited with an error; it printed its own message."""
-
-
-def launch_command(settings: dict, python: str | None = None) -> list[str]:
-    """`accelerate launch` with the user's settings ({config_file, num_processes, any other launch flag}), under
-    `python` (default: this interpreter); the `sample` key is ours (sample data-parallel too) and is not passed
-    on. A free local port is picked unless one is given, so two runs on a machine do not collide."""
-    flags = {k: v for k, v in settings.items() if k != "sample"}
-    if "main_process_port" not in flags and flags.get("num_machines", 1) in (1, None):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            flags["main_process_port"] = s.getsockname()[1]
-    command = [python or sys.executable, "-m", "accelerate.commands.launch"]
-    for key, value in flags.items():
-        if value is None or value is False:
-            continue
-        command += [f"--{key}"] if value is True else [f"--{key}", str(value)]
-    return command + ["-m", "cringe"]
-
-
-def run_stage_process(verb: str, config: dict, out_path: Path, launcher: list[str] | None = None) -> None:
-    """Run `python -m cringe VERB --config FILE` (or `LAUNCHER VERB --config FILE`, e.g. under accelerate launch)
-    with `config` written to FILE beside out_path, and check that it wrote out_path. The child owns the GPU
-    memory it uses; it is back when the child exits."""
-    import yaml
-
-    out_path = Path(out_path)
-    config_path = out_path.parent / f".{out_path.stem}-{verb}.yaml"
-    from .files import write_atomic
-
-    write_atomic(config_path, yaml.safe_dump(config, sort_keys=False))
-    command = (launcher or [sys.executable, "-m", "cringe"]) + [verb, "--config", str(config_path)]
-    logger.info("stage process: %s", " ".join(command))
-    code = subprocess.run(command, env=dict(os.environ)).returncode
-    if code != 0:
-        raise StageFailed(f"the `cringe {verb}` stage failed (exit status {code}; its message is above); "
-                          f"its config is {config_path}; rerun to resume")
-    if not out_path.exists():
-        raise StageFailed(f"the `cringe {verb}` stage exited without writing {out_path}")
-    config_path.unlink()

@@ -18,17 +18,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import rundir
-from .models import cpu_prefers_bf16
-from .registry import LOSSES, loss_spec
-from .rundir import RunDir
-from .testbeds.sentiment import SplitSizes
+import torch
+
+from cringe.demo.rloo import run_rloo
+from cringe.durable.files import read_jsonl, write_jsonl
+from cringe.evaluate import mean_with_ci, summarise
+from cringe.loop import rundir
+from cringe.loop.run import IterateConfig, IterativeRun
+from cringe.loop.rundir import RunDir
+from cringe.loop.stages import per_sample
+from cringe.models import cpu_prefers_bf16, resolve_path
+from cringe.registry import LOSSES, loss_spec
+from cringe.report import write_report
+from cringe.rewards import load_reward_source
+from cringe.testbeds import sentiment
+from cringe.testbeds.sentiment import SplitSizes
+from cringe.trainer import PAIRWISE_CRINGE_ALPHA, CringeConfig
 
 logger = logging.getLogger("cringe.demo")
 
@@ -135,10 +146,10 @@ class Progress:
         if skipped:
             return
         logger.info("[%s] %s%s in %.0fs | elapsed %s, about %s remaining", time.strftime("%H:%M:%S"), name,
-                    f" ({note})" if note else "", seconds, _fmt(elapsed), _fmt(remaining))
+                    f" ({note})" if note else "", seconds, format_duration(elapsed), format_duration(remaining))
 
 
-def _fmt(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
@@ -154,8 +165,6 @@ class Demo:
 
     # ----- stage 1: data, judges, policy -------------------------------------------------------------------
     def assets(self) -> dict:
-        from .models import resolve_path
-        from .testbeds import sentiment
 
         p = self.preset
         t0 = time.time()
@@ -211,7 +220,6 @@ class Demo:
         """M_0's samples on every training prompt, proxy-scored, and on the held-out prompts, gold-scored: drawn
         once in m0/ (samples.jsonl and scores.jsonl at its top, as `cringe sample`/`cringe score` write them);
         every method's round 1 trains on its rows (first_round_from) and compares with its baseline."""
-        from .loop import IterateConfig, IterativeRun
 
         p = self.preset
         run = IterativeRun(IterateConfig(**self.base_config(), output_dir=str(self.out / "m0"), rounds=1))
@@ -232,7 +240,6 @@ class Demo:
 
     # ----- stage 3: the methods -----------------------------------------------------------------------------
     def method_config(self, name: str):
-        from .loop import IterateConfig
 
         p = self.preset
         loss, iterative = METHODS[name]
@@ -282,13 +289,11 @@ class Demo:
         self.method_steps.setdefault(name, []).append((k, step))
 
     def run_methods(self, m0) -> None:
-        from .loop import IterativeRun
 
         for name in self.preset.methods:
             config = self.method_config(name)
             run = IterativeRun(config, on_step=lambda k, step, s, name=name: self._step_done(name, k, step, s))
             if name == "rloo":
-                from .rloo import run_rloo
 
                 p = self.preset
                 run_rloo(run, samples_per_prompt=p.samples_per_prompt, learning_rate=p.learning_rate,
@@ -309,9 +314,6 @@ class Demo:
     # ----- stage 4: collect and report ----------------------------------------------------------------------
     def proxy_scores(self, samples_path: Path, scores_path: Path) -> list[float]:
         """Proxy-reward scores of held-out samples (gold scored them for the comparison), cached beside them."""
-        from .files import write_jsonl
-        from .rewards import load_reward_source
-        from .stages import per_sample
 
         if not scores_path.exists():
             samples = RunDir.samples(samples_path)
@@ -324,8 +326,6 @@ class Demo:
     def collect(self, m0) -> dict:
         """One row per method (its last evaluated round) and every evaluated round: the loop's comparison
         (cringe.evaluate.compare's schema, gold-scored) plus the proxy reward and the labelling budget."""
-        from .evaluate import mean_with_ci, summarise
-        from .files import read_jsonl
 
         start = m0.run_dir
         base = summarise(start.samples(start.baseline_samples), start.scores(start.baseline_scores), seed=self.seed)
@@ -358,7 +358,6 @@ class Demo:
     def examples(self, m0, prompts: int = 3) -> list[dict]:
         """The first held-out prompts: one completion of the start model and of each method's last evaluated
         round, with gold and proxy scores (for the report)."""
-        from . import rundir
 
         def first_per_prompt(run, samples_path, gold_path, proxy_path):
             samples, gold = run.samples(samples_path), run.scores(gold_path)
@@ -386,7 +385,6 @@ class Demo:
                            "proxy": side[i][2]} for label, side in sides if i in side]} for i in ids]
 
     def run(self, command: str) -> dict:
-        from .report import write_report
 
         started = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -409,7 +407,6 @@ class Demo:
 
 
 def pairwise_cringe_settings() -> dict:
-    from .trainer import PAIRWISE_CRINGE_ALPHA, CringeConfig
 
     fields = {f.name: f.default for f in dataclasses.fields(CringeConfig)}
     settings = {k: fields[k] for k in ("k", "margin", "temperature", "margin_on", "detach_gate")}
@@ -417,9 +414,7 @@ def pairwise_cringe_settings() -> dict:
 
 
 def machine_description() -> str:
-    import os
 
-    import torch
 
     memory = ""
     try:
@@ -430,37 +425,3 @@ def machine_description() -> str:
     return (f"{platform.machine()}, {os.cpu_count()} CPU cores{memory}, "
             f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, "
             f"Python {platform.python_version()}, torch {torch.__version__}")
-
-
-@dataclass
-class DemoArguments:
-    output_dir: str = field(default="runs/demo", metadata={"help": "where everything lands; rerun to resume"})
-    quick: bool = field(default=False, metadata={"help": "the small preset (about 5 minutes on 2 CPU cores)"})
-    preset: str | None = field(default=None, metadata={"help": "default | quick | smoke (tests)",
-                                                       "choices": tuple(sorted(PRESETS))})
-    methods: str | None = field(default=None, metadata={"help": f"comma-separated subset of {','.join(METHODS)}"})
-    seed: int = 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    from .config import make_parser, parse
-    from .errors import UserError
-
-    argv = list(sys.argv[2:] if argv is None else argv)
-    parser = make_parser(DemoArguments, prog="cringe demo", description=__doc__.split("\n\n")[0])
-    (args,) = parse(parser, argv, 1)
-    name = args.preset or ("quick" if args.quick else "default")
-    preset = PRESETS[name]
-    if args.methods:
-        chosen = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-        unknown = [m for m in chosen if m not in METHODS]
-        if unknown:
-            raise UserError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-        preset = dataclasses.replace(preset, methods=chosen)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("cringe").setLevel(logging.INFO)
-    command = "cringe demo " + " ".join(argv)
-    results = Demo(preset, args.output_dir, seed=args.seed).run(command.strip())
-    print("\n" + (Path(args.output_dir) / "report.md").read_text())
-    print(f"report: {Path(args.output_dir) / 'report.html'} (wall time {_fmt(results['meta']['wall_seconds'])})")

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from cringe.errors import UserError
 
 
 class DamagedFileError(UserError):

@@ -9,11 +9,15 @@ round's evaluation with the round as its step, to writers that live in `<output_
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 from pathlib import Path
 
-from .errors import UserError
+from torch.utils.tensorboard import SummaryWriter
+from transformers import TrainerCallback
+
+from cringe.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +30,6 @@ def check_trackers(report_to: list[str]) -> list[str]:
     unknown = sorted(set(names) - set(TRACKERS))
     if unknown:
         raise UserError(f"report_to: unknown trackers {unknown}; choose from {', '.join(TRACKERS)} (or none)")
-    import importlib.util
 
     packages = {"tensorboard": "tensorboard", "wandb": "wandb"}
     for name in names:
@@ -42,7 +45,6 @@ class Trackers:
         self.names = check_trackers(report_to)
         self._tensorboard = self._wandb = None
         if "tensorboard" in self.names:
-            from torch.utils.tensorboard import SummaryWriter
 
             log_dir.mkdir(parents=True, exist_ok=True)
             self._tensorboard = SummaryWriter(log_dir=str(log_dir))
@@ -98,7 +100,6 @@ def round_metrics(evaluation: dict | None, pairing: dict | None, train_log: list
 
 def trainer_callback(trackers: Trackers, step_offset: int):
     """A TrainerCallback that forwards the Trainer's log lines with the run's global step."""
-    from transformers import TrainerCallback
 
     class ForwardLogs(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):

@@ -18,7 +18,7 @@ import os
 import threading
 from pathlib import Path
 
-from .files import DiskFullError, is_disk_full
+from cringe.durable.files import DiskFullError, is_disk_full
 
 logger = logging.getLogger(__name__)
 

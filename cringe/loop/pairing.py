@@ -10,8 +10,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from .data import PreparedData, ValidationReport
-from .generation import Sample
+from cringe.data import PreparedData, ValidationReport
+from cringe.generation import Sample
 
 
 @dataclass

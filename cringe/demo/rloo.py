@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import logging
 
-from . import rundir
-from .files import read_jsonl
-from .loop import publish_model
-from .models import load_model, load_tokenizer
-from .rewards import load_reward_source
+from datasets import Dataset
+
+from cringe.durable.files import read_jsonl
+from cringe.loop import rundir
+from cringe.loop.run import publish_model
+from cringe.models import load_model, load_tokenizer
+from cringe.rewards import load_reward_source
 
 logger = logging.getLogger(__name__)
 
 
 def run_rloo(run, *, samples_per_prompt: int, learning_rate: float, epochs: float, batch_size: int,
              max_new_tokens: int, beta: float, bf16: bool, seed: int) -> None:
-    """Train M_1 from M_0 with RLOO on every training prompt of `run` (a cringe.loop.IterativeRun; its config's
+    """Train M_1 from M_0 with RLOO on every training prompt of `run` (a cringe.loop.run.IterativeRun; its config's
     reward is the reward), then evaluate it like a loop round. Resumable: finished steps are skipped."""
     with run.session():
         run.step(1, rundir.MODEL, lambda: _train(run, samples_per_prompt=samples_per_prompt,
@@ -33,7 +35,6 @@ def run_rloo(run, *, samples_per_prompt: int, learning_rate: float, epochs: floa
 
 def _train(run, *, samples_per_prompt: int, learning_rate: float, epochs: float, batch_size: int,
            max_new_tokens: int, beta: float, bf16: bool, seed: int) -> None:
-    from datasets import Dataset
     from trl import RLOOConfig, RLOOTrainer
 
     c = run.config

@@ -1,7 +1,7 @@
 """SIGTERM and SIGINT during a run: stop at once, by an exception, and let resume do the rest.
 
 A run is stopped mid-step (the Trainer mid-optimiser-step, a sampler mid-batch): waiting for the step to end
-could take hours. That is safe because every file is written to a temporary name and renamed (cringe.files),
+could take hours. That is safe because every file is written to a temporary name and renamed (cringe.durable.files),
 models are renamed into place once complete, and training resumes from its last complete checkpoint: what
 exists is complete, what was half-done is redone. The handler raises `Interrupted` in the main thread; it is a
 KeyboardInterrupt, not an Exception, so no `except Exception` on the way up swallows it, while every `finally`

@@ -1,6 +1,6 @@
 """Is what a run left on disk whole? The checks resume makes before it trusts (skips) a finished step.
 
-Files written through cringe.files are complete by construction; what can still be damaged is what a person or a
+Files written through cringe.durable.files are complete by construction; what can still be damaged is what a person or a
 failing disk touched afterwards, and what other code writes in place: model folders (several files) and the
 Trainer's checkpoints (written file by file, trainer_state.json last). A damaged file is reported by name
 (DamagedFileError) or, where redoing it is cheap and exact (a sampling shard, a checkpoint), silently redone;
@@ -16,8 +16,8 @@ import shutil
 import struct
 from pathlib import Path
 
-from .errors import UserError
-from .files import DamagedFileError
+from cringe.durable.files import DamagedFileError, read_json
+from cringe.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,6 @@ def check_model_dir(folder: Path) -> None:
     weights = refuse_pickle_only(folder)
     index = folder / SAFETENSORS_INDEX
     if index.exists():
-        from .files import read_json
 
         shards = sorted(set(read_json(index).get("weight_map", {}).values()))
         missing = [s for s in shards if not (folder / s).exists()]

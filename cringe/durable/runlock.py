@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import UserError
+from cringe.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@
                     pairs.jsonl      the training rows built from them, and pairing.json (what was kept)
                     model/           M_k (complete once it exists; written as .model.tmp and renamed)
                     eval_samples.jsonl, eval_scores.jsonl, eval.json   M_k against M_0 on held-out prompts
-    <run>/.lock                      held by the process running the directory (cringe.runlock)
-    <run>/round-<k>/.scores-partial.jsonl   an LLM judge's answers while it scores (cringe.answerlog)
+    <run>/.lock                      held by the process running the directory (cringe.durable.runlock)
+    <run>/round-<k>/.scores-partial.jsonl   an LLM judge's answers while it scores (cringe.durable.answerlog)
 
 The loop writes through this object and the demo, the report and the benchmarks read through it, so no
 caller spells a file name.
@@ -20,7 +20,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .files import DamagedFileError, read_json, read_jsonl, write_json
+from cringe.durable.files import DamagedFileError, read_json, read_jsonl, write_json
+from cringe.generation import Sample
 
 SAMPLES = "samples.jsonl"
 SCORES = "scores.jsonl"
@@ -123,7 +124,6 @@ class RunDir:
     @staticmethod
     def samples(path: Path):
         """The samples in a samples file (cringe.generation.Sample)."""
-        from .generation import Sample
 
         return [Sample.from_dict(d) for d in read_jsonl(path)]
 

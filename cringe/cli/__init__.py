@@ -1,0 +1,81 @@
+"""`cringe` command line: one module per verb (its arguments and its `main` together), one dataclass-driven
+parser for all of them (cringe.config).
+
+    cringe train --config run.yaml [--key value ...]      fine-tune on preference, binary or SFT data
+    cringe iterate --config iter.yaml [--key value ...]   iterative rounds (dotted keys: --train.learning_rate 1e-5)
+    cringe sample --model M --prompts FILE --output samples.jsonl [--n 4 --backend vllm --vllm.KEY VALUE]
+    cringe score --samples samples.jsonl --reward reward.yaml --output scores.jsonl
+    cringe evaluate --policy DIR --baseline DIR --prompts FILE --reward reward.yaml
+    cringe demo [--quick] [--output_dir DIR]              the paper's comparison, offline, on a CPU
+    cringe env                                            versions and devices, for bug reports
+    cringe --version
+
+Every verb takes `--help`, `--config FILE` (YAML with the flags' names as keys; flags override it) and both
+spellings of every flag (`--output_dir`, `--output-dir`). A user error (missing file, bad data row, unknown
+option) prints one line and exits with status 2; `--debug` (or CRINGE_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import os
+import sys
+
+import cringe
+from cringe.denormals import flush_denormals
+from cringe.durable.interrupt import Interrupted
+from cringe.errors import UserError
+
+# verb -> its module (imported when the verb runs: `cringe --help` stays instant)
+VERBS = {verb: f"cringe.cli.{verb}" for verb in ("train", "iterate", "sample", "score", "evaluate", "demo", "env")}
+
+
+def verb_module(verb: str):
+    return importlib.import_module(VERBS[verb])
+
+
+def verb_parsers() -> dict:
+    """verb -> {"": its parser, section name -> that section's parser}: the parsers the verbs parse with, for the
+    generated reference (so the reference cannot drift from the flags)."""
+    return {verb: verb_module(verb).parsers() for verb in VERBS}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("CRINGE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        sys.exit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+
+        print(f"cringe {cringe.__version__}")
+        return
+    verb = argv[0]
+    if verb not in VERBS:
+        close = difflib.get_close_matches(verb, VERBS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"cringe: error: unknown command {verb!r}{hint}; commands: {', '.join(VERBS)}", file=sys.stderr)
+        sys.exit(2)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before any torch work, so the CPU thread pool starts with it: every verb, stage subprocess and
+    # `accelerate launch` rank comes through here. Imported here: torch would slow `cringe --help`.
+
+    flush_denormals()
+    try:
+        verb_module(verb).main(argv[1:])
+    except UserError as err:
+        if debug:
+            raise
+        print(f"cringe {verb}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Interrupted as err:
+        # SIGTERM / SIGINT (cringe.durable.interrupt): what is on disk is complete; the shell's status for the
+        # signal.
+        if debug:
+            raise
+        print(f"cringe {verb}: {err}", file=sys.stderr)
+        sys.exit(err.exit_status)

@@ -1,0 +1,48 @@
+"""`cringe evaluate`: sample from a policy and a baseline on held-out prompts, score both, report win rate (with
+its 95% interval), reward, KL(policy || baseline), length and repetition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cringe.config import device_field, dtype_field, make_parser, parse, read_yaml, trust_remote_code_field
+from cringe.durable.files import write_json
+from cringe.errors import UserError
+from cringe.evaluate import comparison_table
+from cringe.loop.stages import evaluate_policy
+
+
+@dataclass
+class EvaluateArguments:
+    policy: str = field(metadata={"help": "the policy to evaluate: model folder, hub id or packaged spec"})
+    baseline: str = field(metadata={"help": "the policy to compare against (also the KL reference)"})
+    prompts: str = field(metadata={"help": "held-out prompts (any accepted data format)"})
+    reward: str = field(metadata={"help": "YAML file of a reward source (type: callable | model | judge)"})
+    samples: int = field(default=1, metadata={"help": "samples per prompt and policy"})
+    max_new_tokens: int = 48
+    max_prompts: int | None = None
+    device: str = device_field()
+    dtype: str | None = dtype_field()
+    seed: int = 0
+    trust_remote_code: bool = trust_remote_code_field()
+    output: str | None = field(default=None, metadata={"help": "write the comparison as JSON here"})
+
+
+def parsers() -> dict:
+    return {"": make_parser(EvaluateArguments, prog="cringe evaluate", description=__doc__)}
+
+
+def main(argv: list[str]) -> None:
+    (args,) = parse(parsers()[""], argv, 1)
+    if not Path(args.prompts).exists():
+        raise UserError(f"--prompts {args.prompts}: no such file")
+    result = evaluate_policy(args.policy, args.baseline, args.prompts, read_yaml(args.reward), samples=args.samples,
+                             max_new_tokens=args.max_new_tokens, max_prompts=args.max_prompts, dtype=args.dtype,
+                             device=args.device, seed=args.seed, trust_remote_code=args.trust_remote_code)
+    print(comparison_table([{**result, "model": args.policy}], "model", "policy"))
+    w = result["win_rate"]
+    print(f"\nwin rate of policy vs baseline: {w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}..{w['ci_high']:.3f}, "
+          f"n={w['n']}); KL(policy||baseline) ~ {result['kl']['mean']:.3f}")
+    if args.output:
+        write_json(args.output, result)

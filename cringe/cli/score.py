@@ -1,0 +1,47 @@
+"""`cringe score`: one reward per sample of a `cringe sample` file, to a JSONL file (prompt_id, sample_id, score).
+The reward source is a YAML file (--reward FILE) or the `reward:` section of --config, refined by
+--reward.KEY VALUE."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cringe.config import device_field, make_parser, parse_with_sections, pop_flag, read_yaml
+from cringe.errors import UserError
+from cringe.loop.rundir import RunDir
+from cringe.loop.stages import score_to_file
+from cringe.rewards import load_reward_source
+
+
+@dataclass
+class ScoreArguments:
+    samples: str = field(metadata={"help": "samples.jsonl from `cringe sample` (it carries the prompt texts)"})
+    output: str = field(metadata={"help": "scores.jsonl to write"})
+    device: str = device_field("where a reward model runs (auto: cuda when available)")
+
+
+def parsers() -> dict:
+    return {"": make_parser(ScoreArguments, prog="cringe score", description=__doc__,
+                            epilog="sections: reward ({type: callable|model|judge, ...}, as in an iterate config)")}
+
+
+def run_score(args: ScoreArguments, reward_spec: dict) -> list[float]:
+    if not Path(args.samples).exists():
+        raise UserError(f"samples {args.samples}: no such file")
+    samples = RunDir.samples(args.samples)
+    if not samples:
+        raise UserError(f"{args.samples}: no samples")
+    return score_to_file(load_reward_source(reward_spec, device=args.device), samples, Path(args.output))
+
+
+def main(argv: list[str]) -> None:
+    reward_file, argv = pop_flag(argv, "--reward", "a file path")
+    base = {"reward": read_yaml(reward_file)} if reward_file else None
+    (args,), sections = parse_with_sections(parsers()[""], argv, 1, {"reward": None}, base_values=base)
+    if "reward" not in sections:
+        raise UserError("a reward source is required: --reward FILE, or a reward: section in --config")
+    t0 = time.time()
+    scores = run_score(args, sections["reward"])
+    print(f"{len(scores)} scores (mean {sum(scores) / len(scores):.4f}) in {time.time() - t0:.1f} s -> {args.output}")

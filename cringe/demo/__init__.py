@@ -1,0 +1,2 @@
+"""`cringe demo`: the paper's comparison on the sentiment testbed, offline on a CPU (pipeline), with the opt-in
+RLOO row through TRL (rloo). The report it writes comes from cringe.report, as for any run."""
