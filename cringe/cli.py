@@ -5,6 +5,7 @@
     cringe sample --model M --prompts FILE --output samples.jsonl [--n 4 --backend vllm --vllm.KEY VALUE]
     cringe score --samples samples.jsonl --reward reward.yaml --output scores.jsonl
     cringe evaluate --policy DIR --baseline DIR --prompts FILE --reward reward.yaml
+    cringe report RUN [RUN ...] [--output_dir DIR]        a report (markdown + HTML) for iterate runs, side by side
     cringe demo [--quick] [--output_dir DIR]              the paper's comparison, offline, on a CPU
     cringe env                                            versions and devices, for bug reports
     cringe --version
@@ -16,10 +17,12 @@ option) prints one line and exits with status 2; `--debug` (or CRINGE_DEBUG=1) s
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import UserError
 from .interrupt import Interrupted
@@ -49,14 +52,19 @@ class DataArguments:
     eval_dataset: str | None = field(default=None, metadata={"help": "separate evaluation data, same formats"})
 
 
-def parse_train_args(argv: list[str]):
-    """(ModelArguments, DataArguments, LoraArguments, CringeConfig) from `--config FILE` plus flags."""
-    from .config import make_parser, parse
+def train_parser():
+    from .config import make_parser
     from .trainer import CringeConfig, LoraArguments
 
-    parser = make_parser((ModelArguments, DataArguments, LoraArguments, CringeConfig), prog="cringe train",
-                         description=train.__doc__)
-    model_args, data_args, lora_args, config = parse(parser, argv, 4)
+    return make_parser((ModelArguments, DataArguments, LoraArguments, CringeConfig), prog="cringe train",
+                       description=train.__doc__)
+
+
+def parse_train_args(argv: list[str]):
+    """(ModelArguments, DataArguments, LoraArguments, CringeConfig) from `--config FILE` plus flags."""
+    from .config import parse
+
+    model_args, data_args, lora_args, config = parse(train_parser(), argv, 4)
     if data_args.dataset is None:
         raise UserError("--dataset is required (in the YAML file or on the command line)")
     return model_args, data_args, lora_args, config
@@ -105,9 +113,14 @@ def iterate(argv: list[str]) -> None:
     if "-h" in argv or "--help" in argv:
         iterate_parser().print_help()
         sys.exit(0)
-    evaluations = IterativeRun(parse_iterate_args(argv)).run()
+    config = parse_iterate_args(argv)
+    evaluations = IterativeRun(config).run()
     if evaluations:
         print("\n" + evaluation_table(evaluations))
+    from .report import write_run_report
+
+    page = write_run_report([config.output_dir], Path(config.output_dir) / "report")
+    print(f"\nreport: {page} (and report.md beside it; `cringe report` redraws it)")
 
 
 @dataclass
@@ -127,18 +140,23 @@ class EvaluateArguments:
     output: str | None = field(default=None, metadata={"help": "write the comparison as JSON here"})
 
 
+def evaluate_parser():
+    from .config import make_parser
+
+    return make_parser(EvaluateArguments, prog="cringe evaluate", description=evaluate.__doc__)
+
+
 def evaluate(argv: list[str]) -> None:
     """Sample from a policy and a baseline on held-out prompts, score both, report win rate (with its 95%
     interval), reward, KL(policy || baseline), length and repetition."""
     from pathlib import Path
 
-    from .config import make_parser, parse, read_yaml
+    from .config import parse, read_yaml
     from .evaluate import comparison_table
     from .files import write_json
     from .stages import evaluate_policy
 
-    parser = make_parser(EvaluateArguments, prog="cringe evaluate", description=evaluate.__doc__)
-    (args,) = parse(parser, argv, 1)
+    (args,) = parse(evaluate_parser(), argv, 1)
     if not Path(args.prompts).exists():
         raise UserError(f"--prompts {args.prompts}: no such file")
     result = evaluate_policy(args.policy, args.baseline, args.prompts, read_yaml(args.reward), samples=args.samples,
@@ -152,19 +170,25 @@ def evaluate(argv: list[str]) -> None:
         write_json(args.output, result)
 
 
+def sample_parser():
+    from .config import make_parser
+    from .generation import SamplingConfig
+    from .stages import SampleArguments
+
+    return make_parser((SampleArguments, SamplingConfig), prog="cringe sample", description=sample.__doc__,
+                       epilog="sections: vllm (engine options passed to vllm.LLM, e.g. --vllm.gpu_memory_utilization 0.8)")
+
+
 def sample(argv: list[str]) -> None:
     """N completions per prompt from a model, to a JSONL file with token ids, text, finish reason and seed
     (transformers on the GPU or CPU, or one vLLM engine: --backend vllm, engine options as --vllm.KEY VALUE).
     Rerun to resume: finished shards of 64 prompts are kept."""
     import time
 
-    from .config import make_parser, parse_with_sections
-    from .generation import SamplingConfig
-    from .stages import SampleArguments, run_sample
+    from .config import parse_with_sections
+    from .stages import run_sample
 
-    parser = make_parser((SampleArguments, SamplingConfig), prog="cringe sample", description=sample.__doc__,
-                         epilog="sections: vllm (engine options passed to vllm.LLM, e.g. --vllm.gpu_memory_utilization 0.8)")
-    (args, sampling), sections = parse_with_sections(parser, argv, 2, {"vllm": None})
+    (args, sampling), sections = parse_with_sections(sample_parser(), argv, 2, {"vllm": None})
     t0 = time.time()
     samples = run_sample(args, sampling, sections.get("vllm"))
     if not samples:  # a data-parallel worker other than the first: process 0 wrote the file
@@ -175,19 +199,25 @@ def sample(argv: list[str]) -> None:
           f"tokens/s) -> {args.output}")
 
 
+def score_parser():
+    from .config import make_parser
+    from .stages import ScoreArguments
+
+    return make_parser(ScoreArguments, prog="cringe score", description=score.__doc__,
+                       epilog="sections: reward ({type: callable|model|judge, ...}, as in an iterate config)")
+
+
 def score(argv: list[str]) -> None:
     """One reward per sample of a `cringe sample` file, to a JSONL file (prompt_id, sample_id, score). The reward
     source is a YAML file (--reward FILE) or the `reward:` section of --config, refined by --reward.KEY VALUE."""
     import time
 
-    from .config import make_parser, parse_with_sections, pop_flag, read_yaml
-    from .stages import ScoreArguments, run_score
+    from .config import parse_with_sections, pop_flag, read_yaml
+    from .stages import run_score
 
     reward_file, argv = pop_flag(argv, "--reward", "a file path")
-    parser = make_parser(ScoreArguments, prog="cringe score", description=score.__doc__,
-                         epilog="sections: reward ({type: callable|model|judge, ...}, as in an iterate config)")
     base = {"reward": read_yaml(reward_file)} if reward_file else None
-    (args,), sections = parse_with_sections(parser, argv, 1, {"reward": None}, base_values=base)
+    (args,), sections = parse_with_sections(score_parser(), argv, 1, {"reward": None}, base_values=base)
     if "reward" not in sections:
         raise UserError("a reward source is required: --reward FILE, or a reward: section in --config")
     t0 = time.time()
@@ -201,11 +231,21 @@ def demo(argv: list[str]) -> None:
     demo_main(argv)
 
 
-def env(argv: list[str]) -> None:
-    """Versions of python, torch and the libraries cringe works with, and the devices torch sees."""
+def report(argv: list[str]) -> None:
+    from .report import main as report_main
+
+    report_main(argv)
+
+
+def env_parser():
     from .config import make_parser
 
-    make_parser([], prog="cringe env", description=env.__doc__).parse_args(argv)
+    return make_parser([], prog="cringe env", description=env.__doc__)
+
+
+def env(argv: list[str]) -> None:
+    """Versions of python, torch and the libraries cringe works with, and the devices torch sees."""
+    env_parser().parse_args(argv)
     print(environment_report())
 
 
@@ -245,8 +285,23 @@ def environment_report() -> str:
     return "\n".join(lines)
 
 
-VERBS = {"train": train, "iterate": iterate, "sample": sample, "score": score, "evaluate": evaluate, "demo": demo,
-         "env": env}
+VERBS = {"train": train, "iterate": iterate, "sample": sample, "score": score, "evaluate": evaluate,
+         "report": report, "demo": demo, "env": env}
+
+
+def verb_parsers() -> dict[str, dict[str, "argparse.ArgumentParser"]]:
+    """Every verb's parsers, built by the same functions the verbs parse with (the documentation's reference is
+    generated from them): verb -> {"": the verb's parser, section name -> the parser that types that section's
+    keys (iterate's "train", "sampling")}. Free-form sections (reward sources, vllm, accelerate) have none."""
+    from .demo import demo_parser
+    from .loop import SECTIONS, _section_parser, iterate_parser
+    from .report import report_parser
+
+    iterate_sections = {name: _section_parser(name) for name in SECTIONS}
+    return {"train": {"": train_parser()},
+            "iterate": {"": iterate_parser(), **{k: v for k, v in iterate_sections.items() if v is not None}},
+            "sample": {"": sample_parser()}, "score": {"": score_parser()}, "evaluate": {"": evaluate_parser()},
+            "report": {"": report_parser()}, "demo": {"": demo_parser()}, "env": {"": env_parser()}}
 
 
 def main(argv: list[str] | None = None) -> None:

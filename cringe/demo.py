@@ -456,13 +456,18 @@ class DemoArguments:
     seed: int = 0
 
 
+def demo_parser():
+    from .config import make_parser
+
+    return make_parser(DemoArguments, prog="cringe demo", description=__doc__.split("\n\n")[0])
+
+
 def main(argv: list[str] | None = None) -> None:
-    from .config import make_parser, parse
+    from .config import parse
     from .errors import UserError
 
     argv = list(sys.argv[2:] if argv is None else argv)
-    parser = make_parser(DemoArguments, prog="cringe demo", description=__doc__.split("\n\n")[0])
-    (args,) = parse(parser, argv, 1)
+    (args,) = parse(demo_parser(), argv, 1)
     name = args.preset or ("quick" if args.quick else "default")
     preset = PRESETS[name]
     if args.methods:
