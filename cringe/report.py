@@ -316,7 +316,7 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto
          "font-variant-numeric:tabular-nums;white-space:nowrap}th{background:#f3f3f3}img{max-width:100%;"
          "margin:1em 0;display:block}code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:90%}"
          "pre{background:#f6f6f6;padding:.75em;overflow:auto;font-size:13px}pre code{background:none;padding:0}"
-         "div.wide{overflow-x:auto}")
+         "div.wide{overflow-x:auto}td:first-child{white-space:nowrap}")
 
 
 def html_page(md: str, out: Path, title: str = "cringe demo report") -> str:
