@@ -113,9 +113,12 @@ def iterate(argv: list[str]) -> None:
 @dataclass
 class EvaluateArguments:
     policy: str = field(metadata={"help": "the policy to evaluate: model folder, hub id or packaged spec"})
-    baseline: str = field(metadata={"help": "the policy to compare against (also the KL reference)"})
-    prompts: str = field(metadata={"help": "held-out prompts (any accepted data format)"})
+    baseline: str = field(metadata={"help": "the policy to compare against (also the KL reference), or a JSON "
+                                            "file of reference outputs (AlpacaEval/AlpacaFarm: instruction, output, "
+                                            "generator): cringe.reference"})
     reward: str = field(metadata={"help": "YAML file of a reward source (type: callable | model | judge)"})
+    prompts: str | None = field(default=None, metadata={
+        "help": "held-out prompts (any accepted data format); not with a baseline of outputs (its instructions)"})
     samples: int = field(default=1, metadata={"help": "samples per prompt and policy"})
     max_new_tokens: int = 48
     max_prompts: int | None = None
@@ -125,6 +128,10 @@ class EvaluateArguments:
     seed: int = 0
     trust_remote_code: bool = False
     output: str | None = field(default=None, metadata={"help": "write the comparison as JSON here"})
+    export_outputs: str | None = field(default=None, metadata={
+        "help": "baseline of outputs: write the policy's outputs here in AlpacaEval's format (and the judgements "
+                "beside it), for `alpaca_eval --model_outputs FILE`"})
+    generator: str | None = field(default=None, metadata={"help": "the policy's name in exported outputs"})
 
 
 def evaluate(argv: list[str]) -> None:
@@ -139,6 +146,25 @@ def evaluate(argv: list[str]) -> None:
 
     parser = make_parser(EvaluateArguments, prog="cringe evaluate", description=evaluate.__doc__)
     (args,) = parse(parser, argv, 1)
+    from .reference import is_outputs_file
+
+    if is_outputs_file(args.baseline):
+        from .reference import evaluate_against_outputs, report
+
+        if args.prompts:
+            raise UserError("--prompts: a baseline of outputs brings its own instructions; leave --prompts out")
+        result = evaluate_against_outputs(
+            args.policy, args.baseline, read_yaml(args.reward), max_new_tokens=args.max_new_tokens,
+            max_prompts=args.max_prompts, dtype=args.dtype, device=args.device, seed=args.seed,
+            trust_remote_code=args.trust_remote_code, generator=args.generator, export=args.export_outputs)
+        print(report(result))
+        if args.output:
+            write_json(args.output, result)
+        return
+    if args.export_outputs:
+        raise UserError("--export_outputs is for a baseline given as a file of outputs")
+    if args.prompts is None:
+        raise UserError("--prompts is required when the baseline is a model")
     if not Path(args.prompts).exists():
         raise UserError(f"--prompts {args.prompts}: no such file")
     result = evaluate_policy(args.policy, args.baseline, args.prompts, read_yaml(args.reward), samples=args.samples,

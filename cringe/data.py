@@ -154,6 +154,11 @@ def load_rows(source: Any, split: str = "train", name: str | None = None):
         return source[split]
     source = os.fspath(source)
     suffix = os.path.splitext(source)[1].lower()
+    if not os.path.exists(source):
+        from .sources import split_source
+
+        source, named_split = split_source(source)  # NAME:SPLIT
+        split = named_split or split
     if os.path.isfile(source):
         if suffix in (".json", ".jsonl"):
             return _load_json(source)
@@ -699,6 +704,7 @@ class Prompt:
     prompt_id: int
     text: str
     ids: list[int]
+    messages: list[dict] | None = None  # a conversational prompt's messages (system turn included)
 
 
 def load_prompts(source: Any, tokenizer, *, max_prompt_length: int | None = 512, on_invalid: str = "error",
@@ -706,7 +712,9 @@ def load_prompts(source: Any, tokenizer, *, max_prompt_length: int | None = 512,
     """Prompts from any accepted format but `text` (the prompt column; for implicit-prompt pairs, the shared
     prefix; for `messages`, the conversation before the last answer), validated and tokenised exactly as for
     training."""
-    dataset = load_rows(source, split=split)
+    from .sources import prompt_rows
+
+    dataset = prompt_rows(load_rows(source, split=split))  # preference rows: only the prompt is needed
     if _format_of(dataset) == "text":
         raise UserError("a 'text' dataset has no prompts to generate from")
     examples, report = validate(dataset, on_invalid=on_invalid)
@@ -721,7 +729,7 @@ def load_prompts(source: Any, tokenizer, *, max_prompt_length: int | None = 512,
             continue
         text = ex.prompt if not ex.conversational else "\n".join(
             m["content"] for m in ex.prompt if m["role"] == "user" and isinstance(m.get("content"), str))
-        prompts.append(Prompt(len(prompts), text, ids))
+        prompts.append(Prompt(len(prompts), text, ids, [dict(m) for m in ex.prompt] if ex.conversational else None))
     if not prompts:
         raise UserError("no prompts left after validation")
     return prompts

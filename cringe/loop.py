@@ -94,6 +94,9 @@ class IterateConfig:
     round_prompts: int | None = field(default=None, metadata=_help("prompts per round, fresh each round"))
     max_eval_prompts: int | None = None
     max_prompt_length: int = 512
+    skip_invalid_prompts: bool = field(default=False, metadata=_help(
+        "skip (and count) prompts longer than max_prompt_length or otherwise invalid, instead of stopping: for "
+        "large public prompt sets such as UltraFeedback's"))
     device: str = field(default="auto", metadata=_help("where models run: auto = cuda when available, else cpu"))
     dtype: str | None = field(default=None, metadata=_help(
         "weights for training and evaluation (default: bfloat16 on a GPU, float32 on a CPU)",
@@ -156,6 +159,9 @@ class IterateConfig:
             raise UserError(f"vllm engine options {sorted(self.vllm)} given, but the sampler is "
                             f"{self.resolved_backend()} (backend: {self.backend})")
 
+    def prompt_errors(self) -> str:
+        return "skip" if self.skip_invalid_prompts else "error"
+
     def resolved_backend(self) -> str:
         from .generation import resolve_backend
 
@@ -213,10 +219,16 @@ class IterateConfig:
     RESUMABLE_KEYS = ("rounds", "output_dir", "backend", "device", "vllm", "sampling_python", "stage_processes",
                       "report_to", "run_name", "accelerate")
 
+    # Keys added after runs were made: left out of the hash at their default, so those runs still resume.
+    LATER_KEYS = {"skip_invalid_prompts": False}
+
     def result_dict(self) -> dict:
         d = dataclasses.asdict(self)
         for key in self.RESUMABLE_KEYS:
             d.pop(key)
+        for key, default in self.LATER_KEYS.items():
+            if d[key] == default:
+                d.pop(key)
         return d
 
     def result_hash(self) -> str:
@@ -348,7 +360,7 @@ class IterativeRun:
             source = c.eval_prompts if evaluation else c.prompts
             limit = c.max_eval_prompts if evaluation else c.max_prompts
             self._prompts[evaluation] = load_prompts(source, self.tokenizer, max_prompt_length=c.max_prompt_length,
-                                                     limit=limit)
+                                                     limit=limit, on_invalid=c.prompt_errors())
         return self._prompts[evaluation]
 
     def round_prompt_list(self, k: int):
@@ -399,6 +411,8 @@ class IterativeRun:
                  "output": str(out_path), "backend": c.backend, "device": c.device,
                  "dtype": c.resolved_sampling_dtype(), "start": start, "count": count, "max_prompts": limit,
                  "max_prompt_length": c.max_prompt_length, "trust_remote_code": c.trust_remote_code, **settings}
+        if c.skip_invalid_prompts:
+            stage["on_invalid"] = "skip"  # the stage must read the same prompt list
         if c.vllm:
             stage["vllm"] = c.vllm
         data_parallel = c.accelerate.get("sample") and c.resolved_backend() == "transformers"

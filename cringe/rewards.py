@@ -478,12 +478,16 @@ def _failure_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {inner}" if inner is not None else type(err).__name__
 
 
+# RewardModel's keyword arguments, and `path` (tests/test_rewards.py holds this to its signature)
+MODEL_KEYS = {"path", "batch_size", "max_length", "input", "system", "device", "dtype", "trust_remote_code"}
+
+
 def _known_keys(kind: str) -> set[str]:
     if kind == "callable":
         return {"function", "kwargs"}
-    init = RewardModel.__init__ if kind == "model" else PairwiseJudge.__init__
-    names = set(inspect.signature(init).parameters) - {"self", "model_or_path", "tokenizer"}
-    return names | {"path"} if kind == "model" else names
+    if kind == "model":
+        return MODEL_KEYS
+    return set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"}
 
 
 REQUIRED_KEYS = {"callable": ("function",), "model": ("path",), "judge": ("base_url", "model")}
