@@ -105,6 +105,11 @@ def iterate(argv: list[str]) -> None:
     if "-h" in argv or "--help" in argv:
         iterate_parser().print_help()
         sys.exit(0)
+    if "--dry-run" in argv or "--dry_run" in argv:
+        from .recipes import dry_run  # every key checked offline; nothing loaded (recipes/)
+
+        print(dry_run([a for a in argv if a not in ("--dry-run", "--dry_run")]))
+        return
     evaluations = IterativeRun(parse_iterate_args(argv)).run()
     if evaluations:
         print("\n" + evaluation_table(evaluations))
