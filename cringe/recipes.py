@@ -104,26 +104,44 @@ def build_stand_ins(work: Path) -> dict:
             "eval_prompts": str(ROOT / "examples/data/alpaca_farm_evaluation_sample.json")}
 
 
-def stand_in(values: dict, work: Path, *, rounds: int = 1, steps: int = 2) -> dict:
-    """A recipe's values with its models, data and GPU settings replaced by CPU stand-ins (build_stand_ins), every
-    other key kept: same loss, pairing, sampling temperature and n, reward input, reference policy."""
-    local = build_stand_ins(work)
+def swap_in(values: dict, local: dict, work: Path, *, rounds: int = 1, round_prompts: int = 4,
+            eval_prompts: int = 3, steps: int = 2, max_new_tokens: int = 8, on_gpu: bool = False,
+            backend: str = "transformers") -> dict:
+    """A recipe's values with its Hub pieces replaced by `local` ({policy, reward, prompts, eval_prompts}: paths)
+    and its size cut to `rounds` x `round_prompts`, every other key kept: same loss, pairing, sampling temperature
+    and n, reward input, reference policy, training settings. On the CPU, GPU-only settings (vLLM options,
+    accelerate, bf16, checkpointing) go; on a GPU they stay, but for accelerate (one GPU here)."""
     out = copy.deepcopy(values)
     out.update(model=local["policy"], prompts=local["prompts"], eval_prompts=local["eval_prompts"],
-               output_dir=str(Path(work) / "run"), rounds=rounds, round_prompts=4, max_eval_prompts=3,
-               backend="transformers", device="cpu", dtype="float32", report_to=[], stage_processes=False)
-    for key in ("vllm", "accelerate", "sampling_python", "sampling_dtype"):
-        out.pop(key, None)
-    out["drop_truncated"] = False  # a random policy never says EOS within 8 tokens: every sample would be cut
-    out["reward"] = {**out["reward"], "path": local["reward"], "dtype": "float32", "max_length": 512}
+               output_dir=str(Path(work) / "run"), rounds=rounds, round_prompts=round_prompts,
+               max_eval_prompts=eval_prompts, backend=backend, report_to=[])
+    # A random policy seldom says EOS: with drop_truncated every sample would be cut and no pair left.
+    out["drop_truncated"] = False
+    out.pop("accelerate", None)
+    if not on_gpu:
+        out.update(device="cpu", dtype="float32", stage_processes=False)
+        for key in ("vllm", "sampling_python", "sampling_dtype"):
+            out.pop(key, None)
+    elif backend != "vllm":
+        out.pop("vllm", None)
+    dtype = "bfloat16" if on_gpu else "float32"
+    out["reward"] = {**out["reward"], "path": local["reward"], "dtype": dtype}
     if out.get("eval_reward"):
-        out["eval_reward"] = {**out["eval_reward"], "path": local["reward"], "dtype": "float32"}
-    out["sampling"] = {**out.get("sampling", {}), "max_new_tokens": 8, "batch_size": 32}
+        out["eval_reward"] = {**out["eval_reward"], "path": local["reward"], "dtype": dtype}
+    out["sampling"] = {**out.get("sampling", {}), "max_new_tokens": max_new_tokens,
+                       **({} if on_gpu else {"batch_size": 32})}
     train = dict(out.get("train", {}))
-    for key in ("bf16", "fp16", "gradient_checkpointing"):
-        train.pop(key, None)
-    train.update(max_steps=steps, per_device_train_batch_size=2, gradient_accumulation_steps=1, use_cpu=True,
-                 save_strategy="no", logging_steps=1, disable_tqdm=True, max_prompt_length=512,
-                 max_completion_length=64, learning_rate=1e-3)
+    if not on_gpu:
+        for key in ("bf16", "fp16", "gradient_checkpointing"):
+            train.pop(key, None)
+        train.update(per_device_train_batch_size=2, use_cpu=True, max_prompt_length=512, max_completion_length=64,
+                     learning_rate=1e-3)
+    train.update(max_steps=steps, gradient_accumulation_steps=1, save_strategy="no", logging_steps=1,
+                 disable_tqdm=True)
     out["train"] = train
     return out
+
+
+def stand_in(values: dict, work: Path, **sizes) -> dict:
+    """swap_in with tiny CPU stand-ins (build_stand_ins): a recipe's code path on a CPU in seconds."""
+    return swap_in(values, build_stand_ins(work), work, **sizes)

@@ -26,6 +26,7 @@ import logging
 from pathlib import Path
 
 from .errors import UserError
+from .sources import instruction_text  # noqa: F401 - part of this module's interface (tests, callers)
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,6 @@ def is_outputs_file(path: str) -> bool:
     """True for an existing .json/.jsonl file: a baseline given as outputs, not as a model."""
     p = Path(path)
     return p.is_file() and p.suffix.lower() in (".json", ".jsonl")
-
-
-def instruction_text(row: dict) -> str:
-    extra = row.get("input")
-    return row["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
 
 
 def read_outputs(path: str) -> list[dict]:

@@ -23,6 +23,19 @@ def split_source(source: str) -> tuple[str, str | None]:
     return name, split
 
 
+def instruction_text(row: dict) -> str:
+    """An AlpacaEval/AlpacaFarm row's prompt: the instruction, and its `input` after a blank line when not empty
+    (AlpacaFarm's formatting)."""
+    extra = row.get("input")
+    return row["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
+
+
+def _columns(rows) -> set[str]:
+    if hasattr(rows, "column_names"):
+        return set(rows.column_names)
+    return {key for row in rows for key in row}
+
+
 def _is_chat(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
 
@@ -31,13 +44,9 @@ def prompt_rows(rows):
     """Rows as prompt sources: conversational pairs without a conversational `prompt` column become
     {prompt: chosen before its last assistant turn} (tools kept); AlpacaEval/AlpacaFarm rows (instruction, output)
     become a user turn; anything else is returned as it is."""
-    from .data import column_names
-
-    columns = set(column_names(rows))
+    columns = _columns(rows)
     if {"instruction", "output"} <= columns and "output_1" not in columns:
         # AlpacaEval / AlpacaFarm evaluation rows: the instruction (and its input) is the user's turn.
-        from .reference import instruction_text
-
         return [{"prompt": [{"role": "user", "content": instruction_text(r)}]} for r in rows]
     if "chosen" not in columns or "instruction" in columns or len(rows) == 0:
         return rows

@@ -78,3 +78,39 @@ def test_a_recipe_runs_one_round_with_stand_ins(tmp_path, name):
     assert evaluation["n_prompts"] == 3 and evaluation["kl"] is not None
     pairing = json.loads((round_dir / "pairing.json").read_text())
     assert pairing  # the report the loop writes beside the pairs
+
+
+def test_real_shape_stand_ins_have_the_published_sizes():
+    """bench/gpu_recipe.py's models: the recipes' architectures at their published parameter counts (built on
+    the meta device: no memory, no time)."""
+    from cringe.models import build_tiny_tokenizer
+    from cringe.standins import build_model, build_reward_tokenizer
+
+    sizes = {}
+    for shape, tok, classifier in (("llama-3.2-1b", build_tiny_tokenizer(), False),
+                                   ("llama-3.1-8b", build_tiny_tokenizer(), False),
+                                   ("qwen3-0.6b", build_reward_tokenizer(), True)):
+        model = build_model(shape, tok, classifier=classifier, device="meta")
+        sizes[shape] = sum(p.numel() for p in model.parameters())
+        assert model.config.pad_token_id == tok.pad_token_id
+    assert 1.23e9 < sizes["llama-3.2-1b"] < 1.24e9  # Llama-3.2-1B: 1.236B
+    assert 8.0e9 < sizes["llama-3.1-8b"] < 8.1e9  # Llama-3.1-8B: 8.03B
+    assert 0.59e9 < sizes["qwen3-0.6b"] < 0.60e9  # Qwen3-0.6B (tied embeddings), a one-logit head
+
+
+@pytest.mark.slow
+def test_gpu_recipe_script_smoke_on_cpu(tmp_path):
+    """bench/gpu_recipe.py's own path (recipe -> real-shape swap -> 2 rounds -> table) with tiny models."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "gpu_recipe.py"), "--smoke", "--device", "cpu",
+                          "--prompts", "8", "--eval-prompts", "4", "--new-tokens", "8", "--train-steps", "2",
+                          "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = next((tmp_path / "results").glob("gpu_recipe-*-smoke-cpu.md")).read_text()
+    assert table.count("| samples.jsonl |") == 2 and table.count("| eval.json |") == 2
