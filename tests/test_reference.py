@@ -91,3 +91,30 @@ def test_evaluate_refuses_prompts_with_outputs_baseline(tmp_path):
         main(["evaluate", "--policy", "tiny-random-llama", "--baseline", FARM, "--reward", str(reward),
               "--prompts", FARM])
     assert stop.value.code == 2
+
+
+def test_length_controlled_goes_through_alpaca_evals_own_glm(tmp_path, monkeypatch):
+    """Our annotation rows in AlpacaEval's own GLM, where the package is installed. The Hub file it downloads
+    (per-instruction difficulty and two gamed baselines) is replaced by a made-up one: this checks the interface
+    (columns, preference coding), not a number. A policy that wins exactly when it is longer gets a length-controlled
+    win rate below its raw one."""
+    glm = pytest.importorskip("alpaca_eval.metrics.glm_winrate")
+    import random
+
+    import pandas as pd
+
+    rng = random.Random(0)
+    n = 805
+    gamed = pd.DataFrame([{"model": m, "index": i, "preference": rng.random(), "std_delta_len": rng.gauss(0, 1),
+                           "instruction_difficulty": rng.gauss(0, 1), "not_gamed_baseline": False}
+                          for m in ("verbose", "concise") for i in range(n)])
+    csv = tmp_path / "df_gamed.csv"
+    gamed.to_csv(csv, index=False)
+    monkeypatch.setattr(glm, "hf_hub_download", lambda **kwargs: str(csv))
+    rows = [{"instruction": f"q{i}", "output": "r" * 40, "generator": "reference"} for i in range(n)]
+    outputs = ["p" * (80 if i % 2 else 10) for i in range(n)]
+    outcomes = [1.0 if len(o) > 40 else 0.0 for o in outputs]  # wins exactly when longer
+    lc = length_controlled(annotation_rows(rows, outputs, outcomes, "policy", "judge"), n)
+    assert lc["computed"] is True, lc
+    assert lc["alpaca_eval_win_rate"] == pytest.approx(sum(outcomes) / n, abs=1e-6)
+    assert lc["length_controlled_win_rate"] < lc["alpaca_eval_win_rate"] - 0.02  # 0.447 against 0.499 here
