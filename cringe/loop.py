@@ -653,7 +653,7 @@ SECTIONS = ("reward", "eval_reward", "sampling", "train", "vllm", "accelerate")
 
 ITERATE_HELP = """sections (YAML mappings; dotted flags reach their keys, e.g. --train.learning_rate 1e-5):
   reward, eval_reward   a reward source: {type: callable, function: "module:fn", kwargs: {...}}
-                        | {type: model, path: DIR, input: completion|prompt+completion, max_length: N}
+                        | {type: model, path: DIR, input: auto|conversation|completion|prompt+completion, ...}
                         | {type: judge, base_url: URL, model: NAME, api_key_env: VAR}
   sampling              n, max_new_tokens, temperature, top_p, top_k, seed, batch_size
   train                 any `cringe train` training flag (CringeConfig: learning_rate, num_train_epochs,

@@ -17,7 +17,7 @@ from typing import Any
 
 def split_source(source: str) -> tuple[str, str | None]:
     """('NAME', 'SPLIT') from 'NAME:SPLIT'; (source, None) when it names no split (a local path, a plain name)."""
-    name, sep, split = source.rpartition(":")
+    name, sep, split = source.partition(":")
     if not sep or not name or not split or "/" in split or "\\" in split:
         return source, None
     return name, split
