@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from cringe import rundir
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -58,13 +60,12 @@ DEFAULT_LABELS = {"dpo": "β 0.1", "binary_cringe": "α 1", "pairwise_cringe": "
 
 def point_row(demo, run_dir: Path, k: int, method: str, setting: str, family: str) -> dict:
     """One evaluated policy: the loop's comparison (gold-scored), its proxy reward, and where it came from."""
-    from cringe import rundir
     from cringe.evaluate import mean_with_ci
     from cringe.rundir import RunDir
 
     run = RunDir(run_dir)
     comparison = run.evaluation(k)
-    proxy = demo.proxy_scores(run.file(k, rundir.EVAL_SAMPLES), run.file(k, "eval_proxy_scores.jsonl"))
+    proxy = demo.proxy_scores(run.file(k, rundir.EVAL_SAMPLES), run.file(k, rundir.EVAL_PROXY_SCORES))
     return {"family": family, "method": method, "setting": setting, "round": k, "dir": str(run_dir),
             "kl": comparison["kl"], "gold_reward": comparison["reward"], "win_rate": comparison["win_rate"],
             "proxy_reward": mean_with_ci(proxy, seed=demo.seed), "length": comparison["text"]["length_tokens"],
@@ -197,7 +198,7 @@ def main() -> None:
 
     base = RunDir(demo_dir / "m0")
     start = mean_with_ci(base.scores(base.baseline_scores), seed=demo.seed)
-    start_proxy = mean_with_ci(demo.proxy_scores(base.baseline_samples, base.path / "baseline_proxy_scores.jsonl"),
+    start_proxy = mean_with_ci(demo.proxy_scores(base.baseline_samples, base.path / rundir.BASELINE_PROXY_SCORES),
                                seed=demo.seed)
     plot(rows, start, start_proxy, families, out / "frontier.png")
 

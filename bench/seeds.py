@@ -46,7 +46,7 @@ def method_outcomes(run_dir: Path, k: int) -> dict:
     samples, gold = run.samples(run.file(k, rundir.EVAL_SAMPLES)), run.scores(run.file(k, rundir.EVAL_SCORES))
     base_samples, base_gold = run.samples(run.baseline_samples), run.scores(run.baseline_scores)
     per_prompt = mean_by_prompt(samples, gold)
-    proxy_path = run.file(k, "eval_proxy_scores.jsonl")  # written by the demo's report
+    proxy_path = run.file(k, rundir.EVAL_PROXY_SCORES)  # written by the demo's report
     proxy = run.scores(proxy_path) if proxy_path.exists() else []
     return {"outcomes": win_outcomes(samples, gold, base_samples, base_gold),
             "gold": [per_prompt[i] for i in sorted(per_prompt)],

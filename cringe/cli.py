@@ -316,12 +316,6 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"cringe {verb}: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except FileNotFoundError as err:
-        # Open calls on paths the user gave; a bug's missing file would name one of ours, and --debug shows it.
-        if debug:
-            raise
-        print(f"cringe {verb}: error: {err.filename or err}: no such file or directory", file=sys.stderr)
-        sys.exit(2)
     except Interrupted as err:
         # SIGTERM / SIGINT (cringe.interrupt): what is on disk is complete; the shell's status for the signal.
         if debug:

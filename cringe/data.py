@@ -225,6 +225,11 @@ def _check_messages(value: Any, row: int, fld: str) -> list[dict]:
 def _check_text(value: Any, row: int, fld: str, conversational: bool, allow_empty: bool = False):
     if value is None:
         raise DataValidationError(row, fld, "missing")
+    if _is_token_ids(value):
+        # Token ids belong in their own columns (prompt_ids, completion_ids), never in a text field: read as text,
+        # a list of ids would be silently dropped or misread.
+        raise DataValidationError(row, fld, "a list of token ids in a text field; token-id rows use the columns "
+                                            "prompt_ids and completion_ids")
     if conversational:
         if isinstance(value, str):
             raise DataValidationError(row, fld, "a plain string in a dataset whose first row is conversational (mixed formats)")
@@ -260,8 +265,12 @@ def _is_conversational(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], Mapping)
 
 
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
 def _shape(value: Any) -> str | None:
-    return "text" if isinstance(value, str) else "messages" if isinstance(value, list) else None
+    return "text" if isinstance(value, str) else "messages" if _is_conversational(value) else None
 
 
 def _common_prefix(a, b):

@@ -333,7 +333,7 @@ class Demo:
                 self._proxy = load_reward_source(self.base_config()["reward"], device="auto")
             scores = self._proxy.score([""] * len(samples), [s.completion for s in samples])
             write_jsonl(scores_path, per_sample(scores, samples))
-        return RunDir.scores(scores_path)
+        return RunDir.scores(scores_path, samples=samples_path)
 
     def collect(self, m0) -> dict:
         """One row per method (its last evaluated round) and every evaluated round: the loop's comparison
@@ -343,7 +343,7 @@ class Demo:
 
         start = m0.run_dir
         base = summarise(start.samples(start.baseline_samples), start.scores(start.baseline_scores), seed=self.seed)
-        base_proxy = self.proxy_scores(start.baseline_samples, start.path / "baseline_proxy_scores.jsonl")
+        base_proxy = self.proxy_scores(start.baseline_samples, start.path / rundir.BASELINE_PROXY_SCORES)
         rows = [{"method": "sft", "label": LABELS["sft"], "round": 0, "win_rate": None, "reward": base["reward"],
                  "text": base["text"], "kl": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
                  "proxy_reward": mean_with_ci(base_proxy, seed=self.seed), "labelled_samples": 0,
@@ -355,7 +355,7 @@ class Demo:
             curve = []
             for k in run.evaluated_rounds():
                 comparison = run.evaluation(k)
-                proxy = self.proxy_scores(run.file(k, rundir.EVAL_SAMPLES), run.file(k, "eval_proxy_scores.jsonl"))
+                proxy = self.proxy_scores(run.file(k, rundir.EVAL_SAMPLES), run.file(k, rundir.EVAL_PROXY_SCORES))
                 if name == "rloo":  # sampled and labelled inside TRL's loop: each prompt once, N samples each
                     n_prompts = len(read_jsonl(Path(config["prompts"])))
                     labelled, kept = n_prompts * self.preset.samples_per_prompt, n_prompts
@@ -384,7 +384,7 @@ class Demo:
 
         start = m0.run_dir
         base = first_per_prompt(start, start.baseline_samples, start.baseline_scores,
-                                start.path / "baseline_proxy_scores.jsonl")
+                                start.path / rundir.BASELINE_PROXY_SCORES)
         ids = sorted(base)[:prompts]
         sides = [(LABELS["sft"], base)]
         for name in self.preset.methods:
@@ -394,7 +394,7 @@ class Demo:
                 k = rounds[-1]
                 sides.append((LABELS[name], first_per_prompt(run, run.file(k, rundir.EVAL_SAMPLES),
                                                              run.file(k, rundir.EVAL_SCORES),
-                                                             run.file(k, "eval_proxy_scores.jsonl"))))
+                                                             run.file(k, rundir.EVAL_PROXY_SCORES))))
         return [{"prompt": base[i][0].prompt or f"(held-out prompt {i})",
                  "rows": [{"label": label, "completion": side[i][0].completion, "gold": side[i][1],
                            "proxy": side[i][2]} for label, side in sides if i in side]} for i in ids]

@@ -35,7 +35,8 @@ from . import rundir
 from .errors import UserError
 from .files import read_json, read_jsonl, write_json, write_jsonl
 from .integrity import finished, last_complete_checkpoint
-from .models import cpu_prefers_bf16
+from .models import cpu_prefers_bf16, default_dtype
+from .rewards import check_reward_spec
 from .rundir import RunDir
 from .stages import launch_command, run_stage_process
 
@@ -125,6 +126,9 @@ class IterateConfig:
     def __post_init__(self):
         if self.reward is None:
             raise UserError("reward is required: a section {type: callable|model|judge, ...}")
+        check_reward_spec(self.reward, "reward")
+        if self.eval_reward is not None:
+            check_reward_spec(self.eval_reward, "eval_reward")
         if self.loss not in ITERATE_LOSSES:
             raise UserError(f"loss must be one of {', '.join(ITERATE_LOSSES)}; got {self.loss!r}")
         if self.dpo_reference not in ("previous", "initial"):
@@ -148,6 +152,9 @@ class IterateConfig:
         from .tracking import check_trackers
 
         check_trackers(self.report_to)
+        config_file = self.accelerate.get("config_file")
+        if config_file and not Path(config_file).is_file():
+            raise UserError(f"accelerate.config_file: {config_file}: no such file")
         self.training_arguments(Path(self.output_dir) / "round-1")  # every train.* key and value checked now
         if self.sampling_python is not None:
             python = shutil.which(self.sampling_python)
@@ -215,24 +222,83 @@ class IterateConfig:
             raise UserError(f"train: {str(err).strip().splitlines()[0]}") from None
         return args, lora
 
-    # Keys that do not change what a round computes: changing them on resume is allowed.
-    RESUMABLE_KEYS = ("rounds", "output_dir", "backend", "device", "vllm", "sampling_python", "stage_processes",
-                      "report_to", "run_name", "accelerate")
+    # Keys that do not change what a round computes: changing them on resume is allowed. (`device`, `backend` and
+    # the number of training processes do change results, through what they resolve to: see `resolved`.)
+    OPERATIONAL_KEYS = ("rounds", "output_dir", "device", "vllm", "sampling_python", "stage_processes",
+                        "report_to", "run_name", "accelerate")
+    # How a round's samples become training rows: checked round by round against what each round's pairs were
+    # made with (pairing.json), so a round whose pairing kept nothing can be paired again with other settings.
+    PAIRING_KEYS = ("min_gap", "binary_threshold", "drop_truncated")
 
-    # Keys added after runs were made: left out of the hash at their default, so those runs still resume.
-    LATER_KEYS = {"skip_invalid_prompts": False}
+    def resolved(self) -> dict:
+        """What the machine-dependent defaults resolve to here: each changes results when it changes."""
+        device = self.resolved_device()
+        train = self.training_settings(Path(self.output_dir) / "round-1")
+        return {"dtype": default_dtype(self.dtype, device),
+                "sampling_dtype": default_dtype(self.resolved_sampling_dtype(), device),
+                "train_precision": "bf16" if train.get("bf16") else "fp16" if train.get("fp16") else "fp32",
+                "backend": self.resolved_backend(), "training_processes": self.training_processes()}
+
+    def training_processes(self) -> int:
+        """Processes each round trains on (the effective batch is per-device batch x this x accumulation)."""
+        if not self.accelerate:
+            return 1
+        processes = self.accelerate.get("num_processes")
+        config_file = self.accelerate.get("config_file")
+        if processes is None and config_file:
+            processes = (read_yaml_file(config_file) or {}).get("num_processes")
+        return int(processes or 1)
 
     def result_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for key in self.RESUMABLE_KEYS:
-            d.pop(key)
-        for key, default in self.LATER_KEYS.items():
-            if d[key] == default:
-                d.pop(key)
-        return d
+        """The fields that decide what every round computes, less those at their defaults: a field added in a
+        later version (its default keeping the old behaviour) leaves old runs' comparison unchanged."""
+        defaults = IterateConfig.field_defaults()
+        skipped = set(self.OPERATIONAL_KEYS) | set(self.PAIRING_KEYS)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skipped and v != defaults.get(k, _NONE)}
+
+    def pairing_settings(self) -> dict:
+        return {k: getattr(self, k) for k in self.PAIRING_KEYS}
+
+    @staticmethod
+    def field_defaults() -> dict:
+        out = {}
+        for f in dataclasses.fields(IterateConfig):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+        return out
 
     def result_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        summary = {"version": STATE_VERSION, "config": self.result_dict(), "resolved": self.resolved()}
+        return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
+
+    def differences(self, saved: dict) -> list[str]:
+        """What a run directory's state.json says its rounds were computed with, against this config: the keys
+        that differ (empty: it may resume). A key that state.json lacks (a run of an earlier version) had its
+        default; `resolved` is compared where the state recorded it."""
+        defaults = IterateConfig.field_defaults()
+        saved_config = {k: v for k, v in saved["config"].items()
+                        if k not in self.OPERATIONAL_KEYS and k not in self.PAIRING_KEYS}
+        old = {k: v for k, v in saved_config.items() if v != defaults.get(k, _NONE)}
+        new = self.result_dict()
+        diff = sorted(k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k)))
+        resolved, was = self.resolved(), saved.get("resolved") or {}
+        diff += sorted(f"{k} (resolved here: {resolved[k]}, was {was[k]})" for k in was
+                       if k in resolved and was[k] != resolved[k])
+        return diff
+
+
+# state.json's layout and what its hash covers; 2: only what changes results (IterateConfig.result_dict/resolved)
+STATE_VERSION = 2
+_NONE = object()
+
+
+def read_yaml_file(path: str):
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)
 
 
 def publish_model(trainer, round_dir: Path, *, base_model: str | None = None, data: str | None = None) -> Path:
@@ -313,23 +379,41 @@ class IterativeRun:
 
     # state
     def check_state(self) -> dict:
-        state_path = self.run_dir.state_path
-        current = {"config": dataclasses.asdict(self.config), "hash": self.config.result_hash()}
-        if state_path.exists():
-            saved = self.run_dir.state()  # checked: a hand-edited state.json is named, not a KeyError
-            if saved["hash"] != current["hash"]:
-                old = {k: v for k, v in saved["config"].items() if k not in IterateConfig.RESUMABLE_KEYS}
-                new = self.config.result_dict()
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise UserError(
-                    f"{self.dir} holds a run with a different configuration (keys that differ: {diff}); "
-                    "use another output_dir, or restore those values to resume"
-                )
-            return saved
-        self.dir.mkdir(parents=True, exist_ok=True)
-        current["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        write_json(state_path, current)
-        return current
+        """Create state.json, or check that the run directory's rounds were computed as this config would compute
+        them (refusing a resume that would change results, naming the keys), and record this config's hash."""
+        c = self.config
+        if not self.run_dir.state_path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            state = {"version": STATE_VERSION, "config": dataclasses.asdict(c), "resolved": c.resolved(),
+                     "hash": c.result_hash(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            write_json(self.run_dir.state_path, state)
+            return state
+        saved = self.run_dir.state()  # checked: a hand-edited state.json is named, not a KeyError
+        diff = c.differences(saved)
+        if diff:
+            raise UserError(f"{self.dir} holds a run with a different configuration (keys that differ: {diff}); "
+                            "use another output_dir, or restore those values to resume")
+        self.check_pairing()
+        if saved.get("version") != STATE_VERSION:  # a run of an earlier version: recorded as this one from now on
+            saved.update(version=STATE_VERSION, resolved=c.resolved(), hash=c.result_hash())
+            write_json(self.run_dir.state_path, saved)
+        return saved
+
+    def check_pairing(self) -> None:
+        """Every round already paired was paired with this config's pairing settings (min_gap, ...)."""
+        c = self.config
+        now = c.pairing_settings()
+        legacy = {k: self.run_dir.state()["config"].get(k, now[k]) for k in c.PAIRING_KEYS}
+        for k in range(1, c.rounds + 1):
+            if not self.run_dir.file(k, rundir.PAIRS).exists():
+                continue
+            used = {**legacy, **read_json(self.run_dir.file(k, rundir.PAIRING)).get("settings", {})}
+            diff = sorted(key for key in now if used.get(key) != now[key])
+            if diff:
+                raise UserError(f"round {k}'s training rows were paired with " + ", ".join(
+                    f"{key}={used.get(key)!r}" for key in diff) + f"; this config says " + ", ".join(
+                    f"{key}={now[key]!r}" for key in diff) + ": restore those values to resume (pairing settings "
+                    "may change only for rounds not yet paired)")
 
     def _record_if_missing(self, k: int, step: str) -> None:
         """A finished step that state.json does not list: the process ended between the step's last rename and
@@ -404,7 +488,9 @@ class IterativeRun:
         if [p.prompt_id for p in everything] != ids:  # a round's slice: check the stage will pick the same
             from .stages import select_prompts
 
-            assert [p.prompt_id for p in select_prompts(everything, start, count)] == ids
+            if [p.prompt_id for p in select_prompts(everything, start, count)] != ids:
+                raise RuntimeError(f"the sampling stage would not pick the prompts {ids[:3]}...: a slice of "
+                                   f"{count} prompts from {start} is not the round's")
         else:
             count = None
         stage = {"model": self.model_path(model_index), "tokenizer": c.model, "prompts": source,
@@ -454,9 +540,14 @@ class IterativeRun:
             rows, report = by_threshold(samples, scores, threshold=threshold, drop_truncated=c.drop_truncated)
         else:
             rows, report = best_vs_worst(samples, scores, min_gap=c.min_gap, drop_truncated=c.drop_truncated)
-        write_json(round_dir / rundir.PAIRING, report.as_dict())
-        write_jsonl(round_dir / rundir.PAIRS, rows)
+        write_json(round_dir / rundir.PAIRING, {**report.as_dict(), "settings": c.pairing_settings()})
         logger.info("round %s pairing: %s", round_dir.name, report.as_dict())
+        if not rows:
+            # pairs.jsonl is not written: a rerun pairs this round again, with whatever pairing settings it has.
+            raise UserError(f"{round_dir.name}: pairing kept no training rows of {report.prompts} prompts (dropped: "
+                            f"{report.dropped}); lower min_gap, set drop_truncated false, or sample more per prompt "
+                            "(sampling.n, sampling.temperature), then rerun: samples and scores are kept")
+        write_jsonl(round_dir / rundir.PAIRS, rows)
         return rows
 
     def train(self, k: int, rows: list[dict], round_dir: Path) -> None:

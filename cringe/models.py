@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -105,12 +106,18 @@ def gemma3_path() -> Path:
     return _convert_gguf(GEMMA3_SPEC, gguf.parent, gguf.name)
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9_][\w.-]*(/[\w.-]+)?$")
+
+
 def resolve_path(spec: str) -> str:
-    """A path or hub id that transformers can load for this spec."""
+    """A path or hub id that transformers can load for this spec. A spec that can only be a path (two slashes, a
+    leading '/', '.' or '~') and names no folder is the user's typo: said in one line, before the Hub is asked."""
     if spec == SMOLLM2_SPEC:
         return str(smollm2_path())
     if spec == GEMMA3_SPEC:
         return str(gemma3_path())
+    if not os.path.isdir(os.path.expanduser(spec)) and not HUB_ID.match(spec):
+        raise UserError(f"{spec}: no such model folder")
     return spec
 
 # ChatML: the same turn markers SmolLM2 and many open chat models use.

@@ -49,15 +49,13 @@ def dry_run(argv: list[str]) -> str:
     from .loop import parse_iterate_args
     from .rewards import check_reward_spec
 
-    config = parse_iterate_args(argv)  # every top-level and section key typed and checked (IterateConfig)
+    # Every top-level and section key typed and checked, reward sources and the accelerate config file too.
+    config = parse_iterate_args(argv)
     kinds = {"reward": check_reward_spec(config.reward, "reward")}
     if config.eval_reward is not None:
         kinds["eval_reward"] = check_reward_spec(config.eval_reward, "eval_reward")
     notes = [_source_note("prompts", config.prompts), _source_note("eval_prompts", config.eval_prompts)]
     launch_file = config.accelerate.get("config_file")
-    if launch_file and not Path(launch_file).is_file():
-        raise UserError(f"accelerate: config_file {launch_file}: no such file (paths are relative to where "
-                        "cringe iterate runs: the repository root)")
     unchecked = [f"model {config.model}"]
     for key in ("reward", "eval_reward"):
         spec = getattr(config, key)

@@ -478,37 +478,42 @@ def _failure_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {inner}" if inner is not None else type(err).__name__
 
 
-# RewardModel's keyword arguments, and `path` (tests/test_rewards.py holds this to its signature)
-MODEL_KEYS = {"path", "batch_size", "max_length", "input", "system", "device", "dtype", "trust_remote_code"}
-
-
-def _known_keys(kind: str) -> set[str]:
-    if kind == "callable":
-        return {"function", "kwargs"}
-    if kind == "model":
-        return MODEL_KEYS
-    return set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"}
-
-
-REQUIRED_KEYS = {"callable": ("function",), "model": ("path",), "judge": ("base_url", "model")}
+REWARD_TYPES = ("callable", "model", "judge")
+# Read once, from the class as defined: a test that stands a fake in for RewardModel still has its spec checked.
+_MODEL_PARAMETERS = set(inspect.signature(RewardModel.__init__).parameters) - {"self", "model_or_path", "tokenizer"}
 
 
 def check_reward_spec(spec, where: str = "reward") -> str:
-    """Check a reward source's mapping without loading anything (a recipe's dry run, and before any work):
-    its type, its required keys, no unknown key, the values a mistake would only show rounds later. Returns the
-    type."""
+    """A reward source's mapping checked without loading anything: its type, its required keys, no unknown key
+    (the keys are the constructor's parameters, so they cannot drift), the values a mistake would show only when a
+    round first scores (a reward model's input, a judge's verdict). A config is checked when it is read (and by a
+    recipe's --dry-run). Returns the type."""
     if not isinstance(spec, dict):
         raise UserError(f"{where}: a reward source is a mapping {{type: callable|model|judge, ...}}, got {spec!r}")
     kind = spec.get("type")
-    if kind not in REQUIRED_KEYS:
+    if kind not in REWARD_TYPES:
         raise UserError(f"{where}: type must be callable, model or judge, got {kind!r}")
     keys = set(spec) - {"type"}
-    missing = [k for k in REQUIRED_KEYS[kind] if k not in keys]
+    if kind == "callable":
+        required, known = {"function"}, {"function", "kwargs"}
+    elif kind == "model":
+        required = {"path"}
+        known = {"path"} | _MODEL_PARAMETERS
+    else:
+        required = {"base_url", "model"}
+        known = set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"}
+    missing = sorted(required - keys)
     if missing:
-        raise UserError(f"{where} ({kind}): {missing} required")
-    unknown = sorted(keys - _known_keys(kind))
+        hints = {"path": "the reward model's folder or hub id", "base_url": "the server's /v1 URL",
+                 "model": "the served model's name", "function": "'module:function'"}
+        raise UserError(f"{where} ({kind}): missing {', '.join(f'{k} ({hints[k]})' for k in missing)}")
+    unknown = sorted(keys - known)
     if unknown:
-        raise UserError(f"{where} ({kind}): unknown keys {unknown} (known: {', '.join(sorted(_known_keys(kind)))})")
+        import difflib
+
+        close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise UserError(f"{where} ({kind}): unknown keys {unknown}{hint}; known: {', '.join(sorted(known))}")
     if kind == "model" and spec.get("input", "auto") not in REWARD_INPUTS:
         raise UserError(f"{where}: input must be one of {', '.join(REWARD_INPUTS)}; got {spec['input']!r}")
     if kind == "judge" and spec.get("verdict", "text") not in VERDICTS:
@@ -519,11 +524,11 @@ def check_reward_spec(spec, where: str = "reward") -> str:
 def load_reward_source(spec: dict, device: str | None = None):
     """From a config mapping: {type: callable, function: "mod:fn", kwargs: {...}}
     | {type: model, path: ..., input: auto|conversation|completion|prompt+completion, system, max_length, ...}
-    | {type: judge, base_url: ..., model: ..., api_key_env: ...}. Checked by check_reward_spec first. device: where
-    a reward model runs unless its spec says (auto: cuda when available); on a GPU it loads in bfloat16 unless its
-    spec gives a dtype."""
-    kind = check_reward_spec(spec)
-    spec = {k: v for k, v in spec.items() if k != "type"}
+    | {type: judge, base_url: ..., model: ..., api_key_env: ...}. device: where a reward model runs unless its spec
+    says (auto: cuda when available); on a GPU it loads in bfloat16 unless its spec gives a dtype."""
+    check_reward_spec(spec)
+    spec = dict(spec)
+    kind = spec.pop("type")
     if kind == "callable":
         reward = CallableReward(spec["function"])
         if spec.get("kwargs"):

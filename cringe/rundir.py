@@ -30,6 +30,14 @@ EVAL = "eval.json"
 EVAL_SAMPLES = "eval_samples.jsonl"
 EVAL_SCORES = "eval_scores.jsonl"
 CHECKPOINTS = "checkpoints"
+BASELINE_SAMPLES = "baseline_samples.jsonl"
+BASELINE_SCORES = "baseline_scores.jsonl"
+# The demo's second opinion on held-out samples: the proxy reward beside the gold judge's scores.
+EVAL_PROXY_SCORES = "eval_proxy_scores.jsonl"
+BASELINE_PROXY_SCORES = "baseline_proxy_scores.jsonl"
+# scores file -> the samples file it scores
+SCORED_SAMPLES = {SCORES: SAMPLES, EVAL_SCORES: EVAL_SAMPLES, BASELINE_SCORES: BASELINE_SAMPLES,
+                  EVAL_PROXY_SCORES: EVAL_SAMPLES, BASELINE_PROXY_SCORES: BASELINE_SAMPLES}
 
 
 class RunDir:
@@ -46,11 +54,11 @@ class RunDir:
 
     @property
     def baseline_samples(self) -> Path:
-        return self.path / "baseline_samples.jsonl"
+        return self.path / BASELINE_SAMPLES
 
     @property
     def baseline_scores(self) -> Path:
-        return self.path / "baseline_scores.jsonl"
+        return self.path / BASELINE_SCORES
 
     @property
     def logs(self) -> Path:
@@ -119,17 +127,22 @@ class RunDir:
         return [Sample.from_dict(d) for d in read_jsonl(path)]
 
     @staticmethod
-    def scores(path: Path) -> list[float]:
-        """The scores in `path`, checked row by row against the samples they score (the file beside it with
-        'samples' for 'scores' in its name), so a damaged file is never paired with the wrong samples."""
+    def scores(path: Path, samples: Path | None = None) -> list[float]:
+        """The scores in `path`, checked row by row against the samples file they score (`samples`; default: the
+        samples file this layout pairs with a scores file of that name), so a damaged file is never paired with
+        the wrong samples. A scores file of another name must say which samples it scores."""
+        path = Path(path)
+        if samples is None:
+            if path.name not in SCORED_SAMPLES:
+                raise ValueError(f"{path}: which samples file does it score? (pass samples=)")
+            samples = path.with_name(SCORED_SAMPLES[path.name])
         rows = read_jsonl(path)
-        samples_path = Path(path).with_name(Path(path).name.replace("scores", "samples"))
-        if samples_path != Path(path) and samples_path.exists():
-            expected = [(r["prompt_id"], r["sample_id"]) for r in read_jsonl(samples_path)]
+        if Path(samples).exists():
+            expected = [(r["prompt_id"], r["sample_id"]) for r in read_jsonl(samples)]
             got = [(r.get("prompt_id"), r.get("sample_id")) if isinstance(r, dict) else None for r in rows]
             if got != expected:
                 raise DamagedFileError(f"{path}: {len(rows)} scores do not match the {len(expected)} samples of "
-                                       f"{samples_path.name}; delete it to score again")
+                                       f"{Path(samples).name}; delete it to score again")
         try:
             return [float(r["score"]) for r in rows]
         except (KeyError, TypeError, ValueError):

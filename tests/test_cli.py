@@ -113,6 +113,38 @@ def test_bad_data_stops_before_training_and_names_the_row(tmp_path, capsys):
               "--debug"])
 
 
+def test_only_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    # Every FileNotFoundError used to become "error: X: no such file or directory", exit 2: a bug's missing file
+    # (one of ours) too, its traceback hidden. User paths are checked where they are read; the rest propagates.
+    import cringe.cli
+
+    def broken(argv):
+        raise FileNotFoundError(2, "No such file or directory", "/internal/cache/file")
+
+    monkeypatch.setitem(cringe.cli.VERBS, "env", broken)
+    with pytest.raises(FileNotFoundError):
+        main(["env"])
+    for spec in (str(tmp_path / "no-model"), "./no-model", "runs/a/model"):
+        err = cli_error(capsys, ["train", "--config", str(CONFIG), "--model_name_or_path", spec, "--output_dir",
+                                 str(tmp_path / "out")])
+        assert err == f"cringe train: error: {spec}: no such model folder", err
+
+
+@pytest.mark.parametrize("field_name", ["prompt", "chosen"])
+def test_token_ids_in_a_text_dataset_are_refused_naming_row_and_field(tmp_path, capsys, field_name):
+    # A list of ints where text belongs was read as a conversation's "prompt" and dropped: the row trained on the
+    # shared prefix of chosen and rejected instead, rc 0, model saved.
+    bad = tmp_path / "bad.jsonl"
+    rows = [json.loads(line) for line in (DATA / "pairs.jsonl").read_text().splitlines()]
+    rows[3][field_name] = [1, 2, 3, 4]
+    bad.write_text("\n".join(json.dumps(r) for r in rows))
+    err = cli_error(capsys, ["train", "--config", str(CONFIG), "--dataset", str(bad), "--output_dir",
+                             str(tmp_path / "model")])
+    assert err.startswith(f"cringe train: error: row 3, field '{field_name}': a list of token ids"), err
+    assert "prompt_ids" in err
+    assert not (tmp_path / "model").exists()
+
+
 @pytest.mark.parametrize("verb", ["train", "iterate", "evaluate", "demo", "env"])
 def test_every_verb_has_help(capsys, verb):
     with pytest.raises(SystemExit) as exit_info:

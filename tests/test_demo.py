@@ -71,3 +71,23 @@ def test_demo_smoke_rloo_row_through_trl(tmp_path, monkeypatch):
     assert rows["rloo"]["labelled_samples"] == 32 and 0 <= rows["rloo"]["win_rate"]["win_rate"] <= 1
     assert (out / "methods" / "rloo" / "round-1" / "model" / "model.safetensors").exists()
     assert "RLOO (TRL, PPO family)" in (out / "report.md").read_text()
+
+
+def test_the_demos_proxy_scores_are_checked_against_the_samples_they_score(tmp_path):
+    # The check used to find its samples file by putting "samples" for "scores" in the name:
+    # eval_proxy_scores.jsonl -> eval_proxy_samples.jsonl, which never exists, so nothing was checked.
+    from cringe import rundir
+    from cringe.demo import Demo
+    from cringe.files import DamagedFileError, write_jsonl
+    from cringe.generation import Sample
+
+    samples = [Sample(p, s, [1, 2], [3, 4], "text", "stop").to_dict() for p in range(2) for s in range(2)]
+    write_jsonl(tmp_path / rundir.EVAL_SAMPLES, samples)
+    write_jsonl(tmp_path / rundir.EVAL_PROXY_SCORES,
+                [{"prompt_id": r["prompt_id"], "sample_id": r["sample_id"], "score": 0.5} for r in samples[:3]])
+    demo = Demo(PRESETS["smoke"], str(tmp_path / "demo"))
+    with pytest.raises(DamagedFileError, match="3 scores do not match the 4 samples of eval_samples.jsonl"):
+        demo.proxy_scores(tmp_path / rundir.EVAL_SAMPLES, tmp_path / rundir.EVAL_PROXY_SCORES)
+    write_jsonl(tmp_path / rundir.EVAL_PROXY_SCORES,
+                [{"prompt_id": r["prompt_id"], "sample_id": r["sample_id"], "score": 0.5} for r in samples])
+    assert demo.proxy_scores(tmp_path / rundir.EVAL_SAMPLES, tmp_path / rundir.EVAL_PROXY_SCORES) == [0.5] * 4

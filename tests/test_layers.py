@@ -94,3 +94,10 @@ def test_the_project_points_only_inside_itself():
     offenders = [str(p.relative_to(root)) for p in texts
                  if "../shared" in p.read_text() or "DESIGN §" in p.read_text() or "DESIGN.md" in p.read_text()]
     assert offenders == []
+
+
+def test_no_runtime_check_is_an_assert():
+    # `python -O` strips assert statements: an invariant the package relies on must raise for real.
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for path in sorted(PACKAGE.rglob("*.py"))
+                 for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Assert)]
+    assert offenders == []

@@ -72,7 +72,8 @@ def test_two_rounds_complete_with_evaluation(tmp_path, loss):
 def test_resume_refuses_a_changed_config_but_allows_more_rounds(tmp_path):
     path = write_config(tmp_path, tmp_path / "run", rounds=1)
     IterativeRun(load_config(str(path), [])).run()
-    with pytest.raises(ValueError, match=r"keys that differ: \['min_gap'\]"):
+    with pytest.raises(ValueError, match=r"round 1's training rows were paired with min_gap=0.0; this config says "
+                                         r"min_gap=0.5"):
         IterativeRun(load_config(str(path), ["--min_gap", "0.5"])).run()
     with pytest.raises(ValueError, match=r"keys that differ: \['train'\]"):
         IterativeRun(load_config(str(path), ["--train.learning_rate", "0.1"])).run()
@@ -80,6 +81,79 @@ def test_resume_refuses_a_changed_config_but_allows_more_rounds(tmp_path):
     IterativeRun(load_config(str(path), ["--rounds", "2"])).run()
     assert_complete(tmp_path / "run", 2)
     assert (tmp_path / "run" / "round-1" / "samples.jsonl").read_text() == before
+
+
+def test_what_the_machine_resolves_is_part_of_a_resume_check(tmp_path, monkeypatch):
+    # device, backend and the number of training processes were resumable keys, yet each changes results: the
+    # default dtype, the sampler's seeding, the effective batch.
+    from cringe.loop import IterateConfig
+
+    path = write_config(tmp_path, tmp_path / "run", rounds=1, eval_prompts=None)
+    IterativeRun(load_config(str(path), [])).run()
+    with pytest.raises(ValueError, match=r"keys that differ: \['backend', 'backend \(resolved here: vllm, was transformers\)'\]"):
+        IterativeRun(load_config(str(path), ["--backend", "vllm"])).check_state()
+    with pytest.raises(ValueError, match=r"training_processes \(resolved here: 2, was 1\)"):
+        IterativeRun(load_config(str(path), ["--accelerate.num_processes", "2"])).check_state()
+    monkeypatch.setattr(IterateConfig, "resolved_device", lambda self: "cuda")  # the same run, resumed on a GPU
+    config = load_config(str(path), [])
+    with pytest.raises(ValueError, match=r"dtype \(resolved here: bfloat16, was float32\)"):
+        IterativeRun(config).check_state()
+
+
+def test_a_run_of_an_earlier_version_resumes(tmp_path):
+    # Version 1 hashed every field, so any field added later made every old run refuse to resume. A state.json of
+    # that layout (no version, a field it did not know, another hash) must resume and be recorded as version 2.
+    path = write_config(tmp_path, tmp_path / "run", rounds=1, eval_prompts=None)
+    IterativeRun(load_config(str(path), [])).run()
+    state_path = tmp_path / "run" / "state.json"
+    state = json.loads(state_path.read_text())
+    for key in ("version", "resolved"):
+        state.pop(key)
+    state["config"].pop("round_prompts")  # a field added after the run was made
+    state["hash"] = "0123456789abcdef"
+    state_path.write_text(json.dumps(state))
+    IterativeRun(load_config(str(path), ["--rounds", "2"])).run()
+    assert (tmp_path / "run" / "round-2" / "model" / "config.json").exists()
+    assert json.loads(state_path.read_text())["version"] == 2
+
+
+def test_a_round_whose_pairing_kept_nothing_reruns_with_other_settings(tmp_path, capsys):
+    from cringe.cli import main
+
+    out = tmp_path / "run"
+    path = write_config(tmp_path, out, rounds=1, eval_prompts=None, min_gap=1e9)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["iterate", "--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("cringe iterate: error: round-1: pairing kept no training rows of 12 prompts") and \
+        "lower min_gap" in err, err
+    assert not (out / "round-1" / "pairs.jsonl").exists() and (out / "round-1" / "scores.jsonl").exists()
+    samples = (out / "round-1" / "samples.jsonl").read_text()
+    main(["iterate", "--config", str(path), "--min_gap", "0"])
+    assert (out / "round-1" / "model" / "config.json").exists()
+    assert (out / "round-1" / "samples.jsonl").read_text() == samples  # only pairing ran again
+    assert json.loads((out / "round-1" / "pairing.json").read_text())["settings"]["min_gap"] == 0
+
+
+@pytest.mark.parametrize("section, reward, message", [
+    ("reward", {"type": "judge", "model": "m"}, "reward (judge): missing base_url (the server's /v1 URL)"),
+    ("reward", {"type": "model", "path": "rm", "max_lenght": 512},
+     "reward (model): unknown keys ['max_lenght'] (did you mean 'max_length'?)"),
+    ("eval_reward", {"type": "modle", "path": "rm"}, "eval_reward: type must be callable, model or judge"),
+])
+def test_the_reward_sections_are_checked_when_the_config_is_read(tmp_path, capsys, section, reward, message):
+    # They were checked when a round first scored: a KeyError or TypeError traceback after sampling.
+    from cringe.cli import main
+
+    out = tmp_path / "run"
+    path = write_config(tmp_path, out, **{section: reward})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["iterate", "--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cringe iterate: error: {message}"), err
+    assert not out.exists()
 
 
 def test_config_errors_are_clear(tmp_path):

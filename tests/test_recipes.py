@@ -43,7 +43,7 @@ def test_dry_run_names_the_bad_key(tmp_path):
         dry_run(mutated(tmp_path, lambda v: v["reward"].update(max_len=4096)))
     with pytest.raises(UserError, match="neither a local file nor NAME:SPLIT"):
         dry_run(mutated(tmp_path, lambda v: v.update(prompts="HuggingFaceH4/ultrafeedback_binarized")))
-    with pytest.raises(UserError, match="config_file nowhere.yaml: no such file"):
+    with pytest.raises(UserError, match="nowhere.yaml: no such file"):
         dry_run(mutated(tmp_path, lambda v: v.update(accelerate={"config_file": "nowhere.yaml"})))
     with pytest.raises(UserError, match="sampling"):
         dry_run(mutated(tmp_path, lambda v: v["sampling"].update(temperatur=1.0)))

@@ -135,15 +135,10 @@ def test_reward_model_spec_is_checked_before_loading(tmp_path):
         load_reward_source({"type": "model", "path": str(tmp_path / "absent"), "max_len": 512})
     with pytest.raises(UserError, match="input must be one of"):
         check_reward_spec({"type": "model", "path": "rm", "input": "chat"})
-    with pytest.raises(UserError, match=r"\['path'\] required"):
+    with pytest.raises(UserError, match=r"missing path"):
         check_reward_spec({"type": "model", "input": "conversation"})
     with pytest.raises(UserError, match="unknown keys"):
         check_reward_spec({"type": "judge", "base_url": "http://x/v1", "model": "m", "temperature": 0})
-    import inspect
-
-    from cringe.rewards import MODEL_KEYS
-
-    assert MODEL_KEYS == set(inspect.signature(RewardModel).parameters) - {"model_or_path", "tokenizer"} | {"path"}
     assert check_reward_spec({"type": "model", "path": "rm", "input": "conversation", "system": "s",
                               "batch_size": 8, "max_length": 4096}) == "model"
     model, rtok = reward_stand_in()
