@@ -160,6 +160,8 @@ def evaluate(argv: list[str]) -> None:
 
         if args.prompts:
             raise UserError("--prompts: a baseline of outputs brings its own instructions; leave --prompts out")
+        if args.samples != 1:
+            raise UserError("--samples: against reference outputs the policy answers each instruction once")
         result = evaluate_against_outputs(
             args.policy, args.baseline, read_yaml(args.reward), max_new_tokens=args.max_new_tokens,
             max_prompts=args.max_prompts, dtype=args.dtype, device=args.device, seed=args.seed,

@@ -91,6 +91,9 @@ def test_evaluate_refuses_prompts_with_outputs_baseline(tmp_path):
         main(["evaluate", "--policy", "tiny-random-llama", "--baseline", FARM, "--reward", str(reward),
               "--prompts", FARM])
     assert stop.value.code == 2
+    with pytest.raises(UserError, match="answers each instruction once"):
+        main(["evaluate", "--policy", "tiny-random-llama", "--baseline", FARM, "--reward", str(reward),
+              "--samples", "4", "--debug"])
 
 
 def test_length_controlled_goes_through_alpaca_evals_own_glm(tmp_path, monkeypatch):
