@@ -166,7 +166,6 @@ def main() -> None:
         config = dataclasses.replace(config, output_dir=str(out / "points" / name),
                                      train={**config.train, **overrides})
         run = IterativeRun(config)
-        demo.seed_from_m0(run, m0)
         t0 = time.time()
         logging.info("frontier point %s: %s %s", name, method, overrides)
         finished_before = run.run_dir.evaluation(1) is not None

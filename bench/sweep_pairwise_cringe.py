@@ -73,9 +73,9 @@ def main() -> None:
         config = demo.method_config("pairwise_cringe")
         config = dataclasses.replace(config, output_dir=str(out / "variants" / name.replace("=", "-").replace(",", "_").replace(" ", "-")),
                                      eval_prompts=str(val_file), eval_reward=proxy_spec,
-                                     train={**config.train, **settings})
+                                     train={**config.train, **settings},
+                                     baseline_from=None)  # M0 is sampled on the validation prompts instead
         run = IterativeRun(config)
-        demo.seed_from_m0(run, m0, baseline=False)  # M0 is sampled on the validation prompts instead
         t0 = time.time()
         evaluation = run.run()[-1]  # proxy-scored: the selection criterion
         d = run.run_dir

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from . import rundir
 from .models import cpu_prefers_bf16
+from .registry import LOSSES, loss_spec
 from .rundir import RunDir
 from .testbeds.sentiment import SplitSizes
 
@@ -40,10 +40,14 @@ METHODS = {
     "iterative_dpo": ("dpo", True),
     "iterative_pairwise_cringe": ("pairwise_cringe", True),
     "rloo": ("rloo", False),  # TRL's RLOOTrainer on the proxy reward: opt-in (--methods ...,rloo), see README
+    # Rejection-sampling fine-tuning (RAFT / ReST): Iterative Pairwise Cringe without the loser; opt-in
+    "iterative_sft": ("sft", True),
 }
+OPT_IN = ("rloo", "iterative_sft")
 LABELS = {"sft": "SFT (start, baseline)", "dpo": "DPO", "binary_cringe": "Binary Cringe",
           "pairwise_cringe": "Pairwise Cringe", "iterative_dpo": "Iterative DPO",
-          "iterative_pairwise_cringe": "Iterative Pairwise Cringe", "rloo": "RLOO (TRL, PPO family)"}
+          "iterative_pairwise_cringe": "Iterative Pairwise Cringe", "rloo": "RLOO (TRL, PPO family)",
+          "iterative_sft": "Iterative SFT on the best sample"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Preset:
     proxy_learning_rate: float = 1e-4
     rloo_beta: float = 0.05  # RLOO's KL penalty to the start (TRL's default); 0 loads no reference model
     sizes: SplitSizes = field(default_factory=SplitSizes)
-    methods: tuple[str, ...] = tuple(m for m in METHODS if m != "rloo")
+    methods: tuple[str, ...] = tuple(m for m in METHODS if m not in OPT_IN)
 
     def resolved_bf16(self) -> bool:
         return cpu_prefers_bf16() if self.bf16 is None else self.bf16
@@ -193,34 +197,37 @@ class Demo:
 
     def train_args(self, loss: str) -> dict:
         p = self.preset
-        rows_per_pair = 1 if loss != "binary_cringe" else 2  # binary rows are single sequences
+        spec = loss_spec(loss)
+        rows_per_pair = 2 if spec.data_kind == "binary" else 1  # binary rows are single sequences
         args = {"per_device_train_batch_size": p.pairs_per_step * rows_per_pair, "learning_rate": p.learning_rate,
                 "num_train_epochs": p.epochs, "lr_scheduler_type": "constant", "warmup_steps": 0,
-                "logging_steps": 5, "save_strategy": "no", "use_cpu": True, "bf16": p.resolved_bf16()}
-        if loss == "dpo":
+                "logging_steps": 5, "save_strategy": "no", "bf16": p.resolved_bf16()}
+        if spec.needs_reference:
             args.update(beta=p.beta, precompute_ref_logps=True)
         return args
 
     # ----- stage 2: the shared M0 samples -------------------------------------------------------------------
     def m0(self):
+        """M_0's samples on every training prompt, proxy-scored, and on the held-out prompts, gold-scored: drawn
+        once in m0/ (samples.jsonl and scores.jsonl at its top, as `cringe sample`/`cringe score` write them);
+        every method's round 1 trains on its rows (first_round_from) and compares with its baseline."""
         from .loop import IterateConfig, IterativeRun
 
         p = self.preset
         run = IterativeRun(IterateConfig(**self.base_config(), output_dir=str(self.out / "m0"), rounds=1))
-        run.check_state()
-        # M0's training samples live at the top of m0/ (not in a round): every method's round 1 copies them.
-        samples_path, scores_path = run.dir / rundir.SAMPLES, run.dir / rundir.SCORES
-        t0 = time.time()
-        prompts = run.prompts()
-        if not samples_path.exists():
-            run.sample(0, prompts, samples_path)
-        if not scores_path.exists():
-            run.score(prompts, run.run_dir.samples(samples_path), scores_path)
-        self.progress.finish("M0 samples", time.time() - t0,
-                             note=f"{p.samples_per_prompt} x {p.rounds * p.round_prompts} training prompts, proxy-labelled")
-        t0 = time.time()
-        run.baseline()
-        self.progress.finish("M0 held-out", time.time() - t0, note=f"{p.eval_prompts} prompts, gold-scored")
+        with run.session():
+            samples_path, scores_path = run.dir / rundir.SAMPLES, run.dir / rundir.SCORES
+            t0 = time.time()
+            prompts = run.prompts()
+            if not samples_path.exists():
+                run.sample(0, prompts, samples_path)
+            if not scores_path.exists():
+                run.score(prompts, run.run_dir.samples(samples_path), scores_path)
+            self.progress.finish("M0 samples", time.time() - t0, note=f"{p.samples_per_prompt} x "
+                                 f"{p.rounds * p.round_prompts} training prompts, proxy-labelled")
+            t0 = time.time()
+            run.baseline()
+            self.progress.finish("M0 held-out", time.time() - t0, note=f"{p.eval_prompts} prompts, gold-scored")
         return run
 
     # ----- stage 3: the methods -----------------------------------------------------------------------------
@@ -231,32 +238,10 @@ class Demo:
         loss, iterative = METHODS[name]
         if loss == "rloo":  # trained by TRL; the run directory is used for sampling and evaluation only
             loss = "pairwise_cringe"
+        m0 = str(self.out / "m0")
         return IterateConfig(**self.base_config(), output_dir=str(self.out / "methods" / name), loss=loss,
                              rounds=p.rounds if iterative else 1, round_prompts=p.round_prompts if iterative else None,
-                             train=self.train_args(loss))
-
-    def copy_baseline(self, run) -> None:
-        """M0's held-out samples and gold scores: sampled once, every method is compared with them."""
-        run.dir.mkdir(parents=True, exist_ok=True)
-        m0 = RunDir(self.out / "m0")
-        for source, target in ((m0.baseline_samples, run.run_dir.baseline_samples),
-                               (m0.baseline_scores, run.run_dir.baseline_scores)):
-            if not target.exists():
-                shutil.copyfile(source, target)
-
-    def seed_from_m0(self, run, m0, baseline: bool = True) -> None:
-        """Round 1 of every method labels the same M0 samples (fair, and sampled once): copy them in, and M0's
-        held-out samples unless the run evaluates on other prompts (baseline=False)."""
-        from .files import read_jsonl, write_jsonl
-
-        if baseline:
-            self.copy_baseline(run)
-        round1 = run.run_dir.round(1)
-        round1.mkdir(exist_ok=True)
-        ids = {q.prompt_id for q in run.round_prompt_list(1)}
-        for name in (rundir.SAMPLES, rundir.SCORES):
-            if not (round1 / name).exists():
-                write_jsonl(round1 / name, [r for r in read_jsonl(m0.dir / name) if r["prompt_id"] in ids])
+                             train=self.train_args(loss), first_round_from=m0, baseline_from=m0)
 
     def plan(self) -> None:
         """Relative cost of every stage (seconds at this CPU's measured rates), for the remaining-time estimate."""
@@ -275,11 +260,13 @@ class Demo:
         for name in p.methods:
             loss, iterative = METHODS[name]
             rounds, prompts = (p.rounds, p.round_prompts) if iterative else (1, n_train)
-            seqs = prompts * (p.samples_per_prompt if loss in ("binary_cringe", "rloo") else 2)
+            kind = "binary" if loss == "rloo" else loss_spec(loss).data_kind
+            seqs = prompts * {"binary": p.samples_per_prompt, "pairwise": 2, "sft": 1}[kind]
             for k in range(1, rounds + 1):
                 if k > 1:
                     self.plan_step(name, k, rundir.SAMPLES, prompts * p.samples_per_prompt * p.max_new_tokens / rate)
-                train = seqs * seq_tokens * p.epochs / train_rate * (1.3 if loss == "dpo" else 1.0)
+                train = seqs * seq_tokens * p.epochs / train_rate * (1.3 if loss in LOSSES and
+                                                                      loss_spec(loss).needs_reference else 1.0)
                 if loss == "rloo":  # its own fp32 sampling, and a reference pass when beta > 0
                     train = train * (1.5 if p.rloo_beta else 1.2) + seqs * p.max_new_tokens / (rate / 2)
                 self.plan_step(name, k, rundir.MODEL, train)
@@ -306,9 +293,8 @@ class Demo:
                 p = self.preset
                 run_rloo(run, samples_per_prompt=p.samples_per_prompt, learning_rate=p.learning_rate,
                          epochs=p.epochs, batch_size=p.pairs_per_step * 2, max_new_tokens=p.max_new_tokens,
-                         beta=p.rloo_beta, bf16=p.resolved_bf16(), seed=self.seed, before_training=self.copy_baseline)
+                         beta=p.rloo_beta, bf16=p.resolved_bf16(), seed=self.seed)
                 continue
-            self.seed_from_m0(run, m0)
             for k, step in self.method_steps.get(name, []):  # finished on an earlier run of this command
                 if run.run_dir.file(k, step).exists():
                     self.progress.finish(self._step_key(name, k, step), 0.0, skipped=True)

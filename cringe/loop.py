@@ -19,6 +19,7 @@ and a nan loss each stop the run with one line and resume cleanly (docs/design.m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -36,6 +37,7 @@ from .errors import UserError
 from .files import read_json, read_jsonl, write_json, write_jsonl
 from .integrity import finished, last_complete_checkpoint
 from .models import cpu_prefers_bf16, default_dtype
+from .registry import LOSSES, loss_spec
 from .rewards import check_reward_spec
 from .rundir import RunDir
 from .stages import launch_command, run_stage_process
@@ -48,7 +50,6 @@ def _help(text: str, **extra) -> dict:
     return {"help": text, **extra}
 
 
-ITERATE_LOSSES = ("pairwise_cringe", "binary_cringe", "dpo", "ipo", "hinge")
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,7 +76,10 @@ class IterateConfig:
     output_dir: str = field(metadata=_help("the run directory; rerun the same command to resume"))
     reward: dict = field(default=None, metadata=_help("reward source: {type: callable|model|judge, ...}"))
     rounds: int = field(default=3, metadata=_help("rounds of sample -> score -> pair -> train"))
-    loss: str = field(default="pairwise_cringe", metadata=_help("training loss", choices=ITERATE_LOSSES))
+    loss: str = field(default="pairwise_cringe", metadata=_help(
+        "training loss; each round trains on what it needs (cringe.registry): best-vs-worst pairs, threshold-labelled "
+        "samples (binary_cringe), or each prompt's best sample (sft: rejection-sampling fine-tuning)",
+        choices=tuple(LOSSES)))
     sampling: dict = field(default_factory=dict, metadata=_help("cringe.generation.SamplingConfig fields"))
     min_gap: float = field(default=0.0, metadata=_help("drop prompts whose best-worst reward gap is below this"))
     binary_threshold: float | None = field(
@@ -90,6 +94,12 @@ class IterateConfig:
     eval_samples: int = field(default=1, metadata=_help("samples per held-out prompt"))
     eval_every: int = field(default=1, metadata=_help("evaluate every k-th round (and always the last)"))
     max_prompts: int | None = None
+    first_round_from: str | None = field(default=None, metadata=_help(
+        "a folder with samples.jsonl and scores.jsonl of M_0 on these prompts (as `cringe sample` / `cringe score` "
+        "write them): round 1 trains on their rows instead of sampling and scoring again"))
+    baseline_from: str | None = field(default=None, metadata=_help(
+        "another run directory with M_0's held-out samples and scores on the same eval_prompts: compare against "
+        "them instead of sampling M_0 again"))
     # Fresh prompts each round: round k samples prompts [(k-1)*m, k*m) of the list (wrapping around), so R rounds
     # of m prompts label as many samples as one round over R*m prompts. None: every round uses every prompt.
     round_prompts: int | None = field(default=None, metadata=_help("prompts per round, fresh each round"))
@@ -129,8 +139,7 @@ class IterateConfig:
         check_reward_spec(self.reward, "reward")
         if self.eval_reward is not None:
             check_reward_spec(self.eval_reward, "eval_reward")
-        if self.loss not in ITERATE_LOSSES:
-            raise UserError(f"loss must be one of {', '.join(ITERATE_LOSSES)}; got {self.loss!r}")
+        loss_spec(self.loss)
         if self.dpo_reference not in ("previous", "initial"):
             raise UserError("dpo_reference must be 'previous' or 'initial'")
         if self.rounds < 1:
@@ -224,8 +233,10 @@ class IterateConfig:
 
     # Keys that do not change what a round computes: changing them on resume is allowed. (`device`, `backend` and
     # the number of training processes do change results, through what they resolve to: see `resolved`.)
+    # first_round_from / baseline_from say where files come from while they are missing; once copied, the files
+    # are the record (and are checked like any other).
     OPERATIONAL_KEYS = ("rounds", "output_dir", "device", "vllm", "sampling_python", "stage_processes",
-                        "report_to", "run_name", "accelerate")
+                        "report_to", "run_name", "accelerate", "first_round_from", "baseline_from")
     # How a round's samples become training rows: checked round by round against what each round's pairs were
     # made with (pairing.json), so a round whose pairing kept nothing can be paired again with other settings.
     PAIRING_KEYS = ("min_gap", "binary_threshold", "drop_truncated")
@@ -329,65 +340,124 @@ def install_model(saved: Path, round_dir: Path) -> Path:
 
 
 class IterativeRun:
+    """One run directory of `cringe iterate`. `run()` is the algorithm; the methods below it are its steps, and
+    `session()`, `sample`, `score`, `baseline`, `evaluate` and `record` are what other drivers (the demo, RLOO)
+    use to run steps of their own in the same directory."""
+
     def __init__(self, config: IterateConfig, on_step=None):
         self.config = config
         self.on_step = on_step  # called as on_step(round, step_name, seconds) after each finished step
         self.run_dir = RunDir(config.output_dir)
         self.dir = self.run_dir.path
+        self.trackers = None  # cringe.tracking.Trackers while a session runs with report_to
         self._tokenizer = None
         self._prompts: dict[bool, list] = {}
-        self._reward = None
-        self._eval_reward = None
-        self.trackers = None  # cringe.tracking.Trackers while run() runs with report_to
+        self._rewards: dict[bool, object] = {}
 
-    # lazily built, shared pieces
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from .models import load_tokenizer
+    # ----- the algorithm ----------------------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        """Run (or resume) every round; returns the evaluations. Each step is skipped when its output is complete,
+        so a rerun continues at the first missing one."""
+        with self.session():
+            for k in range(1, self.config.rounds + 1):
+                self.step(k, rundir.SAMPLES, lambda: self.sample_round(k))   # N completions per prompt from M_{k-1}
+                self.step(k, rundir.SCORES, lambda: self.score_round(k))     # one reward per completion
+                self.step(k, rundir.PAIRS, lambda: self.pair_round(k))       # best vs worst (or good/bad) rows
+                self.step(k, rundir.MODEL, lambda: self.train_round(k))      # M_k, trained from M_{k-1}
+                if self.evaluates(k):
+                    self.step(k, rundir.EVAL, lambda: self.evaluate(k))      # M_k against M_0, held out
+                self.log_round(k)
+            self.run_dir.update_state(finished_rounds=self.config.rounds)
+        return [e for k in range(1, self.config.rounds + 1) if (e := self.run_dir.evaluation(k)) is not None]
 
-            self._tokenizer = load_tokenizer(self.config.model, self.config.trust_remote_code)
-        return self._tokenizer
+    def sample_round(self, k: int) -> None:
+        first = self.config.first_round_from
+        if k == 1 and first:  # round 1 labels samples of M_0 that were drawn (and scored) elsewhere
+            return self._adopt(Path(first) / rundir.SAMPLES, self.run_dir.file(1, rundir.SAMPLES))
+        self.sample(k - 1, self.round_prompt_list(k), self.run_dir.file(k, rundir.SAMPLES))
 
-    def reward(self, evaluation: bool = False):
-        from .rewards import load_reward_source
+    def score_round(self, k: int) -> None:
+        first = self.config.first_round_from
+        if k == 1 and first:
+            return self._adopt(Path(first) / rundir.SCORES, self.run_dir.file(1, rundir.SCORES))
+        samples = self.run_dir.samples(self.run_dir.file(k, rundir.SAMPLES))
+        self.score(self.prompts(), samples, self.run_dir.file(k, rundir.SCORES))
 
-        if evaluation and self.config.eval_reward is not None:
-            if self._eval_reward is None:
-                self._eval_reward = load_reward_source(self.config.eval_reward, device=self.config.device)
-            return self._eval_reward
-        if self._reward is None:
-            self._reward = load_reward_source(self.config.reward, device=self.config.device)
-        return self._reward
+    def pair_round(self, k: int) -> None:
+        round_dir = self.run_dir.round(k)
+        self.pair(self.run_dir.samples(round_dir / rundir.SAMPLES), self.run_dir.scores(round_dir / rundir.SCORES),
+                  round_dir)
 
-    def release_rewards(self) -> None:
-        """On a GPU a reward model must not sit beside the policy while it trains; on a CPU, keeping it saves
-        reloading it every round."""
-        if self.config.resolved_device() != "cpu":
-            self._reward = self._eval_reward = None
+    def train_round(self, k: int) -> None:
+        self.train(k, read_jsonl(self.run_dir.file(k, rundir.PAIRS)), self.run_dir.round(k))
 
-    def model_path(self, k: int) -> str:
-        """Where M_k lives: the initial spec for k = 0."""
-        return self.config.model if k == 0 else str(self.run_dir.model(k))
+    def evaluates(self, k: int) -> bool:
+        c = self.config
+        return bool(c.eval_prompts) and (k % c.eval_every == 0 or k == c.rounds)
 
-    def load_model(self, k: int, dtype: str | None = None, device: str | None = None):
-        """M_k in `dtype` (default: the run's dtype) on `device` (None: the CPU, where the Trainer takes it from)."""
-        from .models import default_dtype, load_model
+    # ----- running steps ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session(self):
+        """What every driver of a run directory holds while it works there: one process per directory
+        (cringe.runlock), SIGTERM/SIGINT stopping at once with complete files only (cringe.interrupt), a full disk
+        named, the directory's config checked against this one, and the trackers open."""
+        from .files import disk_full_reported
+        from .interrupt import signals_interrupt
+        from .runlock import RunLock
 
-        dtype = default_dtype(dtype or self.config.dtype, self.config.resolved_device())
-        return load_model(self.model_path(k), self.tokenizer, dtype, self.config.trust_remote_code, device=device)
+        with signals_interrupt(), RunLock(self.dir), disk_full_reported(self.dir):
+            self.check_state()
+            if self.config.report_to:
+                from .tracking import Trackers
 
-    # state
+                self.trackers = Trackers(self.config.report_to, self.run_dir.logs,
+                                         self.config.run_name or self.dir.name, dataclasses.asdict(self.config))
+            try:
+                yield self
+            finally:
+                if self.trackers is not None:
+                    self.trackers.close()
+                    self.trackers = None
+
+    def step(self, k: int, name: str, work) -> bool:
+        """Run `work` unless round k's output `name` is complete; record it. Returns whether it ran."""
+        from .models import free_memory
+
+        self.run_dir.round(k).mkdir(parents=True, exist_ok=True)
+        if finished(self.run_dir.file(k, name)):  # a model folder is checked whole before it is trusted
+            if not self.run_dir.is_recorded(k, name):  # finished, then the process ended before the record
+                self.run_dir.record_step(k, name, None)
+            return False
+        t0 = time.time()
+        work()
+        self.record(k, name, time.time() - t0)
+        free_memory()  # what the step loaded (a trainer, a model) is garbage now; the next step needs room
+        return True
+
+    def record(self, k: int, name: str, seconds: float) -> None:
+        """A step of round k is done: in state.json, in the log, and told to `on_step`."""
+        self.run_dir.record_step(k, name, seconds)
+        logger.info("round %d: %s done in %.1fs", k, name, seconds)
+        if self.on_step is not None:
+            self.on_step(k, name, seconds)
+
+    def log_round(self, k: int) -> None:
+        if self.trackers is None:
+            return
+        from .tracking import round_metrics
+
+        pairing_path = self.run_dir.file(k, rundir.PAIRING)
+        pairing = read_json(pairing_path) if pairing_path.exists() else None
+        self.trackers.log(round_metrics(self.run_dir.evaluation(k), pairing, self.run_dir.train_log(k)), step=k)
+
     def check_state(self) -> dict:
         """Create state.json, or check that the run directory's rounds were computed as this config would compute
         them (refusing a resume that would change results, naming the keys), and record this config's hash."""
         c = self.config
         if not self.run_dir.state_path.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            state = {"version": STATE_VERSION, "config": dataclasses.asdict(c), "resolved": c.resolved(),
-                     "hash": c.result_hash(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-            write_json(self.run_dir.state_path, state)
-            return state
+            return self.run_dir.create({"version": STATE_VERSION, "config": dataclasses.asdict(c),
+                                        "resolved": c.resolved(), "hash": c.result_hash(),
+                                        "created": time.strftime("%Y-%m-%d %H:%M:%S")})
         saved = self.run_dir.state()  # checked: a hand-edited state.json is named, not a KeyError
         diff = c.differences(saved)
         if diff:
@@ -395,9 +465,8 @@ class IterativeRun:
                             "use another output_dir, or restore those values to resume")
         self.check_pairing()
         if saved.get("version") != STATE_VERSION:  # a run of an earlier version: recorded as this one from now on
-            saved.update(version=STATE_VERSION, resolved=c.resolved(), hash=c.result_hash())
-            write_json(self.run_dir.state_path, saved)
-        return saved
+            self.run_dir.update_state(version=STATE_VERSION, resolved=c.resolved(), hash=c.result_hash())
+        return self.run_dir.state()
 
     def check_pairing(self) -> None:
         """Every round already paired was paired with this config's pairing settings (min_gap, ...)."""
@@ -411,30 +480,46 @@ class IterativeRun:
             diff = sorted(key for key in now if used.get(key) != now[key])
             if diff:
                 raise UserError(f"round {k}'s training rows were paired with " + ", ".join(
-                    f"{key}={used.get(key)!r}" for key in diff) + f"; this config says " + ", ".join(
+                    f"{key}={used.get(key)!r}" for key in diff) + "; this config says " + ", ".join(
                     f"{key}={now[key]!r}" for key in diff) + ": restore those values to resume (pairing settings "
                     "may change only for rounds not yet paired)")
 
-    def _record_if_missing(self, k: int, step: str) -> None:
-        """A finished step that state.json does not list: the process ended between the step's last rename and
-        its record (or the file was put there, as the demo copies M0's samples). Listed now, its time unknown."""
-        if not any(s["round"] == k and s["step"] == step for s in self.run_dir.steps()):
-            self._record_step({"round": k, "step": step, "seconds": None, "finished": "before this run (not timed)"})
+    def _adopt(self, source: Path, target: Path) -> None:
+        """Round 1's rows of a samples or scores file drawn from M_0 elsewhere: the rows of this round's prompts."""
+        if not source.exists():
+            raise UserError(f"first_round_from: {source}: no such file")
+        ids = {p.prompt_id for p in self.round_prompt_list(1)}
+        rows = [r for r in read_jsonl(source) if r["prompt_id"] in ids]
+        if {r["prompt_id"] for r in rows} != ids:
+            raise UserError(f"first_round_from: {source} lacks prompts {sorted(ids - {r['prompt_id'] for r in rows})[:5]}"
+                            " of round 1 (prompt ids are positions in this run's prompts file)")
+        write_jsonl(target, rows)
 
-    def _record_step(self, record: dict) -> None:
-        state = self.run_dir.state()
-        state.setdefault("steps", []).append(record)
-        write_json(self.run_dir.state_path, state)
+    # ----- shared pieces, built once ------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .models import load_tokenizer
 
-    def finish_step(self, k: int, step: str, seconds: float) -> None:
-        """A step of round k is done: record it in state.json, log it, tell `on_step`."""
-        self._record_step({"round": k, "step": step, "seconds": round(seconds, 1),
-                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-        logger.info("round %d: %s done in %.1fs", k, step, seconds)
-        if self.on_step is not None:
-            self.on_step(k, step, seconds)
+            self._tokenizer = load_tokenizer(self.config.model, self.config.trust_remote_code)
+        return self._tokenizer
 
-    # steps
+    def reward(self, evaluation: bool = False):
+        """The reward source (evaluation: eval_reward when given), loaded once and kept while it may stay."""
+        from .rewards import load_reward_source
+
+        evaluation = evaluation and self.config.eval_reward is not None
+        if evaluation not in self._rewards:
+            spec = self.config.eval_reward if evaluation else self.config.reward
+            self._rewards[evaluation] = load_reward_source(spec, device=self.config.device)
+        return self._rewards[evaluation]
+
+    def release_rewards(self) -> None:
+        """On a GPU a reward model must not sit beside the policy while it trains; on a CPU, keeping it saves
+        reloading it every round."""
+        if self.config.resolved_device() != "cpu":
+            self._rewards.clear()
+
     def prompts(self, evaluation: bool = False):
         """The training (or held-out) prompts, read, validated and tokenised once per run."""
         from .data import load_prompts
@@ -455,6 +540,18 @@ class IterativeRun:
         m = self.config.round_prompts
         return select_prompts(self.prompts(), ((k - 1) * (m or 0)), m)
 
+    def model_path(self, k: int) -> str:
+        """Where M_k lives: the initial spec for k = 0."""
+        return self.config.model if k == 0 else str(self.run_dir.model(k))
+
+    def load_model(self, k: int, dtype: str | None = None, device: str | None = None):
+        """M_k in `dtype` (default: the run's dtype) on `device` (None: the CPU, where the Trainer takes it from)."""
+        from .models import load_model
+
+        dtype = default_dtype(dtype or self.config.dtype, self.config.resolved_device())
+        return load_model(self.model_path(k), self.tokenizer, dtype, self.config.trust_remote_code, device=device)
+
+    # ----- the steps --------------------------------------------------------------------------------------------
     def sample(self, model_index: int, prompts, out_path: Path, n: int | None = None, stream: str = "train",
                evaluation: bool = False):
         """Sample from M_{model_index} into out_path, shard by shard (resumable), in this process or in a
@@ -479,20 +576,20 @@ class IterativeRun:
 
     def _sample_in_subprocess(self, model_index: int, prompts, out_path: Path, settings: dict,
                               evaluation: bool) -> None:
+        from .stages import select_prompts
+
         c = self.config
         source = c.eval_prompts if evaluation else c.prompts
         limit = c.max_eval_prompts if evaluation else c.max_prompts
         ids = [p.prompt_id for p in prompts]
         start, count = ids[0], len(ids)
         everything = self.prompts(evaluation)
-        if [p.prompt_id for p in everything] != ids:  # a round's slice: check the stage will pick the same
-            from .stages import select_prompts
-
-            if [p.prompt_id for p in select_prompts(everything, start, count)] != ids:
-                raise RuntimeError(f"the sampling stage would not pick the prompts {ids[:3]}...: a slice of "
-                                   f"{count} prompts from {start} is not the round's")
-        else:
+        if [p.prompt_id for p in everything] == ids:
             count = None
+        elif [p.prompt_id for p in select_prompts(everything, start, count)] != ids:
+            # The stage reads the prompts file itself and can only take a (wrapping) slice of it.
+            raise RuntimeError(f"the sampling stage would not pick the prompts {ids[:3]}...: a slice of {count} "
+                               f"prompts from {start} is not the round's")
         stage = {"model": self.model_path(model_index), "tokenizer": c.model, "prompts": source,
                  "output": str(out_path), "backend": c.backend, "device": c.device,
                  "dtype": c.resolved_sampling_dtype(), "start": start, "count": count, "max_prompts": limit,
@@ -528,16 +625,20 @@ class IterativeRun:
         return scores
 
     def pair(self, samples, scores, round_dir: Path) -> list[dict]:
-        from .pairing import best_vs_worst, by_threshold
+        """The round's training rows, of the kind the loss needs (cringe.pairing)."""
+        from .pairing import best_only, best_vs_worst, by_threshold
 
         c = self.config
-        if c.loss == "binary_cringe":
+        kind = loss_spec(c.loss).data_kind
+        if kind == "binary":
             threshold = c.binary_threshold
             if threshold is None:
                 # Default: good means above this round's mean reward (a median would call every sample good
                 # when more than half share the lowest score).
                 threshold = math.nextafter(sum(scores) / len(scores), math.inf)
             rows, report = by_threshold(samples, scores, threshold=threshold, drop_truncated=c.drop_truncated)
+        elif kind == "sft":
+            rows, report = best_only(samples, scores, min_gap=c.min_gap, drop_truncated=c.drop_truncated)
         else:
             rows, report = best_vs_worst(samples, scores, min_gap=c.min_gap, drop_truncated=c.drop_truncated)
         write_json(round_dir / rundir.PAIRING, {**report.as_dict(), "settings": c.pairing_settings()})
@@ -560,7 +661,7 @@ class IterativeRun:
             rows = [r for j in range(1, k) for r in read_jsonl(self.run_dir.file(j, rundir.PAIRS))] + rows
         if c.accelerate:
             return self._train_launched(k, rows, round_dir)
-        data = as_training_data(rows, "binary" if c.loss == "binary_cringe" else "pairwise")
+        data = as_training_data(rows, loss_spec(c.loss).data_kind)
         args, lora = c.training_arguments(round_dir, seed_offset=k)
         model = self.load_model(k - 1)
         ref_model = self.load_model(0) if self._initial_reference() else None
@@ -573,14 +674,12 @@ class IterativeRun:
                       data=f"round {k} of `cringe iterate`: {len(rows)} rows from {round_dir / rundir.PAIRS}")
 
     def _initial_reference(self) -> bool:
-        return self.config.loss in ("dpo", "ipo", "hinge") and self.config.dpo_reference == "initial"
+        return loss_spec(self.config.loss).needs_reference and self.config.dpo_reference == "initial"
 
     def _train_launched(self, k: int, rows: list[dict], round_dir: Path) -> None:
         """Round k's training as `accelerate launch [the user's accelerate settings] -m cringe train`: DDP, FSDP or
         ZeRO from the user's accelerate config, multi-node through accelerate's own flags. The same `cringe train`
         as standalone, on the round's token-id rows; its model is published like the in-process one."""
-        from .models import default_dtype
-
         c = self.config
         rows_path = round_dir / ".train_rows.jsonl"
         write_jsonl(rows_path, rows)
@@ -600,30 +699,27 @@ class IterativeRun:
         rows_path.unlink()
         if self.trackers is not None:
             offset = self.steps_before(k)
-            for line in self.train_log(k):
+            for line in self.run_dir.train_log(k):
                 self.trackers.log_training(line, step=offset + line.get("step", 0))
 
     def steps_before(self, k: int) -> int:
         """Optimiser steps of rounds 1..k-1: where round k's training curve continues."""
-        total = 0
-        for j in range(1, k):
-            log = self.train_log(j)
-            total += max((h.get("step", 0) for h in log), default=0)
-        return total
-
-    def train_log(self, k: int) -> list[dict]:
-        path = self.run_dir.model(k) / "train_log.json"
-        return read_json(path) if path.exists() else []
+        return sum(max((h.get("step", 0) for h in self.run_dir.train_log(j)), default=0) for j in range(1, k))
 
     def baseline(self):
-        """M_0's held-out samples and scores: computed once, the reference every round is compared with."""
+        """M_0's held-out samples and scores: computed once (or taken from `baseline_from`), the reference every
+        round is compared with."""
         prompts = self.prompts(evaluation=True)
-        samples = self._load_or_sample(0, prompts, self.run_dir.baseline_samples)
-        scores_path = self.run_dir.baseline_scores
-        if scores_path.exists():
-            scores = self.run_dir.scores(scores_path)
-        else:
-            scores = self.score(prompts, samples, scores_path, evaluation=True)
+        paths = (self.run_dir.baseline_samples, self.run_dir.baseline_scores)
+        if self.config.baseline_from and not all(p.exists() for p in paths):
+            source = RunDir(self.config.baseline_from)
+            for origin, target in zip((source.baseline_samples, source.baseline_scores), paths):
+                if not origin.exists():
+                    raise UserError(f"baseline_from: {origin}: no such file (sample that run's baseline first)")
+                shutil.copyfile(origin, target)
+        samples = self._load_or_sample(0, prompts, paths[0])
+        scores = (self.run_dir.scores(paths[1]) if paths[1].exists()
+                  else self.score(prompts, samples, paths[1], evaluation=True))
         return prompts, samples, scores
 
     def _load_or_sample(self, model_index, prompts, path):
@@ -642,11 +738,12 @@ class IterativeRun:
         free_memory()
         return logps
 
-    def evaluate(self, k: int, round_dir: Path) -> dict:
+    def evaluate(self, k: int) -> dict:
         """M_k against M_0 on the held-out prompts: cringe.evaluate.compare's schema plus the round."""
         from .evaluate import compare, comparison_table
         from .models import add_evaluation_to_card
 
+        round_dir = self.run_dir.round(k)
         prompts, base_samples, base_scores = self.baseline()
         samples = self._load_or_sample(k, prompts, round_dir / rundir.EVAL_SAMPLES)
         scores_path = round_dir / rundir.EVAL_SCORES
@@ -660,76 +757,6 @@ class IterativeRun:
                                + f"\n\nHeld-out prompts: {result['n_prompts']} from `{self.config.eval_prompts}`.")
         write_json(round_dir / rundir.EVAL, result)
         return result
-
-    def run(self) -> list[dict]:
-        """Run (or resume) every round. One process per run directory (cringe.runlock); SIGTERM and SIGINT stop
-        it at once with complete files only (cringe.interrupt); a full disk stops it naming the file."""
-        from .files import disk_full_reported
-        from .interrupt import signals_interrupt
-        from .runlock import RunLock
-
-        with signals_interrupt(), RunLock(self.dir), disk_full_reported(self.dir):
-            return self._run_locked()
-
-    def _run_locked(self) -> list[dict]:
-        from tqdm.auto import tqdm
-
-        c = self.config
-        self.check_state()
-        if c.report_to:
-            from .tracking import Trackers
-
-            self.trackers = Trackers(c.report_to, self.run_dir.logs, c.run_name or self.dir.name,
-                                     dataclasses.asdict(c))
-        try:
-            return self._run_rounds(tqdm)
-        finally:
-            if self.trackers is not None:
-                self.trackers.close()
-                self.trackers = None
-
-    def _run_rounds(self, tqdm) -> list[dict]:
-        from .models import free_memory
-
-        c = self.config
-        evaluations = []
-        started = time.time()
-        for k in range(1, c.rounds + 1):
-            round_dir = self.run_dir.round(k)
-            round_dir.mkdir(parents=True, exist_ok=True)
-            steps = [
-                (rundir.SAMPLES, lambda: self.sample(k - 1, self.round_prompt_list(k), round_dir / rundir.SAMPLES)),
-                (rundir.SCORES, lambda: self.score(self.prompts(), self.run_dir.samples(round_dir / rundir.SAMPLES),
-                                                   round_dir / rundir.SCORES)),
-                (rundir.PAIRS, lambda: self.pair(self.run_dir.samples(round_dir / rundir.SAMPLES),
-                                                 self.run_dir.scores(round_dir / rundir.SCORES), round_dir)),
-                (rundir.MODEL, lambda: self.train(k, read_jsonl(round_dir / rundir.PAIRS), round_dir)),
-            ]
-            if c.eval_prompts and (k % c.eval_every == 0 or k == c.rounds):
-                steps.append((rundir.EVAL, lambda: self.evaluate(k, round_dir)))
-            ran = False
-            for name, step in tqdm(steps, desc=f"round {k}/{c.rounds}", leave=False):
-                if finished(round_dir / name):  # a model folder is checked whole before it is trusted
-                    self._record_if_missing(k, name)
-                    continue
-                t0 = time.time()
-                step()
-                ran = True
-                self.finish_step(k, name, time.time() - t0)
-                free_memory()  # what the step loaded (a trainer, a model) is garbage now; the next step needs room
-                logger.info("round %d: %s (%.1fs since this run started)", k, name, time.time() - started)
-            evaluation = self.run_dir.evaluation(k)
-            if evaluation is not None:
-                evaluations.append(evaluation)
-            if ran and self.trackers is not None:
-                from .tracking import round_metrics
-
-                pairing = read_json(round_dir / rundir.PAIRING) if (round_dir / rundir.PAIRING).exists() else None
-                self.trackers.log(round_metrics(evaluation, pairing, self.train_log(k)), step=k)
-        state = self.run_dir.state()
-        state["finished_rounds"] = c.rounds
-        write_json(self.run_dir.state_path, state)
-        return evaluations
 
 
 def evaluation_table(evaluations: list[dict]) -> str:

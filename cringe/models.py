@@ -334,14 +334,6 @@ def _drop_tied_copies(model, output_dir: Path) -> None:
     logger.info("saved the tied %s once (as %s)", ", ".join(copies), ", ".join(tied[c] for c in copies))
 
 
-LOSS_SETTINGS = {
-    "pairwise_cringe": ("alpha", "k", "margin", "temperature", "margin_on", "detach_gate", "detach_positive"),
-    "binary_cringe": ("alpha", "k", "detach_positive"),
-    "dpo": ("beta", "precompute_ref_logps"), "ipo": ("beta", "precompute_ref_logps"),
-    "hinge": ("beta", "precompute_ref_logps"), "sft": (),
-}
-
-
 def model_card(args, *, base_model: str | None, data: str | None, steps: int, lora: str | None = None,
                evaluation: str | None = None, title: str | None = None) -> str:
     """A model card (README.md) in the Hub's format: YAML front matter, then what was trained, on what, how."""
@@ -349,7 +341,9 @@ def model_card(args, *, base_model: str | None, data: str | None, steps: int, lo
 
     # Trainers other than ours (TRL's RLOO in the demo) have no `loss`: name their method by their config class.
     loss = getattr(args, "loss", type(args).__name__.removesuffix("Config").lower())
-    settings = ", ".join(f"{k}={getattr(args, k)}" for k in LOSS_SETTINGS.get(loss, ()))
+    from .registry import loss_spec
+
+    settings = ", ".join(f"{k}={getattr(args, k)}" for k in loss_spec(loss).settings)
     front = ["---", "library_name: transformers", "tags: [cringe, " + loss.replace("_", "-") + "]"]
     if base_model and not Path(base_model).exists() and base_model not in (TINY_SPEC,):
         front.append(f"base_model: {base_model}")

@@ -72,6 +72,28 @@ def best_vs_worst(samples: Sequence[Sample], scores: Sequence[float], *, min_gap
     return rows, report
 
 
+def best_only(samples: Sequence[Sample], scores: Sequence[float], *, min_gap: float = 0.0,
+              drop_truncated: bool = False) -> tuple[list[dict], PairingReport]:
+    """Rejection sampling (best-of-n fine-tuning, as in RAFT / ReST): each prompt's highest-scored sample as an SFT
+    row. A prompt is dropped when its samples' reward spread is not above `min_gap` (nothing was selected) or
+    fewer than two samples remain: the same prompts best_vs_worst keeps."""
+    report = PairingReport()
+    rows = []
+    for prompt_id, group in sorted(_group(samples, scores, drop_truncated, report).items()):
+        if len(group) < 2:
+            report.drop("fewer than 2 samples")
+            continue
+        ranked = sorted(group, key=lambda sr: -sr[1])  # stable: on equal scores the earlier sample wins
+        (best, r_best), (_, r_worst) = ranked[0], ranked[-1]
+        if r_best - r_worst <= 0 or r_best - r_worst < min_gap:
+            report.drop("reward gap below min_gap")
+            continue
+        rows.append({"row": prompt_id, "prompt_ids": best.prompt_ids, "completion_ids": [best.completion_ids],
+                     "label": True, "score": r_best, "completion": best.completion})
+    report.kept = len(rows)
+    return rows, report
+
+
 def by_threshold(samples: Sequence[Sample], scores: Sequence[float], *, threshold: float,
                  drop_truncated: bool = False) -> tuple[list[dict], PairingReport]:
     """Binary feedback: every sample labelled good (score >= threshold) or bad, for binary Cringe."""
@@ -86,7 +108,9 @@ def by_threshold(samples: Sequence[Sample], scores: Sequence[float], *, threshol
 
 
 def as_training_data(rows: list[dict], kind: str) -> PreparedData:
-    """kind: 'pairwise' or 'binary'."""
+    """kind: a loss's data kind ('pairwise', 'binary' or 'sft'; SFT rows are single good completions, which the
+    trainer batches as binary rows)."""
     if not rows:
         raise ValueError("no training rows: every prompt was dropped (see the pairing report)")
-    return PreparedData(kind, rows, ValidationReport("generated", False, kept=len(rows)))
+    return PreparedData("pairwise" if kind == "pairwise" else "binary", rows,
+                        ValidationReport("generated", False, kept=len(rows)))

@@ -479,8 +479,11 @@ def _failure_reason(err: BaseException) -> str:
 
 
 REWARD_TYPES = ("callable", "model", "judge")
-# Read once, from the class as defined: a test that stands a fake in for RewardModel still has its spec checked.
-_MODEL_PARAMETERS = set(inspect.signature(RewardModel.__init__).parameters) - {"self", "model_or_path", "tokenizer"}
+# A spec's keys are its class's constructor parameters (read once here, so they cannot drift from the code).
+_SPEC_KEYS = {
+    "model": {"path"} | set(inspect.signature(RewardModel.__init__).parameters) - {"self", "model_or_path", "tokenizer"},
+    "judge": set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"},
+}
 
 
 def check_reward_spec(spec, where: str = "reward") -> str:
@@ -497,11 +500,9 @@ def check_reward_spec(spec, where: str = "reward") -> str:
     if kind == "callable":
         required, known = {"function"}, {"function", "kwargs"}
     elif kind == "model":
-        required = {"path"}
-        known = {"path"} | _MODEL_PARAMETERS
+        required, known = {"path"}, _SPEC_KEYS["model"]
     else:
-        required = {"base_url", "model"}
-        known = set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"}
+        required, known = {"base_url", "model"}, _SPEC_KEYS["judge"]
     missing = sorted(required - keys)
     if missing:
         hints = {"path": "the reward model's folder or hub id", "base_url": "the server's /v1 URL",

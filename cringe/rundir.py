@@ -17,9 +17,10 @@ caller spells a file name.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from .files import DamagedFileError, read_json, read_jsonl
+from .files import DamagedFileError, read_json, read_jsonl, write_json
 
 SAMPLES = "samples.jsonl"
 SCORES = "scores.jsonl"
@@ -147,6 +148,31 @@ class RunDir:
             return [float(r["score"]) for r in rows]
         except (KeyError, TypeError, ValueError):
             raise DamagedFileError(f"{path}: a row without a numeric 'score'") from None
+
+    # ----- bookkeeping -----------------------------------------------------------------------------------------
+    def create(self, state: dict) -> dict:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.state_path, state)
+        return state
+
+    def update_state(self, **fields) -> None:
+        write_json(self.state_path, {**self.state(), **fields})
+
+    def record_step(self, k: int, step: str, seconds: float | None) -> None:
+        """A finished step in state.json (seconds None: it finished before this process, untimed)."""
+        finished = time.strftime("%Y-%m-%d %H:%M:%S") if seconds is not None else "before this run (not timed)"
+        state = self.state()
+        state.setdefault("steps", []).append({"round": k, "step": step, "seconds": None if seconds is None else
+                                              round(seconds, 1), "finished": finished})
+        write_json(self.state_path, state)
+
+    def is_recorded(self, k: int, step: str) -> bool:
+        return any(s["round"] == k and s["step"] == step for s in self.steps())
+
+    def train_log(self, k: int) -> list[dict]:
+        """M_k's training log ([] before it is trained)."""
+        path = self.model(k) / "train_log.json"
+        return read_json(path) if path.exists() else []
 
     def labelled_samples(self, up_to_round: int) -> int:
         """How many samples rounds 1..up_to_round had labelled by the reward source."""

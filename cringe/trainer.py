@@ -20,25 +20,12 @@ from . import losses as L
 from .data import Collator, PreparedData, prepare
 from .denormals import flush_denormals
 from .errors import UserError
+from .registry import LOSSES, loss_spec
 
 logger = logging.getLogger(__name__)
 
-CRINGE_LOSSES = ("pairwise_cringe", "binary_cringe")
-DPO_LOSSES = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
-LOSSES = CRINGE_LOSSES + tuple(DPO_LOSSES) + ("sft",)
-
-
 class NonFiniteLossError(UserError):
     """Training diverged (a nan or inf loss or weight): stopped at that step, before anything is saved from it."""
-
-
-def data_kind(loss: str) -> str:
-    """The kind of training data a loss needs: 'pairwise', 'binary' or 'sft'."""
-    if loss == "binary_cringe":
-        return "binary"
-    if loss == "sft":
-        return "sft"
-    return "pairwise"
 
 
 # The sweep on the sentiment testbed's training prompts (README, "Choosing the Pairwise Cringe defaults"): alpha 0.2
@@ -51,7 +38,8 @@ PAIRWISE_CRINGE_ALPHA = 0.2
 class CringeConfig(TrainingArguments):
     """Training arguments plus the loss and its hyper-parameters (formulas: README, "What is computed")."""
 
-    loss: str = field(default="pairwise_cringe", metadata={"help": f"one of {', '.join(LOSSES)}", "choices": LOSSES})
+    loss: str = field(default="pairwise_cringe", metadata={"help": f"one of {', '.join(LOSSES)}",
+                                                           "choices": tuple(LOSSES)})
     alpha: float | None = field(
         default=None, metadata={"help": "weight of the Cringe term. Default: 1.0 for binary_cringe (ParlAI's), "
                                         "0.2 for pairwise_cringe (chosen by bench/sweep_pairwise_cringe.py; README)"}
@@ -96,8 +84,7 @@ class CringeConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise UserError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        loss_spec(self.loss)  # a known loss, or the error that lists them
         if self.alpha is None:
             self.alpha = PAIRWISE_CRINGE_ALPHA if self.loss == "pairwise_cringe" else 1.0
         if self.margin_on not in ("sum", "mean"):
@@ -199,19 +186,6 @@ def chunked_unsupported_reason(model) -> str | None:
     return None
 
 
-def _pairwise_stats(s: dict) -> dict:
-    return {"gate": s["gate"], "gate_open": (s["gate"] > 0.5).float(), "delta": s["delta"],
-            "logps/chosen": s["chosen_logps"], "logps/rejected": s["rejected_logps"],
-            "tokens/chosen": s["chosen_tokens"].float(), "tokens/rejected": s["rejected_tokens"].float()}
-
-
-def _dpo_stats(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> dict:
-    return {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
-            "rewards/margins": chosen_rewards - rejected_rewards,
-            "logps/chosen": chosen_logps, "logps/rejected": rejected_logps}
-
-
 class CringeTrainer(Trainer):
     """`Trainer` for Pairwise Cringe, binary Cringe, DPO/IPO/hinge and SFT.
 
@@ -233,8 +207,8 @@ class CringeTrainer(Trainer):
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
-        kind = data_kind(args.loss)
-        prep = dict(kind=kind, max_prompt_length=args.max_prompt_length,
+        self.loss_spec = loss_spec(args.loss)
+        prep = dict(kind=self.loss_spec.data_kind, max_prompt_length=args.max_prompt_length,
                     max_completion_length=args.max_completion_length, on_invalid=args.on_invalid,
                     num_proc=args.dataset_num_proc)
         if train_dataset is not None and not isinstance(train_dataset, PreparedData):
@@ -263,7 +237,7 @@ class CringeTrainer(Trainer):
                              "after this optimiser has already applied them")
         self._micro = (-1, 0)  # (global_step, micro-batch index within it): seeds the Cringe sampling
         self.ref_model = None
-        if args.loss in DPO_LOSSES:
+        if self.loss_spec.needs_reference:
             self._setup_reference(ref_model)
 
     def create_optimizer(self, model=None):
@@ -409,7 +383,7 @@ class CringeTrainer(Trainer):
         else:
             logits, labels = self._forward(model, batch)
             total, count = L.sequence_logps(logits, labels)
-        return total / count.clamp_min(1) if self.args.loss == "ipo" else total
+        return total / count.clamp_min(1) if self.loss_spec.length_average else total
 
     def _generator(self, device) -> torch.Generator:
         # Seeded from (seed, process, optimiser step, micro-batch): reproducible, different on every rank, and
@@ -422,7 +396,7 @@ class CringeTrainer(Trainer):
 
     def _count_items(self, batch) -> torch.Tensor:
         """What the loss is normalised by: pairs for the DPO family, completion tokens otherwise."""
-        if self.args.loss in DPO_LOSSES:
+        if self.loss_spec.normalised_by == "pairs":
             return batch["num_sequences"] // 2
         return (batch["labels"][:, 1:] != L.IGNORE_INDEX).sum()
 
@@ -433,90 +407,29 @@ class CringeTrainer(Trainer):
         return count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss of `args.loss` (cringe.registry), through its chunked implementation where the model allows."""
+        training = model.training
+        spec, args = self.loss_spec, self.args
+        common = dict(num_items=num_items_in_batch, reference=lambda: self._batch_reference_logps(inputs))
         if self.use_chunked:
-            return self._compute_chunked_loss(model, inputs, return_outputs, num_items_in_batch)
-        mode = "train" if model.training else "eval"
-        args = self.args
-        logits, labels = self._forward(model, inputs)
-        scale = 1.0
+            hidden, targets, seq_index, weight, bias = self._forward_hidden(model, inputs)
+            loss, stats = spec.chunked(args, hidden, weight, bias, targets, seq_index, inputs,
+                                       generator=self._generator(hidden.device) if training else None,
+                                       chunk_size=args.chunk_size, **common)
+            outputs = {}
+        else:
+            logits, labels = self._forward(model, inputs)
+            loss, stats = spec.plain(args, logits, labels, inputs,
+                                     generator=self._generator(logits.device) if training else None, **common)
+            outputs = {"logits": logits}
+        self._record("train" if training else "eval", stats)
         if num_items_in_batch is not None:
             # Every rank divides by the global count; DDP then averages gradients over ranks, so multiply back.
-            scale = float(self.accelerator.num_processes)
-        stats: dict[str, torch.Tensor] = {}
-
-        if args.loss == "pairwise_cringe":
-            half = logits.shape[0] // 2
-            out = L.pairwise_cringe_loss(
-                logits[:half], labels[:half], logits[half:], labels[half:],
-                alpha=args.alpha, k=args.k, margin=args.margin, temperature=args.temperature,
-                margin_on=args.margin_on, detach_gate=args.detach_gate, detach_positive=args.detach_positive,
-                generator=self._generator(logits.device) if mode == "train" else None, num_items=num_items_in_batch,
-            )
-            loss, stats = out.loss, _pairwise_stats(out.stats)
-        elif args.loss == "binary_cringe":
-            out = L.binary_cringe_loss(
-                logits, labels, inputs["is_positive"], alpha=args.alpha, k=args.k,
-                detach_positive=args.detach_positive,
-                generator=self._generator(logits.device) if mode == "train" else None, num_items=num_items_in_batch,
-            )
-            loss, positive = out.loss, inputs["is_positive"]
-            stats = {"positive_frac": positive.float(), "tokens": out.stats["n_tokens"].float()}
-            for name, sel in (("positive", positive), ("negative", ~positive)):
-                if sel.any():
-                    stats[f"logps/{name}"] = out.stats["logps"][sel]
-        elif args.loss == "sft":
-            out = L.sft_loss(logits, labels, num_items=num_items_in_batch)
-            loss = out.loss
-            stats = {"logps": out.stats["logps"], "tokens": out.stats["n_tokens"].float()}
-        else:
-            total, count = L.sequence_logps(logits, labels)
-            policy = total / count.clamp_min(1) if args.loss == "ipo" else total
-            ref = inputs["ref_logps"] if "ref_logps" in inputs else self._reference_logps(inputs)
-            half = policy.shape[0] // 2
-            losses, chosen_r, rejected_r = L.dpo_loss(policy[:half], policy[half:], ref[:half], ref[half:],
-                                                      beta=args.beta, loss_type=DPO_LOSSES[args.loss])
-            denominator = num_items_in_batch if num_items_in_batch is not None else half
-            loss = losses.sum() / denominator
-            stats = _dpo_stats(chosen_r, rejected_r, policy[:half].detach(), policy[half:].detach())
-
-        self._record(mode, stats)
-        loss = loss * scale
-        return (loss, {"logits": logits}) if return_outputs else loss
-
-    def _compute_chunked_loss(self, model, inputs, return_outputs, num_items_in_batch):
-        """The same objectives through `cringe.chunked` (tested equal to the plain path, sampling included)."""
-        mode = "train" if model.training else "eval"
-        args = self.args
-        hidden, targets, seq_index, weight, bias = self._forward_hidden(model, inputs)
-        common = dict(num_items=num_items_in_batch, chunk_size=args.chunk_size)
-        generator = self._generator(hidden.device) if mode == "train" else None
-        n_seq = int(inputs["num_sequences"])
-        if args.loss == "pairwise_cringe":
-            loss, s = C.pairwise_cringe_loss(
-                hidden, weight, bias, targets, seq_index, n_seq // 2, alpha=args.alpha, k=args.k, margin=args.margin,
-                temperature=args.temperature, margin_on=args.margin_on, detach_gate=args.detach_gate,
-                detach_positive=args.detach_positive, generator=generator, **common)
-            stats = _pairwise_stats(s)
-        elif args.loss == "binary_cringe":
-            positive = inputs["is_positive"]
-            loss = C.binary_cringe_loss(hidden, weight, bias, targets, positive[seq_index], alpha=args.alpha, k=args.k,
-                                        detach_positive=args.detach_positive, generator=generator, **common)
-            stats = {"positive_frac": positive.float(),
-                     "tokens": torch.bincount(seq_index, minlength=n_seq).float()}
-        elif args.loss == "sft":
-            loss = C.sft_loss(hidden, weight, bias, targets, **common)
-            stats = {"tokens": torch.bincount(seq_index, minlength=n_seq).float()}
-        else:
-            ref = inputs["ref_logps"] if "ref_logps" in inputs else self._reference_logps(inputs)
-            loss, (_, chosen_r, rejected_r, policy) = C.dpo_family_loss(
-                hidden, weight, bias, targets, seq_index, n_seq // 2, ref, beta=args.beta,
-                loss_type=DPO_LOSSES[args.loss], length_average=args.loss == "ipo", **common)
-            half = n_seq // 2
-            stats = _dpo_stats(chosen_r, rejected_r, policy[:half], policy[half:])
-        self._record(mode, stats)
-        if num_items_in_batch is not None:
             loss = loss * float(self.accelerator.num_processes)
-        return (loss, {}) if return_outputs else loss
+        return (loss, outputs) if return_outputs else loss
+
+    def _batch_reference_logps(self, batch) -> torch.Tensor:
+        return batch["ref_logps"] if "ref_logps" in batch else self._reference_logps(batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Preference evaluation is the loss and its statistics; gathering [S, T, V] logits would only cost memory.

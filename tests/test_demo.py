@@ -91,3 +91,42 @@ def test_the_demos_proxy_scores_are_checked_against_the_samples_they_score(tmp_p
     write_jsonl(tmp_path / rundir.EVAL_PROXY_SCORES,
                 [{"prompt_id": r["prompt_id"], "sample_id": r["sample_id"], "score": 0.5} for r in samples])
     assert demo.proxy_scores(tmp_path / rundir.EVAL_SAMPLES, tmp_path / rundir.EVAL_PROXY_SCORES) == [0.5] * 4
+
+
+def _demo_with_assets(tmp_path):
+    """A smoke Demo whose asset paths are set without building the judges (the configs only name them)."""
+    from cringe.demo import Demo
+
+    demo = Demo(PRESETS["smoke"], str(tmp_path / "demo"))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(8)))
+    demo.train_file = demo.eval_file = tmp_path / "prompts.jsonl"
+    demo.proxy_dir, demo.gold_dir = tmp_path / "proxy", tmp_path / "gold"
+    return demo
+
+
+def test_the_demo_trains_where_its_models_are(tmp_path, monkeypatch):
+    # The demo and RLOO set use_cpu=True: on a GPU machine every method trained on the CPU.
+    from cringe.loop import IterateConfig
+
+    demo = _demo_with_assets(tmp_path)
+    for name in ("pairwise_cringe", "iterative_dpo", "rloo"):
+        assert "use_cpu" not in demo.method_config(name).train
+    monkeypatch.setattr(IterateConfig, "resolved_device", lambda self: "cuda")
+    config = demo.method_config("iterative_pairwise_cringe")
+    args, _ = config.training_arguments(tmp_path / "round-1")
+    assert args.use_cpu is False
+    import cringe.rloo
+    import inspect
+
+    assert "use_cpu=True" not in inspect.getsource(cringe.rloo)
+
+
+def test_the_demos_m0_stage_holds_the_run_lock(tmp_path):
+    # M0's sampling ran outside the loop's session: no lock (two demos could write m0/ at once), no signal handling.
+    from cringe.runlock import RunLock, RunLockedError
+
+    demo = _demo_with_assets(tmp_path)
+    (tmp_path / "demo" / "m0").mkdir(parents=True)
+    with RunLock(tmp_path / "demo" / "m0"), pytest.raises(RunLockedError, match="one process per run"):
+        demo.m0()
+    assert not (tmp_path / "demo" / "m0" / "samples.jsonl").exists()

@@ -48,7 +48,7 @@ def assert_complete(out: Path, rounds: int):
     assert state["finished_rounds"] == rounds
 
 
-@pytest.mark.parametrize("loss", ["pairwise_cringe", "binary_cringe", "dpo"])
+@pytest.mark.parametrize("loss", ["pairwise_cringe", "binary_cringe", "dpo", "sft"])
 def test_two_rounds_complete_with_evaluation(tmp_path, loss):
     config = load_config(str(write_config(tmp_path, tmp_path / "run", loss=loss)), [])
     evaluations = IterativeRun(config).run()
@@ -65,6 +65,8 @@ def test_two_rounds_complete_with_evaluation(tmp_path, loss):
     pairs = [json.loads(line) for line in (tmp_path / "run" / "round-1" / "pairs.jsonl").read_text().splitlines()]
     if loss == "binary_cringe":
         assert {p["label"] for p in pairs} == {True, False}
+    elif loss == "sft":  # each prompt's best sample, alone
+        assert all(len(p["completion_ids"]) == 1 and p["label"] is True for p in pairs)
     else:
         assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
 
@@ -160,8 +162,8 @@ def test_config_errors_are_clear(tmp_path):
     path = write_config(tmp_path, tmp_path / "run")
     with pytest.raises(ValueError, match="unknown option --roundz .did you mean '--rounds'"):
         load_config(str(path), ["--roundz", "3"])
-    with pytest.raises(ValueError, match="invalid choice: 'sft'"):
-        load_config(str(path), ["--loss", "sft"])
+    with pytest.raises(ValueError, match="invalid choice: 'kto'"):
+        load_config(str(path), ["--loss", "kto"])
     with pytest.raises(ValueError, match="sampling: unknown key 'temprature' .did you mean 'temperature'"):
         load_config(str(path), ["--sampling.temprature", "0.5"])
     with pytest.raises(ValueError, match="train.num_train_epochs: invalid value 'two'"):

@@ -1,7 +1,7 @@
 """Best-vs-worst pairs, ties and small gaps dropped, truncation handling, binary threshold labels."""
 
 from cringe.generation import Sample
-from cringe.pairing import as_training_data, best_vs_worst, by_threshold
+from cringe.pairing import as_training_data, best_only, best_vs_worst, by_threshold
 
 
 def sample(p, j, ids, reason="stop"):
@@ -28,6 +28,16 @@ def test_min_gap_and_truncated_samples():
     rows, report = best_vs_worst(SAMPLES, SCORES, drop_truncated=True)
     assert [r["row"] for r in rows] == [0]
     assert report.dropped["truncated sample"] == 1 and report.dropped["fewer than 2 samples"] == 1
+
+
+def test_best_only_keeps_each_prompts_best_sample_where_pairs_would_be_kept():
+    # Rejection-sampling fine-tuning (`cringe iterate --loss sft`): the winner of each best-vs-worst pair, alone.
+    rows, report = best_only(SAMPLES, SCORES)
+    pairs, _ = best_vs_worst(SAMPLES, SCORES)
+    assert [r["completion_ids"] for r in rows] == [[p["completion_ids"][0]] for p in pairs] == [[[6]], [[5]]]
+    assert all(r["label"] is True for r in rows) and report.dropped == {"reward gap below min_gap": 1}
+    data = as_training_data(rows, "sft")
+    assert data.kind == "binary" and len(data) == 2
 
 
 def test_threshold_labels_for_binary_cringe():

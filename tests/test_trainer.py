@@ -174,7 +174,7 @@ def test_binary_data_with_a_pairwise_loss_is_refused_before_training(tmp_path, t
                       processing_class=tokenizer)
 
 
-@pytest.mark.parametrize("loss", ["pairwise_cringe", "binary_cringe", "dpo", "ipo", "sft"])
+@pytest.mark.parametrize("loss", ["pairwise_cringe", "binary_cringe", "dpo", "ipo", "hinge", "sft"])
 def test_chunked_loss_trains_exactly_like_the_plain_path(tmp_path, tokenizer, loss):
     finals, logs = [], []
     for chunked in (False, True):
