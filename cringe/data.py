@@ -77,6 +77,7 @@ from jinja2.exceptions import TemplateError
 from cringe.durable.files import read_json, read_jsonl
 from cringe.errors import UserError
 from cringe.losses import IGNORE_INDEX
+from cringe.sources import prompt_rows, split_source
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,10 @@ def load_rows(source: Any, split: str = "train", name: str | None = None):
         return source[split]
     source = os.fspath(source)
     suffix = os.path.splitext(source)[1].lower()
+    if not os.path.exists(source):
+
+        source, named_split = split_source(source)  # NAME:SPLIT
+        split = named_split or split
     if os.path.isfile(source):
         if suffix in (".json", ".jsonl"):
             return _load_json(source)
@@ -709,6 +714,7 @@ class Prompt:
     prompt_id: int
     text: str
     ids: list[int]
+    messages: list[dict] | None = None  # a conversational prompt's messages (system turn included)
 
 
 def load_prompts(source: Any, tokenizer, *, max_prompt_length: int | None = 512, on_invalid: str = "error",
@@ -716,7 +722,8 @@ def load_prompts(source: Any, tokenizer, *, max_prompt_length: int | None = 512,
     """Prompts from any accepted format but `text` (the prompt column; for implicit-prompt pairs, the shared
     prefix; for `messages`, the conversation before the last answer), validated and tokenised exactly as for
     training."""
-    dataset = load_rows(source, split=split)
+
+    dataset = prompt_rows(load_rows(source, split=split))  # preference rows: only the prompt is needed
     if _format_of(dataset) == "text":
         raise UserError("a 'text' dataset has no prompts to generate from")
     examples, report = validate(dataset, on_invalid=on_invalid)
@@ -731,7 +738,7 @@ def load_prompts(source: Any, tokenizer, *, max_prompt_length: int | None = 512,
             continue
         text = ex.prompt if not ex.conversational else "\n".join(
             m["content"] for m in ex.prompt if m["role"] == "user" and isinstance(m.get("content"), str))
-        prompts.append(Prompt(len(prompts), text, ids))
+        prompts.append(Prompt(len(prompts), text, ids, [dict(m) for m in ex.prompt] if ex.conversational else None))
     if not prompts:
         raise UserError("no prompts left after validation")
     return prompts

@@ -80,6 +80,8 @@ class Sample:
     finish_reason: str  # "stop" (ended with EOS) or "length" (cut at max_new_tokens)
     seed: int | None = None  # the seed this sample was drawn with (its batch's, or its vLLM request's + sample_id)
     prompt: str | None = None  # the prompt's text, what reward sources see (set by the sampling stage)
+    # a conversational prompt's messages, for reward models that render the conversation (cringe.rewards)
+    prompt_messages: list[dict] | None = None
     num_tokens: int = field(init=False)
 
     def __post_init__(self):

@@ -1,7 +1,7 @@
 """Reward sources behind one interface, `score(prompts, completions) -> list[float]`:
 
-  * `RewardModel`: a Hugging Face sequence-classification model (one logit, or two: logit[1] - logit[0]),
-    batched and truncated, on the model's device;
+  * `RewardModel`: a Hugging Face sequence-classification model (one logit, or two: logit[1] - logit[0]) with
+    its own tokenizer: the conversation rendered with its chat template (or raw text), batched, on its device;
   * `CallableReward`: a Python function named as "module:function" (or passed directly);
   * `PairwiseJudge`: an LLM judge over the OpenAI-compatible chat API (vLLM's server, a hosted model). It asks
     each pair in both orders to cancel position bias; `score` turns a prompt's completions into round-robin win
@@ -71,15 +71,29 @@ class CallableReward:
 
 
 class RewardModel:
-    """A sequence-classification reward model. input: 'completion' scores the completion text alone (as a
-    classifier trained on reviews expects); 'prompt+completion' scores the concatenation."""
+    """A sequence-classification reward model, scored the way it was trained.
 
-    def __init__(self, model_or_path, tokenizer=None, *, batch_size: int = 64, max_length: int = 256,
-                 input: str = "prompt+completion", device: str | None = None, dtype: str | None = None,
-                 trust_remote_code: bool = False):
+    input:
+      * 'conversation': the prompt (text, or a list of chat messages) and the completion as a conversation
+        (`system` first when given), rendered with the reward model's own chat template, with exactly one BOS;
+        the way Skywork-Reward-V2, ArmoRM and other current reward models are used;
+      * 'completion': the completion text alone (a classifier trained on reviews);
+      * 'prompt+completion': the concatenated raw strings;
+      * 'auto' (default): 'conversation' when the reward tokenizer has a chat template, else 'prompt+completion'.
 
-        if input not in ("completion", "prompt+completion"):
-            raise UserError("input must be 'completion' or 'prompt+completion'")
+    Sequences are padded on the right and pooled at their last real token, so a score does not depend on the
+    batch it was computed in. max_length (default: the model's context) cuts the start of a longer input, never
+    its end (where an answer's quality shows), and every cut is counted and logged.
+    """
+
+    takes_messages = True  # score() accepts chat-message lists as prompts (cringe.loop.stages.score_samples)
+
+    def __init__(self, model_or_path, tokenizer=None, *, batch_size: int = 32, max_length: int | None = None,
+                 input: str = "auto", system: str | None = None, device: str | None = None,
+                 dtype: str | None = None, trust_remote_code: bool = False):
+
+        if input not in REWARD_INPUTS:
+            raise UserError(f"reward model input must be one of {', '.join(REWARD_INPUTS)}; got {input!r}")
         if isinstance(model_or_path, str):
 
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_or_path, trust_remote_code=trust_remote_code)
@@ -92,21 +106,98 @@ class RewardModel:
         self.model, self.tokenizer = model_or_path.eval(), tokenizer
         if device is not None:
             self.model.to(device)
-        self.batch_size, self.max_length, self.input = batch_size, max_length, input
+        if input == "auto":
+            input = "conversation" if getattr(tokenizer, "chat_template", None) else "prompt+completion"
+        if input == "conversation" and not getattr(tokenizer, "chat_template", None):
+            raise UserError("reward model input 'conversation' needs a tokenizer with a chat template; this one has "
+                            "none (use input: prompt+completion or completion)")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise UserError("the reward model's tokenizer has neither a pad nor an eos token")
+        # transformers pools a classifier at the last token that is not pad_token_id: without one it refuses
+        # batches, and a wrong one pools at the wrong place.
+        self.model.config.pad_token_id = self.pad_id
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_length = max_length or context or 4096
+        self.batch_size, self.input, self.system = batch_size, input, system
+        self.truncated = 0
+        self._adds_bos = _tokenizer_adds_bos(tokenizer)
+
+    def token_ids(self, prompt, completion: str) -> list[int]:
+        """The token ids one (prompt, completion) is scored on."""
+        tok = self.tokenizer
+        if self.input == "completion":
+            text, special = completion, True
+        elif self.input == "prompt+completion":
+            text, special = _prompt_text(prompt) + completion, True
+        else:
+            messages = ([{"role": "system", "content": self.system}] if self.system else []) + _as_messages(prompt)
+            messages.append({"role": "assistant", "content": completion})
+            text, special = tok.apply_chat_template(messages, tokenize=False), False
+        ids = tok(text, add_special_tokens=special)["input_ids"]
+        bos = tok.bos_token_id
+        if bos is not None and not special:
+            # A template that writes its BOS as text and a tokenizer that adds one would give two (Llama 3's);
+            # one that writes none where the tokenizer adds one would give none.
+            while len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+                ids = ids[1:]
+            if self._adds_bos and (not ids or ids[0] != bos):
+                ids = [bos] + ids
+        if len(ids) > self.max_length:
+            self.truncated += 1
+            head = [ids[0]] if bos is not None and ids[0] == bos else []
+            ids = head + ids[len(ids) - self.max_length + len(head):]
+        return ids
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        texts = list(completions) if self.input == "completion" else [p + c for p, c in zip(prompts, completions)]
+    def score(self, prompts: Sequence, completions: Sequence[str]) -> list[float]:
 
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         device = next(self.model.parameters()).device
-        out: list[float] = []
-        for start in tqdm(range(0, len(texts), self.batch_size), desc="reward model", unit="batch",
-                          disable=len(texts) <= self.batch_size):
-            enc = self.tokenizer(texts[start:start + self.batch_size], truncation=True, max_length=self.max_length,
-                                 padding=True, return_tensors="pt").to(device)
-            logits = self.model(**enc).logits.float()
-            out += (logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]).tolist()
-        return _check_scores(out, len(texts), "reward model")
+        truncated_before = self.truncated
+        encoded = [self.token_ids(p, c) for p, c in zip(prompts, completions)]
+        if self.truncated > truncated_before:
+            logger.warning("reward model: %d of %d inputs were longer than max_length %d; their start was cut",
+                           self.truncated - truncated_before, len(encoded), self.max_length)
+        # Longest first: batches of similar lengths pad less; scores go back to their positions.
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        out = [0.0] * len(encoded)
+        for start in tqdm(range(0, len(order), self.batch_size), desc="reward model", unit="batch",
+                          disable=len(order) <= self.batch_size):
+            index = order[start:start + self.batch_size]
+            width = max(len(encoded[i]) for i in index)
+            ids = torch.full((len(index), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(index), width), dtype=torch.long)
+            for row, i in enumerate(index):
+                ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, :len(encoded[i])] = 1
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            values = (logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]).tolist()
+            for i, v in zip(index, values):
+                out[i] = v
+        return _check_scores(out, len(encoded), "reward model")
+
+
+REWARD_INPUTS = ("auto", "conversation", "completion", "prompt+completion")
+
+
+def _tokenizer_adds_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and bos in tokenizer("a", add_special_tokens=True)["input_ids"][:1]
+
+
+def _as_messages(prompt) -> list[dict]:
+    """A prompt as chat messages: a text prompt is the user's turn."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [dict(m) for m in prompt]
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(m["content"] for m in prompt if m.get("role") == "user" and isinstance(m.get("content"), str))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -395,10 +486,11 @@ _SPEC_KEYS = {
 }
 
 
-def check_reward_spec(spec, where: str = "reward") -> None:
+def check_reward_spec(spec, where: str = "reward") -> str:
     """A reward source's mapping checked without loading anything: its type, its required keys, no unknown key
-    (the keys are the constructor's parameters, so they cannot drift). A config is checked when it is read, not
-    when a round first scores."""
+    (the keys are the constructor's parameters, so they cannot drift), the values a mistake would show only when a
+    round first scores (a reward model's input, a judge's verdict). A config is checked when it is read (and by a
+    recipe's --dry-run). Returns the type."""
     if not isinstance(spec, dict):
         raise UserError(f"{where}: a reward source is a mapping {{type: callable|model|judge, ...}}, got {spec!r}")
     kind = spec.get("type")
@@ -422,10 +514,16 @@ def check_reward_spec(spec, where: str = "reward") -> None:
         close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
         raise UserError(f"{where} ({kind}): unknown keys {unknown}{hint}; known: {', '.join(sorted(known))}")
+    if kind == "model" and spec.get("input", "auto") not in REWARD_INPUTS:
+        raise UserError(f"{where}: input must be one of {', '.join(REWARD_INPUTS)}; got {spec['input']!r}")
+    if kind == "judge" and spec.get("verdict", "text") not in VERDICTS:
+        raise UserError(f"{where}: verdict must be one of {', '.join(VERDICTS)}; got {spec['verdict']!r}")
+    return kind
 
 
 def load_reward_source(spec: dict, device: str | None = None):
-    """From a config mapping: {type: callable, function: "mod:fn", kwargs: {...}} | {type: model, path: ..., input: ...}
+    """From a config mapping: {type: callable, function: "mod:fn", kwargs: {...}}
+    | {type: model, path: ..., input: auto|conversation|completion|prompt+completion, system, max_length, ...}
     | {type: judge, base_url: ..., model: ..., api_key_env: ...}. device: where a reward model runs unless its spec
     says (auto: cuda when available); on a GPU it loads in bfloat16 unless its spec gives a dtype."""
     check_reward_spec(spec)

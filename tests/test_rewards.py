@@ -71,6 +71,83 @@ def test_train_reward_model_learns_labels(tmp_path, tokenizer):
         train_reward_model([{"text": "x", "label": 1}], str(base), str(tmp_path / "rm2"))
 
 
+def reward_stand_in(seed=0):
+    from cringe.standins import build_model, build_reward_tokenizer
+
+    rtok = build_reward_tokenizer()
+    return build_model("tiny-qwen3", rtok, classifier=True, seed=seed), rtok
+
+
+CONVERSATIONS = [
+    ("Name a colour.", "Blue."),
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Two plus two?"}], "Four, of course."),
+    ("Write a haiku about rain.", "Rain on the tin roof\nsoft drums for a sleepy town\nthe gutters applaud"),
+    ("Hi", "Hello! How can I help you today? " * 3),
+    ("Why is the sky blue?", "Rayleigh scattering."),
+]
+
+
+def reference_score(model, rtok, prompt, completion, system=None):
+    """The straight way, one conversation at a time, no padding: the model card's recipe."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    text = rtok.apply_chat_template(messages + [{"role": "assistant", "content": completion}], tokenize=False)
+    ids = rtok(text, add_special_tokens=False)["input_ids"]
+    assert ids.count(rtok.bos_token_id) == 1 and ids[0] == rtok.bos_token_id
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0, 0].item(), ids
+
+
+def test_reward_model_scores_the_conversation_with_its_own_tokenizer(tokenizer):
+    model, rtok = reward_stand_in()
+    prompts, completions = zip(*CONVERSATIONS)
+    reference = [reference_score(model, rtok, p, c) for p, c in CONVERSATIONS]
+    # The policy's tokenizer gives other ids for the same text: scoring with it would be silently wrong.
+    assert tokenizer("Blue.", add_special_tokens=False)["input_ids"] != rtok("Blue.", add_special_tokens=False)["input_ids"]
+    by_batch = {}
+    for batch_size in (1, 2, 8):
+        rm = RewardModel(model, rtok, batch_size=batch_size)  # input auto: the tokenizer has a chat template
+        assert rm.input == "conversation"
+        assert [rm.token_ids(p, c) for p, c in CONVERSATIONS] == [ids for _, ids in reference]  # one BOS each
+        by_batch[batch_size] = rm.score(list(prompts), list(completions))
+    assert len(set(by_batch[1])) == len(CONVERSATIONS)
+    for batch_size, scores in by_batch.items():
+        assert scores == pytest.approx([s for s, _ in reference], abs=1e-5), batch_size
+
+
+def test_reward_model_system_prompt_and_left_truncation():
+    model, rtok = reward_stand_in()
+    rm = RewardModel(model, rtok, system="You are a judge.")
+    ids = rm.token_ids("Q?", "A.")
+    assert ids == reference_score(model, rtok, "Q?", "A.", system="You are a judge.")[1]
+    long_answer = "x" * 200 + " the verdict is at the end"
+    full = RewardModel(model, rtok).token_ids("Q?", long_answer)
+    cut = RewardModel(model, rtok, max_length=40)
+    kept = cut.token_ids("Q?", long_answer)
+    assert len(kept) == 40 and cut.truncated == 1
+    assert kept[0] == rtok.bos_token_id and kept[1:] == full[-39:]  # the answer's end survives, BOS too
+
+
+def test_reward_model_spec_is_checked_before_loading(tmp_path):
+    from cringe.rewards import check_reward_spec
+
+    with pytest.raises(UserError, match=r"unknown keys \['max_len'\]"):
+        load_reward_source({"type": "model", "path": str(tmp_path / "absent"), "max_len": 512})
+    with pytest.raises(UserError, match="input must be one of"):
+        check_reward_spec({"type": "model", "path": "rm", "input": "chat"})
+    with pytest.raises(UserError, match=r"missing path"):
+        check_reward_spec({"type": "model", "input": "conversation"})
+    with pytest.raises(UserError, match="unknown keys"):
+        check_reward_spec({"type": "judge", "base_url": "http://x/v1", "model": "m", "temperature": 0})
+    assert check_reward_spec({"type": "model", "path": "rm", "input": "conversation", "system": "s",
+                              "batch_size": 8, "max_length": 4096}) == "model"
+    model, rtok = reward_stand_in()
+    rtok.chat_template = None
+    with pytest.raises(UserError, match="needs a tokenizer with a chat template"):
+        RewardModel(model, rtok, input="conversation")
+    assert RewardModel(model, rtok).input == "prompt+completion"
+
+
 # ----- the judge against a local server ----------------------------------------------------------------------
 
 

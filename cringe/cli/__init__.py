@@ -3,9 +3,11 @@ parser for all of them (cringe.config).
 
     cringe train --config run.yaml [--key value ...]      fine-tune on preference, binary or SFT data
     cringe iterate --config iter.yaml [--key value ...]   iterative rounds (dotted keys: --train.learning_rate 1e-5)
+    cringe iterate --config recipes/NAME.yaml --dry-run   check a recipe offline (docs/scale.md)
     cringe sample --model M --prompts FILE --output samples.jsonl [--n 4 --backend vllm --vllm.KEY VALUE]
     cringe score --samples samples.jsonl --reward reward.yaml --output scores.jsonl
     cringe evaluate --policy DIR --baseline DIR --prompts FILE --reward reward.yaml
+    cringe evaluate --policy DIR --baseline outputs.json --reward judge.yaml [--export_outputs FILE]
     cringe report RUN [RUN ...] [--output_dir DIR]        a report (markdown + HTML) for iterate runs, side by side
     cringe demo [--quick] [--output_dir DIR]              the paper's comparison, offline, on a CPU
     cringe env                                            versions and devices, for bug reports

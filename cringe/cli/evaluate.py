@@ -11,14 +11,19 @@ from cringe.durable.files import write_json
 from cringe.errors import UserError
 from cringe.evaluate import comparison_table
 from cringe.loop.stages import evaluate_policy
+from cringe.reference import evaluate_against_outputs, is_outputs_file
+from cringe.reference import report as reference_report
 
 
 @dataclass
 class EvaluateArguments:
     policy: str = field(metadata={"help": "the policy to evaluate: model folder, hub id or packaged spec"})
-    baseline: str = field(metadata={"help": "the policy to compare against (also the KL reference)"})
-    prompts: str = field(metadata={"help": "held-out prompts (any accepted data format)"})
+    baseline: str = field(metadata={"help": "the policy to compare against (also the KL reference), or a JSON "
+                                            "file of reference outputs (AlpacaEval/AlpacaFarm: instruction, output, "
+                                            "generator): cringe.reference"})
     reward: str = field(metadata={"help": "YAML file of a reward source (type: callable | model | judge)"})
+    prompts: str | None = field(default=None, metadata={
+        "help": "held-out prompts (any accepted data format); not with a baseline of outputs (its instructions)"})
     samples: int = field(default=1, metadata={"help": "samples per prompt and policy"})
     max_new_tokens: int = 48
     max_prompts: int | None = None
@@ -27,6 +32,10 @@ class EvaluateArguments:
     seed: int = 0
     trust_remote_code: bool = trust_remote_code_field()
     output: str | None = field(default=None, metadata={"help": "write the comparison as JSON here"})
+    export_outputs: str | None = field(default=None, metadata={
+        "help": "baseline of outputs: write the policy's outputs here in AlpacaEval's format (and the judgements "
+                "beside it), for `alpaca_eval --model_outputs FILE`"})
+    generator: str | None = field(default=None, metadata={"help": "the policy's name in exported outputs"})
 
 
 def parsers() -> dict:
@@ -35,6 +44,23 @@ def parsers() -> dict:
 
 def main(argv: list[str]) -> None:
     (args,) = parse(parsers()[""], argv, 1)
+    if is_outputs_file(args.baseline):
+        if args.prompts:
+            raise UserError("--prompts: a baseline of outputs brings its own instructions; leave --prompts out")
+        if args.samples != 1:
+            raise UserError("--samples: against reference outputs the policy answers each instruction once")
+        result = evaluate_against_outputs(
+            args.policy, args.baseline, read_yaml(args.reward), max_new_tokens=args.max_new_tokens,
+            max_prompts=args.max_prompts, dtype=args.dtype, device=args.device, seed=args.seed,
+            trust_remote_code=args.trust_remote_code, generator=args.generator, export=args.export_outputs)
+        print(reference_report(result))
+        if args.output:
+            write_json(args.output, result)
+        return
+    if args.export_outputs:
+        raise UserError("--export_outputs is for a baseline given as a file of outputs")
+    if args.prompts is None:
+        raise UserError("--prompts is required when the baseline is a model")
     if not Path(args.prompts).exists():
         raise UserError(f"--prompts {args.prompts}: no such file")
     result = evaluate_policy(args.policy, args.baseline, args.prompts, read_yaml(args.reward), samples=args.samples,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cringe.loop.config import iterate_parser, parse_iterate_args, section_parsers
 from cringe.loop.run import IterativeRun, evaluation_table
+from cringe.recipes import dry_run
 from cringe.report import write_run_report
 
 
@@ -19,6 +20,9 @@ def main(argv: list[str]) -> None:
     if "-h" in argv or "--help" in argv:
         iterate_parser().print_help()
         sys.exit(0)
+    if "--dry-run" in argv or "--dry_run" in argv:  # every key checked offline; nothing loaded (recipes/)
+        print(dry_run([a for a in argv if a not in ("--dry-run", "--dry_run")]))
+        return
     config = parse_iterate_args(argv)
     evaluations = IterativeRun(config).run()
     if evaluations:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from cringe.config import device_field, dtype_field, make_parser, parse_with_sections, trust_remote_code_field
 from cringe.data import load_prompts
-from cringe.errors import UserError
 from cringe.generation import SamplingConfig
 from cringe.loop.processes import distributed_state
 from cringe.loop.stages import open_sampler, sample_to_file, select_prompts
@@ -32,6 +31,8 @@ class SampleArguments:
     count: int | None = field(default=None, metadata={"help": "how many prompts (default: all)"})
     max_prompts: int | None = None
     max_prompt_length: int = 512
+    on_invalid: str = field(default="error", metadata={"help": "prompts that fail validation: error or skip",
+                                                       "choices": ("error", "skip")})
     trust_remote_code: bool = trust_remote_code_field()
 
 
@@ -44,10 +45,9 @@ def parsers() -> dict:
 def run_sample(args: SampleArguments, sampling: SamplingConfig, engine_options: dict | None = None):
     """The sampling stage: prompts read and tokenised as for training, sampled, written to args.output. Under
     `accelerate launch` each process samples its share of the shards (one GPU each)."""
-    if not Path(args.prompts).exists():
-        raise UserError(f"prompts {args.prompts}: no such file")
     tokenizer = load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
-    prompts = load_prompts(args.prompts, tokenizer, max_prompt_length=args.max_prompt_length, limit=args.max_prompts)
+    prompts = load_prompts(args.prompts, tokenizer, max_prompt_length=args.max_prompt_length, limit=args.max_prompts,
+                           on_invalid=args.on_invalid)
     prompts = select_prompts(prompts, args.start, args.count)
     rank, world, local, barrier = distributed_state(args.device)
     device = args.device

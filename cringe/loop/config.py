@@ -84,6 +84,9 @@ class IterateConfig:
     round_prompts: int | None = field(default=None, metadata=_help("prompts per round, fresh each round"))
     max_eval_prompts: int | None = None
     max_prompt_length: int = 512
+    skip_invalid_prompts: bool = field(default=False, metadata=_help(
+        "skip (and count) prompts longer than max_prompt_length or otherwise invalid, instead of stopping: for "
+        "large public prompt sets such as UltraFeedback's"))
     device: str = field(default="auto", metadata=_help("where models run: auto = cuda when available, else cpu"))
     dtype: str | None = field(default=None, metadata=_help(
         "weights for training and evaluation (default: bfloat16 on a GPU, float32 on a CPU)",
@@ -148,6 +151,9 @@ class IterateConfig:
         if self.vllm and self.resolved_backend() != "vllm":
             raise UserError(f"vllm engine options {sorted(self.vllm)} given, but the sampler is "
                             f"{self.resolved_backend()} (backend: {self.backend})")
+
+    def prompt_errors(self) -> str:
+        return "skip" if self.skip_invalid_prompts else "error"
 
     def resolved_backend(self) -> str:
 
@@ -285,7 +291,7 @@ SECTIONS = ("reward", "eval_reward", "sampling", "train", "vllm", "accelerate")
 
 ITERATE_HELP = """sections (YAML mappings; dotted flags reach their keys, e.g. --train.learning_rate 1e-5):
   reward, eval_reward   a reward source: {type: callable, function: "module:fn", kwargs: {...}}
-                        | {type: model, path: DIR, input: completion|prompt+completion, max_length: N}
+                        | {type: model, path: DIR, input: auto|conversation|completion|prompt+completion, ...}
                         | {type: judge, base_url: URL, model: NAME, api_key_env: VAR}
   sampling              n, max_new_tokens, temperature, top_p, top_k, seed, batch_size
   train                 any `cringe train` training flag (CringeConfig: learning_rate, num_train_epochs,

@@ -275,7 +275,7 @@ class IterativeRun:
             source = c.eval_prompts if evaluation else c.prompts
             limit = c.max_eval_prompts if evaluation else c.max_prompts
             self._prompts[evaluation] = load_prompts(source, self.tokenizer, max_prompt_length=c.max_prompt_length,
-                                                     limit=limit)
+                                                     limit=limit, on_invalid=c.prompt_errors())
         return self._prompts[evaluation]
 
     def round_prompt_list(self, k: int):
@@ -334,6 +334,8 @@ class IterativeRun:
                  "output": str(out_path), "backend": c.backend, "device": c.device,
                  "dtype": c.resolved_sampling_dtype(), "start": start, "count": count, "max_prompts": limit,
                  "max_prompt_length": c.max_prompt_length, "trust_remote_code": c.trust_remote_code, **settings}
+        if c.skip_invalid_prompts:
+            stage["on_invalid"] = "skip"  # the stage must read the same prompt list
         if c.vllm:
             stage["vllm"] = c.vllm
         data_parallel = c.accelerate.get("sample") and c.resolved_backend() == "transformers"

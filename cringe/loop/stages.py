@@ -64,6 +64,7 @@ def sample_to_file(prompts, sampling, out_path: Path, open_sampler, *, shard_pro
     shard_dir = out_path.parent / f".{out_path.stem}-shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     text = {p.prompt_id: p.text for p in prompts}
+    messages = {p.prompt_id: p.messages for p in prompts}
     starts = list(range(0, len(prompts), shard_prompts))
     sampler = None
     try:
@@ -80,7 +81,7 @@ def sample_to_file(prompts, sampling, out_path: Path, open_sampler, *, shard_pro
             for run in _contiguous_runs(prompts[start:start + shard_prompts]):
                 drawn += sampler.sample([p.ids for p in run], sampling, prompt_ids_offset=run[0].prompt_id)
             for s in drawn:
-                s.prompt = text[s.prompt_id]
+                s.prompt, s.prompt_messages = text[s.prompt_id], messages[s.prompt_id]
             write_jsonl(shard, [s.to_dict() for s in drawn])
     finally:
         if sampler is not None and hasattr(sampler, "close"):
@@ -126,9 +127,11 @@ def score_to_file(reward, samples, out_path: Path, prompts=None) -> list[float]:
 
 def score_samples(reward, samples, prompts=None) -> list[float]:
     """One reward per sample. Reward sources see the prompt's text: the sample's own (`Sample.prompt`) or, for
-    samples written before they carried it, the text of `prompts` (cringe.data.Prompt) with the same prompt id."""
+    samples written before they carried it, the text of `prompts` (cringe.data.Prompt) with the same prompt id.
+    A reward source that renders conversations (`takes_messages`) gets a conversational prompt's messages."""
+    chat = getattr(reward, "takes_messages", False)
     if prompts is not None:
-        text = {p.prompt_id: p.text for p in prompts}
+        text = {p.prompt_id: (p.messages or p.text) if chat else p.text for p in prompts}
         missing = sorted({s.prompt_id for s in samples} - set(text))
         if missing:
             raise ValueError(f"samples refer to prompt ids that are not in the prompt list: {missing[:5]}")
@@ -137,7 +140,7 @@ def score_samples(reward, samples, prompts=None) -> list[float]:
         if any(s.prompt is None for s in samples):
             raise UserError("these samples carry no prompt text (written by an older version): score them with "
                             "the prompts file, or sample them again")
-        prompt_texts = [s.prompt for s in samples]
+        prompt_texts = [(s.prompt_messages or s.prompt) if chat else s.prompt for s in samples]
     return reward.score(prompt_texts, [s.completion for s in samples])
 
 
