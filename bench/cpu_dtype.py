@@ -33,10 +33,9 @@ def best(fn, reps: int = 5) -> float:
 
 def main() -> None:
     import torch
+    from denormals import cpu_name  # bench/denormals.py, beside this script
 
     from cringe.models import cpu_bf16_flags
-
-    from denormals import cpu_name  # bench/denormals.py, beside this script
 
     cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}; native bf16: {cpu_bf16_flags() or 'none'}\n")

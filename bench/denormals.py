@@ -49,8 +49,8 @@ def make_pairs(model_name: str, out: Path) -> dict:
 
     from cringe.data import load_prompts
     from cringe.generation import SamplingConfig, TransformersSampler, derive_seed
-    from cringe.models import load_model_and_tokenizer
     from cringe.loop.pairing import best_vs_worst
+    from cringe.models import load_model_and_tokenizer
     from cringe.testbeds.toy import lexicon_positivity
 
     model, tokenizer = load_model_and_tokenizer(SPECS[model_name], dtype="float32")  # as the example samples

@@ -90,8 +90,8 @@ def main() -> None:
     import yaml
 
     import cringe.loop.run as loop_module
-    from cringe.loop import processes
     from cringe.generation import vllm_build
+    from cringe.loop import processes
     from cringe.loop.run import IterativeRun, parse_iterate_args
     from cringe.recipes import swap_in
 

@@ -24,8 +24,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from cringe.loop import rundir
-    from cringe.models import load_model, load_tokenizer
     from cringe.loop.stages import completion_logprobs
+    from cringe.models import load_model, load_tokenizer
 
     run = rundir.RunDir(args.run)
     config = run.config()

@@ -38,8 +38,8 @@ def run_seed(seed: int, out: Path, preset: str) -> dict:
 
 def method_outcomes(run_dir: Path, k: int) -> dict:
     """One method's round k on one seed: per-prompt gold win outcomes and gold rewards, its KL and proxy reward."""
-    from cringe.loop import rundir
     from cringe.evaluate import mean_by_prompt, win_outcomes
+    from cringe.loop import rundir
     from cringe.loop.rundir import RunDir
 
     run = RunDir(run_dir)
@@ -56,10 +56,8 @@ def method_outcomes(run_dir: Path, k: int) -> dict:
 def pool(seed_dirs: dict[int, Path], methods: list[str], seed: int = 0) -> list[dict]:
     """One row per method and evaluated round, pooled over the seeds that have it."""
     from cringe.demo.pipeline import LABELS
-    from cringe.evaluate import pooled_mean
+    from cringe.evaluate import mean_by_prompt, pooled_mean
     from cringe.loop.rundir import RunDir
-
-    from cringe.evaluate import mean_by_prompt
 
     rows = []
     first = next(iter(seed_dirs.values()))

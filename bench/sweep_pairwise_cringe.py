@@ -45,8 +45,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from cringe.demo.pipeline import PRESETS, Demo, machine_description
-    from cringe.loop import rundir
     from cringe.evaluate import compare, format_table
+    from cringe.loop import rundir
     from cringe.loop.run import IterativeRun
     from cringe.rewards import load_reward_source
     from cringe.testbeds import sentiment

@@ -89,6 +89,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from cringe import data as D
+    from cringe.data import formats as F
     from cringe.models import load_tokenizer
 
     spec = {"smollm2": "smollm2-135m-instruct", "tiny": "tiny-random-llama"}.get(args.tokenizer, args.tokenizer)
@@ -100,7 +101,7 @@ def main() -> None:
     lengths = dict(max_prompt_length=args.max_length, max_completion_length=args.max_length)
 
     def per_row():
-        return D.prepare(D._read_json_rows(str(path)), tokenizer, kind="pairwise", **lengths)
+        return D.prepare(F._read_json_rows(str(path)), tokenizer, kind="pairwise", **lengths)
 
     data, seconds = timed(per_row)
     tokens = sum(len(r["prompt_ids"]) + sum(map(len, r["completion_ids"])) for r in data.rows)

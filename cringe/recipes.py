@@ -19,11 +19,11 @@ import os
 from pathlib import Path
 
 from cringe.config import read_yaml
+from cringe.data.formats import split_source
 from cringe.errors import UserError
 from cringe.loop.config import parse_iterate_args
 from cringe.models import build_tiny_model, build_tiny_tokenizer
 from cringe.rewards import check_reward_spec
-from cringe.sources import split_source
 from cringe.standins import build_model, build_reward_tokenizer, save_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,13 +26,13 @@ import logging
 from pathlib import Path
 
 from cringe.data import load_prompts
+from cringe.data.formats import instruction_text  # noqa: F401 - part of this module's interface (tests, callers)
 from cringe.durable.files import read_json, read_jsonl, write_json
 from cringe.errors import UserError
 from cringe.evaluate import _outcome, text_metrics, win_rate_from_outcomes
 from cringe.generation import SamplingConfig, TransformersSampler
 from cringe.models import default_dtype, free_memory, load_model, load_tokenizer, resolve_device
 from cringe.rewards import check_reward_spec, load_reward_source
-from cringe.sources import instruction_text  # noqa: F401 - part of this module's interface (tests, callers)
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from cringe import data as D
 from cringe.data import Collator, DataValidationError, detect_format, load_prompts, load_rows, prepare, validate
+from cringe.data import formats as F
+from cringe.data import tokenize as T
 from cringe.errors import UserError
 from cringe.losses import IGNORE_INDEX
 
@@ -459,17 +460,17 @@ def test_map_results_are_cached_per_tokenizer_and_settings(tmp_path, tokenizer, 
     def must_not_run(*args, **kwargs):
         raise AssertionError("recomputed instead of read from the cache")
 
-    monkeypatch.setattr(D, "_validate_batch", must_not_run)
-    monkeypatch.setattr(D, "_tokenize_rows", must_not_run)
+    monkeypatch.setattr(T, "_validate_batch", must_not_run)
+    monkeypatch.setattr(T, "_tokenize_rows", must_not_run)
     assert prepare(dataset, tokenizer, kind="pairwise", num_proc=1).rows == first.rows
     with pytest.raises(AssertionError, match="recomputed"):  # other settings: another cache entry
         prepare(dataset, tokenizer, kind="pairwise", num_proc=1, max_completion_length=5)
-    monkeypatch.setattr(D, "_validate_batch", D.__dict__["_validate_batch"])
-    other = D.__dict__["_source_hash"]
-    monkeypatch.setattr(D, "_source_hash", lambda: "edited")  # changed code: another cache entry
+    monkeypatch.setattr(T, "_validate_batch", T.__dict__["_validate_batch"])
+    other = T.__dict__["_source_hash"]
+    monkeypatch.setattr(T, "_source_hash", lambda: "edited")  # changed code: another cache entry
     with pytest.raises(AssertionError, match="recomputed"):
         prepare(dataset, tokenizer, kind="pairwise", num_proc=1)
-    monkeypatch.setattr(D, "_source_hash", other)
+    monkeypatch.setattr(T, "_source_hash", other)
     from cringe.models import build_tiny_tokenizer
 
     another = build_tiny_tokenizer()
@@ -482,10 +483,10 @@ def test_large_inputs_take_the_map_path_and_small_lists_do_not(tmp_path, tokeniz
     import datasets
 
     calls = []
-    real = D._prepare_with_map
-    monkeypatch.setattr(D, "_prepare_with_map", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(D, "MAP_MIN_ROWS", 10)
-    monkeypatch.setattr(D, "ARROW_JSON_MIN_BYTES", 0)
+    real = T._prepare_with_map
+    monkeypatch.setattr(T, "_prepare_with_map", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(T, "MAP_MIN_ROWS", 10)
+    monkeypatch.setattr(F, "ARROW_JSON_MIN_BYTES", 0)
     rows = [ultrafeedback_row(i) for i in range(12)]
     path = tmp_path / "big.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -504,8 +505,8 @@ def test_trainer_tokenises_with_dataset_num_proc_and_trains_on_messages(tmp_path
     from cringe.trainer import CringeConfig, CringeTrainer
 
     seen = []
-    real = D._prepare_with_map
-    monkeypatch.setattr(D, "_prepare_with_map", lambda *a, **k: seen.append(k["num_proc"]) or real(*a, **k))
+    real = T._prepare_with_map
+    monkeypatch.setattr(T, "_prepare_with_map", lambda *a, **k: seen.append(k["num_proc"]) or real(*a, **k))
     rows = MAP_CASES["messages-sft"][0][:8]
     args = CringeConfig(output_dir=str(tmp_path / "out"), loss="sft", dataset_num_proc=1, max_steps=1,
                         per_device_train_batch_size=4, save_strategy="no", report_to="none", disable_tqdm=True,
@@ -530,3 +531,24 @@ def test_a_tools_column_is_passed_to_the_template_or_refused(tokenizer):
         aware.chat_template
     prompt = aware.decode(prepare([row, dict(row, tools=None)], aware, kind="sft")[0]["prompt_ids"])
     assert prompt.startswith('<|im_start|>system\nTools: [{"type": "function"')
+
+
+def test_reward_sources_see_a_conversations_system_turn(tokenizer):
+    # Prompt.text kept only the user turns: a reward source never saw the system message it was judging against.
+    from cringe.loop.stages import score_samples
+    from cringe.rewards import CallableReward
+
+    rows = [{"prompt": [chat("system", "Answer in French."), chat("user", "Say hello.")]},
+            {"prompt": [chat("user", "Say goodbye.")]}]
+    prompts = load_prompts(rows, tokenizer)
+    assert "Answer in French." in prompts[0].text and "Say hello." in prompts[0].text
+    assert prompts[1].text == "Say goodbye."  # a lone user turn reads as it always did
+    seen = []
+    reward = CallableReward(lambda ps, cs: seen.extend(ps) or [0.0] * len(cs))
+
+    class Drawn:  # the two fields score_samples reads
+        def __init__(self, prompt_id):
+            self.prompt_id, self.completion, self.prompt = prompt_id, "Bonjour", None
+
+    score_samples(reward, [Drawn(0), Drawn(1)], prompts)
+    assert "Answer in French." in seen[0]

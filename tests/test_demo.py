@@ -77,10 +77,10 @@ def test_demo_smoke_rloo_row_through_trl(tmp_path, monkeypatch):
 def test_the_demos_proxy_scores_are_checked_against_the_samples_they_score(tmp_path):
     # The check used to find its samples file by putting "samples" for "scores" in the name:
     # eval_proxy_scores.jsonl -> eval_proxy_samples.jsonl, which never exists, so nothing was checked.
-    from cringe.loop import rundir
     from cringe.demo.pipeline import Demo
     from cringe.durable.files import DamagedFileError, write_jsonl
     from cringe.generation import Sample
+    from cringe.loop import rundir
 
     samples = [Sample(p, s, [1, 2], [3, 4], "text", "stop").to_dict() for p in range(2) for s in range(2)]
     write_jsonl(tmp_path / rundir.EVAL_SAMPLES, samples)
@@ -116,8 +116,9 @@ def test_the_demo_trains_where_its_models_are(tmp_path, monkeypatch):
     config = demo.method_config("iterative_pairwise_cringe")
     args, _ = config.training_arguments(tmp_path / "round-1")
     assert args.use_cpu is False
-    import cringe.demo.rloo
     import inspect
+
+    import cringe.demo.rloo
 
     assert "use_cpu=True" not in inspect.getsource(cringe.demo.rloo)
 

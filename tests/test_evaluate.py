@@ -4,8 +4,16 @@ import math
 
 import pytest
 
-from cringe.evaluate import (distinct_n, kl_estimate, pooled_mean, repeated_ngram_rate, text_metrics, win_outcomes,
-                             win_rate, win_rate_from_outcomes)
+from cringe.evaluate import (
+    distinct_n,
+    kl_estimate,
+    pooled_mean,
+    repeated_ngram_rate,
+    text_metrics,
+    win_outcomes,
+    win_rate,
+    win_rate_from_outcomes,
+)
 
 
 def test_win_rate_counts_ties_as_half_and_reports_sem_and_ci():

@@ -27,10 +27,10 @@ import pytest
 from cringe.cli import main
 from cringe.loop.run import IterativeRun, load_config
 from cringe.testbeds.toy import prompts as toy_prompts
-from .test_loop import write_config as loop_config
 from cringe.testbeds.toy import vowel_share
 
 from .conftest import pair_rows
+from .test_loop import write_config as loop_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GATE = "CRINGE_TEST_GATE"

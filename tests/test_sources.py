@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from cringe.data.formats import prompt_rows, split_source
 from cringe.errors import UserError
-from cringe.sources import prompt_rows, split_source
 
 
 def test_split_source():
