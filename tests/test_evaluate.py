@@ -133,3 +133,9 @@ def test_cringe_evaluate_compares_a_trained_round_with_the_start(tmp_path, capsy
     loop_eval = json.loads((tmp_path / "run" / "round-1" / "eval.json").read_text())
     assert set(loop_eval) - {"round"} == set(result)
     assert "win rate of policy vs baseline" in capsys.readouterr().out
+    # One evaluation pipeline: with the loop's settings, `cringe evaluate` computes the loop's own eval.json.
+    main(["evaluate", "--policy", str(tmp_path / "run" / "round-1" / "model"), "--baseline", "tiny-random-llama",
+          "--prompts", str(tmp_path / "prompts.jsonl"), "--reward", str(reward), "--max-new-tokens", "12",
+          "--output", str(out)])
+    same = json.loads(out.read_text())
+    assert same["win_rate"] == loop_eval["win_rate"] and same["kl"] == loop_eval["kl"]

@@ -10,7 +10,7 @@ from cringe.config import device_field, dtype_field, make_parser, parse, read_ya
 from cringe.durable.files import write_json
 from cringe.errors import UserError
 from cringe.evaluate import comparison_table
-from cringe.loop.stages import evaluate_policy
+from cringe.loop.run import evaluate_policy
 from cringe.reference import evaluate_against_outputs, is_outputs_file
 from cringe.reference import report as reference_report
 
@@ -28,6 +28,10 @@ class EvaluateArguments:
     max_new_tokens: int = 48
     max_prompts: int | None = None
     device: str = device_field()
+    backend: str = field(default="transformers", metadata={"help": "sampler (as in cringe iterate)",
+                                                            "choices": ("auto", "transformers", "vllm")})
+    work_dir: str | None = field(default=None, metadata={
+        "help": "keep the samples and scores here (a run directory: rerun to continue); default: a temporary one"})
     dtype: str | None = dtype_field()
     seed: int = 0
     trust_remote_code: bool = trust_remote_code_field()
@@ -63,9 +67,10 @@ def main(argv: list[str]) -> None:
         raise UserError("--prompts is required when the baseline is a model")
     if not Path(args.prompts).exists():
         raise UserError(f"--prompts {args.prompts}: no such file")
-    result = evaluate_policy(args.policy, args.baseline, args.prompts, read_yaml(args.reward), samples=args.samples,
-                             max_new_tokens=args.max_new_tokens, max_prompts=args.max_prompts, dtype=args.dtype,
-                             device=args.device, seed=args.seed, trust_remote_code=args.trust_remote_code)
+    result = evaluate_policy(args.policy, args.baseline, args.prompts, read_yaml(args.reward), work_dir=args.work_dir,
+                             samples=args.samples, max_new_tokens=args.max_new_tokens, max_prompts=args.max_prompts,
+                             dtype=args.dtype, device=args.device, backend=args.backend, seed=args.seed,
+                             trust_remote_code=args.trust_remote_code)
     print(comparison_table([{**result, "model": args.policy}], "model", "policy"))
     w = result["win_rate"]
     print(f"\nwin rate of policy vs baseline: {w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}..{w['ci_high']:.3f}, "

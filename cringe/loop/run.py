@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,9 +100,10 @@ class IterativeRun:
     `session()`, `sample`, `score`, `baseline`, `evaluate` and `record` are what other drivers (the demo, RLOO)
     use to run steps of their own in the same directory."""
 
-    def __init__(self, config: IterateConfig, on_step=None):
+    def __init__(self, config: IterateConfig, on_step=None, policies: dict[int, str] | None = None):
         self.config = config
         self.on_step = on_step  # called as on_step(round, step_name, seconds) after each finished step
+        self.policies = policies or {}  # M_k given from elsewhere (cringe evaluate's policy), not trained here
         self.run_dir = RunDir(config.output_dir)
         self.dir = self.run_dir.path
         self.trackers = None  # cringe.loop.tracking.Trackers while a session runs with report_to
@@ -287,6 +289,8 @@ class IterativeRun:
 
     def model_path(self, k: int) -> str:
         """Where M_k lives: the initial spec for k = 0."""
+        if k in self.policies:
+            return self.policies[k]
         return self.config.model if k == 0 else str(self.run_dir.model(k))
 
     def load_model(self, k: int, dtype: str | None = None, device: str | None = None):
@@ -470,23 +474,53 @@ class IterativeRun:
         free_memory()
         return logps
 
-    def evaluate(self, k: int) -> dict:
-        """M_k against M_0 on the held-out prompts: cringe.evaluate.compare's schema plus the round."""
-
+    def compare(self, k: int) -> dict:
+        """M_k against M_0 on the held-out prompts (cringe.evaluate.compare's schema plus the round): both sampled
+        and scored (each file kept, so a rerun continues), KL(M_k || M_0) from M_k's samples' log-probs. The one
+        evaluation `cringe iterate`, `cringe evaluate` and the demo run."""
         round_dir = self.run_dir.round(k)
+        round_dir.mkdir(parents=True, exist_ok=True)
         prompts, base_samples, base_scores = self.baseline()
         samples = self._load_or_sample(k, prompts, round_dir / rundir.EVAL_SAMPLES)
         scores_path = round_dir / rundir.EVAL_SCORES
         scores = (self.run_dir.scores(scores_path) if scores_path.exists()
                   else self.score(prompts, samples, scores_path, evaluation=True))
-        result = {"round": k, **compare(samples, scores, base_samples, base_scores,
-                                        policy_logps=self._logprobs(k, samples),
-                                        reference_logps=self._logprobs(0, samples), seed=self.config.seed)}
-        # The card first: eval.json is the step's completion marker.
+        return {"round": k, **compare(samples, scores, base_samples, base_scores,
+                                      policy_logps=self._logprobs(k, samples),
+                                      reference_logps=self._logprobs(0, samples), seed=self.config.seed)}
+
+    def evaluate(self, k: int) -> dict:
+        """Round k's evaluation step: `compare`, added to M_k's model card, and eval.json (the step's marker)."""
+        result = self.compare(k)
         add_evaluation_to_card(self.run_dir.model(k), comparison_table([result], "round", "round", baseline="M0")
                                + f"\n\nHeld-out prompts: {result['n_prompts']} from `{self.config.eval_prompts}`.")
-        write_json(round_dir / rundir.EVAL, result)
+        write_json(self.run_dir.file(k, rundir.EVAL), result)
         return result
+
+
+def evaluate_policy(policy: str, baseline: str, prompts: str, reward_spec: dict, *, work_dir: str | None = None,
+                    samples: int = 1, max_new_tokens: int = 48, max_prompts: int | None = None,
+                    dtype: str | None = None, device: str = "auto", backend: str = "transformers", seed: int = 0,
+                    trust_remote_code: bool = False) -> dict:
+    """`cringe evaluate`: a policy (any model spec) against a baseline on held-out prompts, through the loop's own
+    evaluation (IterativeRun.compare: the same sampling backends, stage processes, seeds and files). The baseline
+    is M_0 and the policy M_1 of a run directory in `work_dir` (default: a temporary one), so a rerun with the same
+    work_dir continues where it stopped. The tokenizer is the baseline's; both models must share it."""
+    keep = work_dir is not None
+    work = Path(work_dir) if keep else Path(tempfile.mkdtemp(prefix="cringe-evaluate-"))
+    config = IterateConfig(model=baseline, prompts=prompts, eval_prompts=prompts, output_dir=str(work),
+                           reward=reward_spec, rounds=1, eval_samples=samples, max_eval_prompts=max_prompts,
+                           sampling={"max_new_tokens": max_new_tokens}, dtype=dtype, device=device, backend=backend,
+                           seed=seed, trust_remote_code=trust_remote_code)
+    run = IterativeRun(config, policies={1: policy})
+    try:
+        with run.session():
+            result = run.compare(1)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    result.pop("round")
+    return result
 
 
 def evaluation_table(evaluations: list[dict]) -> str:

@@ -13,15 +13,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from cringe.data import load_prompts
 from cringe.durable.answerlog import answers_kept
 from cringe.durable.files import read_jsonl, write_jsonl
 from cringe.durable.integrity import shard_is_complete
 from cringe.errors import UserError
-from cringe.evaluate import compare, sequence_logprobs
-from cringe.generation import Sample, SamplingConfig, TransformersSampler, VLLMSampler, resolve_backend
-from cringe.models import default_dtype, engine_path, free_memory, load_model, load_tokenizer, resolve_device
-from cringe.rewards import load_reward_source
+from cringe.evaluate import sequence_logprobs
+from cringe.generation import Sample, TransformersSampler, VLLMSampler, resolve_backend
+from cringe.models import default_dtype, engine_path, load_model, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -149,39 +147,6 @@ def completion_logprobs(model, samples, pad_token_id: int, batch_size: int = 32)
 
     rows = [{"prompt_ids": s.prompt_ids, "completion_ids": [s.completion_ids]} for s in samples]
     return sequence_logprobs(model, rows, pad_token_id, batch_size=batch_size)
-
-
-def evaluate_policy(policy: str, baseline: str, prompts_source, reward_spec: dict, *, samples: int = 1,
-                    max_new_tokens: int = 48, max_prompts: int | None = None, dtype: str | None = None,
-                    device: str = "auto", seed: int = 0, trust_remote_code: bool = False) -> dict:
-    """Sample `samples` completions per held-out prompt from a policy and a baseline (model specs), score both
-    with the reward source, and compare them (cringe.evaluate.compare; KL(policy || baseline) on the policy's
-    samples). Every model runs on `device` (auto: the GPU when there is one; bfloat16 there unless `dtype` says),
-    one at a time. The tokenizer is the baseline's; both models must share it."""
-
-    device = resolve_device(device)
-    dtype = default_dtype(dtype, device)
-    tokenizer = load_tokenizer(baseline, trust_remote_code)
-    prompts = load_prompts(prompts_source, tokenizer, limit=max_prompts)
-    sampling = SamplingConfig(n=samples, max_new_tokens=max_new_tokens, seed=seed)
-    drawn = {}
-    for name, spec in (("policy", policy), ("baseline", baseline)):
-        model = load_model(spec, tokenizer, dtype, trust_remote_code, device=device)
-        drawn[name] = TransformersSampler(model, tokenizer).sample([p.ids for p in prompts], sampling)
-        del model
-        free_memory()
-    reward = load_reward_source(reward_spec, device=device)
-    scores = {name: score_samples(reward, drawn[name], prompts) for name in drawn}
-    del reward
-    free_memory()
-    logps = {}
-    for name, spec in (("policy", policy), ("baseline", baseline)):
-        model = load_model(spec, tokenizer, dtype, trust_remote_code, device=device)
-        logps[name] = completion_logprobs(model, drawn["policy"], tokenizer.pad_token_id)
-        del model
-        free_memory()
-    return compare(drawn["policy"], scores["policy"], drawn["baseline"], scores["baseline"],
-                   policy_logps=logps["policy"], reference_logps=logps["baseline"], seed=seed)
 
 
 def per_sample(values: Sequence[float], samples) -> list[dict]:
