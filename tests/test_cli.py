@@ -197,6 +197,7 @@ def _weights(path):
     return load_file(str(Path(path) / "model.safetensors"))
 
 
+@pytest.mark.slow  # about 10-40 s (subprocesses); make test-slow runs it
 def test_two_process_ddp_matches_single_process(tmp_path):
     """accelerate launch, 2 CPU processes (gloo), per-device batch 4 == 1 process, batch 8."""
     common = ["train", "--config", str(CONFIG), "--loss", "pairwise_cringe", "--k", "1", "--optim", "sgd",

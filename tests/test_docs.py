@@ -126,6 +126,7 @@ def test_docs_point_nowhere_outside_the_repository():
             assert resolved.is_relative_to(docs), f"{path}: {target} leaves docs/ (the site cannot serve it)"
 
 
+@pytest.mark.slow  # about 10-40 s (subprocesses); make test-slow runs it
 def test_site_and_report_render_in_chromium(site, tmp_path):
     """A real browser draws the site's front page and a report page (the demo's, the renderer every report uses)
     as more than a blank page: Chromium loads them from disk, offline."""

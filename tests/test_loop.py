@@ -203,6 +203,7 @@ def _run_cli(config_path, **kw):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # about 10-40 s (subprocesses); make test-slow runs it
 def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference"
     assert _run_cli(write_config(tmp_path, reference)).wait(timeout=300) == 0

@@ -48,7 +48,8 @@ def test_prompt_rows_load_as_conversational_prompts(tmp_path, tokenizer):
     prompts = load_prompts(str(path), tokenizer)
     assert len(prompts) == 3
     opening = " ".join(reviews[0]["text"].split()[:sentiment.PROMPT_WORDS])
-    assert prompts[0].text == f"Continue this movie review: {opening}"
+    # what reward sources read: the system turn too (the testbed's rewards read the completion alone)
+    assert prompts[0].text == f"system: {sentiment.SYSTEM}\n\nuser: Continue this movie review: {opening}"
     assert tokenizer.decode(prompts[0].ids).count(sentiment.SYSTEM) == 1
 
 

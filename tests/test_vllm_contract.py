@@ -63,6 +63,7 @@ def test_on_a_cpu_engine_chunked_prefill_is_off_unless_the_user_says(fake_vllm, 
         {"enable_chunked_prefill": False, "enforce_eager": True}, {"enable_chunked_prefill": True}, {}]
 
 
+@pytest.mark.slow  # about 10-40 s (subprocesses); make test-slow runs it
 def test_loop_runs_one_engine_per_sampling_stage_in_its_own_process(fake_vllm, tmp_path):
     """backend vllm: every sampling stage is a `cringe sample` subprocess with one engine for all its shards;
     engine options from the config reach vllm.LLM; seeds never repeat across prompts, samples or rounds."""
