@@ -43,6 +43,22 @@ def _group(samples: Sequence[Sample], scores: Sequence[float], drop_truncated: b
     return groups
 
 
+def _extremes(groups: dict, min_gap: float, report: PairingReport):
+    """(prompt id, best (sample, score), worst (sample, score)) of each prompt whose best beats its worst by more
+    than 0 and at least `min_gap`; the others are counted in `report`. Stable: on equal scores the earlier sample
+    wins, so reruns pick the same samples."""
+    for prompt_id, group in sorted(groups.items()):
+        if len(group) < 2:
+            report.drop("fewer than 2 samples")
+            continue
+        ranked = sorted(group, key=lambda sr: -sr[1])
+        gap = ranked[0][1] - ranked[-1][1]
+        if gap <= 0 or gap < min_gap:
+            report.drop("reward gap below min_gap")
+            continue
+        yield prompt_id, ranked[0], ranked[-1]
+
+
 def best_vs_worst(samples: Sequence[Sample], scores: Sequence[float], *, min_gap: float = 0.0,
                   drop_truncated: bool = False) -> tuple[list[dict], PairingReport]:
     """One pair per prompt: its highest-scored sample against its lowest. A prompt is dropped when the gap is
@@ -50,17 +66,8 @@ def best_vs_worst(samples: Sequence[Sample], scores: Sequence[float], *, min_gap
     are the same tokens."""
     report = PairingReport()
     rows = []
-    for prompt_id, group in sorted(_group(samples, scores, drop_truncated, report).items()):
-        if len(group) < 2:
-            report.drop("fewer than 2 samples")
-            continue
-        # Stable order: on equal scores the earlier sample wins, so reruns pick the same pair.
-        ranked = sorted(group, key=lambda sr: -sr[1])
-        (best, r_best), (worst, r_worst) = ranked[0], ranked[-1]
-        gap = r_best - r_worst
-        if gap <= 0 or gap < min_gap:
-            report.drop("reward gap below min_gap")
-            continue
+    for prompt_id, (best, r_best), (worst, r_worst) in _extremes(_group(samples, scores, drop_truncated, report),
+                                                                 min_gap, report):
         if best.completion_ids == worst.completion_ids:
             report.drop("identical best and worst")
             continue
@@ -75,21 +82,12 @@ def best_vs_worst(samples: Sequence[Sample], scores: Sequence[float], *, min_gap
 def best_only(samples: Sequence[Sample], scores: Sequence[float], *, min_gap: float = 0.0,
               drop_truncated: bool = False) -> tuple[list[dict], PairingReport]:
     """Rejection sampling (best-of-n fine-tuning, as in RAFT / ReST): each prompt's highest-scored sample as an SFT
-    row. A prompt is dropped when its samples' reward spread is not above `min_gap` (nothing was selected) or
-    fewer than two samples remain: the same prompts best_vs_worst keeps."""
+    row, for the prompts whose reward spread selects one (the rule best_vs_worst applies)."""
     report = PairingReport()
-    rows = []
-    for prompt_id, group in sorted(_group(samples, scores, drop_truncated, report).items()):
-        if len(group) < 2:
-            report.drop("fewer than 2 samples")
-            continue
-        ranked = sorted(group, key=lambda sr: -sr[1])  # stable: on equal scores the earlier sample wins
-        (best, r_best), (_, r_worst) = ranked[0], ranked[-1]
-        if r_best - r_worst <= 0 or r_best - r_worst < min_gap:
-            report.drop("reward gap below min_gap")
-            continue
-        rows.append({"row": prompt_id, "prompt_ids": best.prompt_ids, "completion_ids": [best.completion_ids],
-                     "label": True, "score": r_best, "completion": best.completion})
+    rows = [{"row": prompt_id, "prompt_ids": best.prompt_ids, "completion_ids": [best.completion_ids],
+             "label": True, "score": r_best, "completion": best.completion}
+            for prompt_id, (best, r_best), _ in _extremes(_group(samples, scores, drop_truncated, report), min_gap,
+                                                         report)]
     report.kept = len(rows)
     return rows, report
 
