@@ -25,12 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def run_seed(seed: int, out: Path, preset: str) -> dict:
+def run_seed(seed: int, out: Path, preset: str, methods: str | None = None) -> dict:
     """`cringe demo` for one seed in its own process (its memory is returned between seeds); resumes."""
     resumed = (out / "results.json").exists()
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "cringe", "demo", "--preset", preset, "--seed", str(seed),
-                    "--output_dir", str(out)], check=True, cwd=ROOT)
+                    "--output_dir", str(out), *(["--methods", methods] if methods else [])], check=True, cwd=ROOT)
     meta = json.loads((out / "results.json").read_text())["meta"]
     return {"seed": seed, "dir": str(out), "seconds_this_call": round(time.time() - t0, 1), "resumed": resumed,
             "machine": meta["machine"]}
@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output-dir", default="runs/seeds")
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--methods", default=None, help="comma-separated demo methods (default: the preset's), e.g. "
+                                                          "adding the opt-in iterative_sft")
     parser.add_argument("--existing", action="append", default=[], metavar="SEED=DIR",
                         help="an earlier `cringe demo --seed SEED --output_dir DIR` run to count as that seed")
     args = parser.parse_args()
@@ -117,10 +119,10 @@ def main() -> None:
     calls = []
     started = time.time()
     for s, d in seed_dirs.items():
-        calls.append(run_seed(s, d, args.preset))
+        calls.append(run_seed(s, d, args.preset, args.methods))
         print(f"seed {s}: {calls[-1]['seconds_this_call']:.0f} s ({'resumed' if calls[-1]['resumed'] else 'cold'})",
               flush=True)
-    methods = list(PRESETS[args.preset].methods)
+    methods = args.methods.split(",") if args.methods else list(PRESETS[args.preset].methods)
     rows = pool(seed_dirs, methods)
     text = "\n".join([
         f"# The demo's comparison over {len(seed_dirs)} seeds ({args.preset} preset)", "",
