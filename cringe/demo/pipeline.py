@@ -397,7 +397,8 @@ class Demo:
         p = self.preset
         results["meta"] = {
             "command": command, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine_description(),
-            "preset": {k: v for k, v in dataclasses.asdict(p).items()}, "seed": self.seed,
+            "preset": {**dataclasses.asdict(p), "bf16": p.resolved_bf16(),  # as this machine ran it
+                       "sampling_dtype": p.resolved_sampling_dtype() or "float32"}, "seed": self.seed,
             "wall_seconds": round(time.time() - started, 1), "reward_models": accuracies,
             "pairwise_cringe": pairwise_cringe_settings(),
         }
