@@ -102,3 +102,24 @@ def test_no_runtime_check_is_an_assert():
     offenders = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for path in sorted(PACKAGE.rglob("*.py"))
                  for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Assert)]
     assert offenders == []
+
+
+def test_optional_dependencies_are_imported_where_they_are_used():
+    # A top-level import of an optional package breaks every verb where it is absent: `make vllm`'s environment
+    # has no tensorboard, and the sampling stage imported the loop's trackers at start-up.
+    import sys
+
+    core = {"torch", "transformers", "datasets", "accelerate", "safetensors", "yaml", "tqdm", "tokenizers", "jinja2", "numpy",
+            "cringe", "__future__"}
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                optional = name.split(".")[0] not in core | set(sys.stdlib_module_names)
+                if optional or name.startswith("torch.utils.tensorboard"):
+                    offenders.append(f"{path.relative_to(PACKAGE.parent)}: {name}")
+    assert offenders == []

@@ -14,7 +14,6 @@ import logging
 import os
 from pathlib import Path
 
-from torch.utils.tensorboard import SummaryWriter
 from transformers import TrainerCallback
 
 from cringe.errors import UserError
@@ -45,6 +44,7 @@ class Trackers:
         self.names = check_trackers(report_to)
         self._tensorboard = self._wandb = None
         if "tensorboard" in self.names:
+            from torch.utils.tensorboard import SummaryWriter  # needs the optional tensorboard package
 
             log_dir.mkdir(parents=True, exist_ok=True)
             self._tensorboard = SummaryWriter(log_dir=str(log_dir))
