@@ -15,7 +15,14 @@ from pathlib import Path
 
 import yaml
 
-from cringe.config import flat_dataclass, make_parser, parse_with_sections
+from cringe.config import (
+    device_field,
+    dtype_field,
+    flat_dataclass,
+    make_parser,
+    parse_with_sections,
+    trust_remote_code_field,
+)
 from cringe.errors import UserError
 from cringe.generation import SamplingConfig, resolve_backend
 from cringe.loop import rundir
@@ -87,10 +94,9 @@ class IterateConfig:
     skip_invalid_prompts: bool = field(default=False, metadata=_help(
         "skip (and count) prompts longer than max_prompt_length or otherwise invalid, instead of stopping: for "
         "large public prompt sets such as UltraFeedback's"))
-    device: str = field(default="auto", metadata=_help("where models run: auto = cuda when available, else cpu"))
-    dtype: str | None = field(default=None, metadata=_help(
-        "weights for training and evaluation (default: bfloat16 on a GPU, float32 on a CPU)",
-        choices=("float32", "bfloat16", "float16", "auto")))
+    device: str = device_field()
+    dtype: str | None = dtype_field("weights for training and evaluation (default: bfloat16 on a GPU, float32 on a "
+                                    "CPU)")
     sampling_dtype: str | None = field(default=None, metadata=_help(
         "weights for sampling (default: dtype; on a CPU without a dtype given, bfloat16 where the CPU computes it "
         "natively (AMX, AVX512-BF16), float32 elsewhere: bench/cpu_dtype.py)"))
@@ -110,7 +116,7 @@ class IterateConfig:
         "trackers for per-round evaluation and training curves: tensorboard, wandb (logs in <output_dir>/logs)"))
     run_name: str | None = field(default=None, metadata=_help("the tracker's run name (default: output_dir's name)"))
     seed: int = 0
-    trust_remote_code: bool = field(default=False, metadata=_help("run model code from the hub (off by default)"))
+    trust_remote_code: bool = trust_remote_code_field()
 
     def __post_init__(self):
         if self.reward is None:
