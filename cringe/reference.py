@@ -30,8 +30,9 @@ from cringe.data.formats import instruction_text  # noqa: F401 - part of this mo
 from cringe.durable.files import read_json, read_jsonl, write_json
 from cringe.errors import UserError
 from cringe.evaluate import _outcome, text_metrics, win_rate_from_outcomes
-from cringe.generation import SamplingConfig, TransformersSampler
-from cringe.models import default_dtype, free_memory, load_model, load_tokenizer, resolve_device
+from cringe.generation import SamplingConfig
+from cringe.loop.stages import open_sampler
+from cringe.models import free_memory, load_tokenizer, resolve_device
 from cringe.rewards import check_reward_spec, load_reward_source
 
 logger = logging.getLogger(__name__)
@@ -128,10 +129,11 @@ def evaluate_against_outputs(policy: str, outputs_path: str, reward_spec: dict, 
     chat = bool(getattr(tokenizer, "chat_template", None))
     prompts = load_prompts([{"prompt": [{"role": "user", "content": t}] if chat else t} for t in texts], tokenizer,
                            max_prompt_length=max_prompt_length)
-    model = load_model(policy, tokenizer, default_dtype(dtype, device), trust_remote_code, device=device)
+    sampler = open_sampler("transformers", policy, tokenizer, device=device, dtype=dtype,
+                           trust_remote_code=trust_remote_code)
     sampling = SamplingConfig(n=1, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    samples = TransformersSampler(model, tokenizer).sample([p.ids for p in prompts], sampling)
-    del model
+    samples = sampler.sample([p.ids for p in prompts], sampling)
+    del sampler
     free_memory()
     outputs = [s.completion for s in samples]
     reward = load_reward_source(reward_spec, device=device)

@@ -33,12 +33,6 @@ class LossSpec:
     length_average: bool = False  # sequence log-probs divided by their length (IPO)
     summary: str = ""
 
-    @property
-    def iterates_on(self) -> str:
-        """What `cringe iterate` builds from a round's scored samples for this loss."""
-        return {"pairwise": "best-vs-worst pairs", "binary": "every sample, labelled by a threshold",
-                "sft": "each prompt's best sample"}[self.data_kind]
-
 
 # ----- Pairwise Cringe ---------------------------------------------------------------------------------------------
 

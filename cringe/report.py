@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from cringe.durable.files import read_json, write_atomic, write_json
+from cringe.durable.files import write_atomic, write_json
 from cringe.errors import UserError
 from cringe.evaluate import format_table, summarise
 from cringe.loop import rundir
@@ -53,12 +53,10 @@ def _cells(row: dict) -> dict:
 
 
 def results_table(rows: list[dict]) -> str:
-
     return format_table([_cells(r) for r in rows], COLUMNS)
 
 
 def rounds_table(curves: dict[str, list[dict]]) -> str:
-
     rows = [_cells(r) for curve in curves.values() if len(curve) > 1 for r in curve]
     if not rows:
         return ""
@@ -371,7 +369,6 @@ def html_page(md: str, out: Path, title: str = "cringe demo report") -> str:
 
 
 def write_report(results: dict, out: Path) -> None:
-
     out = Path(out)
     try:
         images = plots(results, out)
@@ -451,15 +448,14 @@ def run_results(runs: list[str | Path], examples: int = 3, seed: int = 0) -> dic
             if not run.file(k, rundir.SAMPLES).exists():
                 break
             round_seconds = run.seconds(rundir.MODEL, k) - run.seconds(rundir.MODEL, k - 1)
-            pairing = read_json(run.file(k, rundir.PAIRING)) if run.file(k, rundir.PAIRING).exists() else {}
+            pairing = run.pairing(k) or {}
             scores = run.scores(run.file(k, rundir.SCORES)) if run.file(k, rundir.SCORES).exists() else []
-            log_path = run.model(k) / "train_log.json"
             training.append({
                 "label": label, "round": k, "samples": len(run.samples(run.file(k, rundir.SAMPLES))),
                 "sample_reward": f"{sum(scores) / len(scores):.3f}" if scores else "—",
                 "prompts": pairing.get("prompts", "—"), "kept": pairing.get("kept", "—"),
                 "dropped": "; ".join(f"{why}: {n}" for why, n in (pairing.get("dropped") or {}).items()) or "—",
-                "loss": _final_loss(read_json(log_path)) if log_path.exists() else "—",
+                "loss": _final_loss(run.train_log(k)),
                 "train_seconds": f"{round_seconds:.0f}"})
             evaluation = run.evaluation(k)
             if evaluation is not None:

@@ -13,14 +13,13 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from cringe.config import (
     device_field,
     dtype_field,
     flat_dataclass,
     make_parser,
     parse_with_sections,
+    read_yaml,
     trust_remote_code_field,
 )
 from cringe.errors import UserError
@@ -162,7 +161,6 @@ class IterateConfig:
         return "skip" if self.skip_invalid_prompts else "error"
 
     def resolved_backend(self) -> str:
-
         if self.sampling_python is not None and self.backend == "auto":
             return _backend_in(self.sampling_python)  # 'auto' means what is installed there, not here
         return resolve_backend(self.backend)
@@ -173,7 +171,6 @@ class IterateConfig:
         return "bfloat16" if cpu_prefers_bf16() else "float32"
 
     def resolved_device(self) -> str:
-
         return resolve_device(self.device)
 
     def use_stage_processes(self) -> bool:
@@ -220,6 +217,7 @@ class IterateConfig:
     # How a round's samples become training rows: checked round by round against what each round's pairs were
     # made with (pairing.json), so a round whose pairing kept nothing can be paired again with other settings.
     PAIRING_KEYS = ("min_gap", "binary_threshold", "drop_truncated")
+    NOT_COMPARED = frozenset(OPERATIONAL_KEYS + PAIRING_KEYS)
 
     def resolved(self) -> dict:
         """What the machine-dependent defaults resolve to here: each changes results when it changes."""
@@ -237,15 +235,15 @@ class IterateConfig:
         processes = self.accelerate.get("num_processes")
         config_file = self.accelerate.get("config_file")
         if processes is None and config_file:
-            processes = (read_yaml_file(config_file) or {}).get("num_processes")
+            processes = read_yaml(config_file).get("num_processes")
         return int(processes or 1)
 
     def result_dict(self) -> dict:
         """The fields that decide what every round computes, less those at their defaults: a field added in a
         later version (its default keeping the old behaviour) leaves old runs' comparison unchanged."""
         defaults = IterateConfig.field_defaults()
-        skipped = set(self.OPERATIONAL_KEYS) | set(self.PAIRING_KEYS)
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skipped and v != defaults.get(k, _NONE)}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in self.NOT_COMPARED and v != defaults.get(k, _NONE)}
 
     def pairing_settings(self) -> dict:
         return {k: getattr(self, k) for k in self.PAIRING_KEYS}
@@ -269,9 +267,7 @@ class IterateConfig:
         that differ (empty: it may resume). A key that state.json lacks (a run of an earlier version) had its
         default; `resolved` is compared where the state recorded it."""
         defaults = IterateConfig.field_defaults()
-        saved_config = {k: v for k, v in saved["config"].items()
-                        if k not in self.OPERATIONAL_KEYS and k not in self.PAIRING_KEYS}
-        old = {k: v for k, v in saved_config.items() if v != defaults.get(k, _NONE)}
+        old = {k: v for k, v in saved["config"].items() if k not in self.NOT_COMPARED}
         new = self.result_dict()
         diff = sorted(k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k)))
         resolved, was = self.resolved(), saved.get("resolved") or {}
@@ -283,12 +279,6 @@ class IterateConfig:
 # state.json's layout and what its hash covers; 2: only what changes results (IterateConfig.result_dict/resolved)
 STATE_VERSION = 2
 _NONE = object()
-
-
-def read_yaml_file(path: str):
-
-    with open(path) as f:
-        return yaml.safe_load(f)
 
 
 # ----- configuration ---------------------------------------------------------------------------------------
@@ -312,12 +302,9 @@ Rerun the same command to resume an interrupted run."""
 
 
 def section_parser(name: str):
-
     if name == "train":
-
         return make_parser((CringeConfig, LoraArguments), prog="train")
     if name == "sampling":
-
         return make_parser(SamplingConfig, prog="sampling")
     return None  # reward sources: free-form, checked by cringe.rewards.load_reward_source
 
@@ -328,7 +315,6 @@ def section_parsers() -> dict:
 
 
 def iterate_parser():
-
     return make_parser(flat_dataclass(IterateConfig, set(SECTIONS)), prog="cringe iterate",
                        description="Iterative preference training: sample -> score -> pair -> train -> evaluate, "
                                    "round after round (resumable).", epilog=ITERATE_HELP)

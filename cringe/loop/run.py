@@ -156,13 +156,13 @@ class IterativeRun:
     @contextlib.contextmanager
     def session(self):
         """What every driver of a run directory holds while it works there: one process per directory
-        (cringe.durable.runlock), SIGTERM/SIGINT stopping at once with complete files only (cringe.durable.interrupt), a full disk
-        named, the directory's config checked against this one, and the trackers open."""
+        (cringe.durable.runlock), SIGTERM/SIGINT stopping at once with complete files only
+        (cringe.durable.interrupt), a full disk named, the directory's config checked against this one, and the
+        trackers open."""
 
         with signals_interrupt(), RunLock(self.dir), disk_full_reported(self.dir):
             self.check_state()
             if self.config.report_to:
-
                 self.trackers = Trackers(self.config.report_to, self.run_dir.logs,
                                          self.config.run_name or self.dir.name, dataclasses.asdict(self.config))
             try:
@@ -196,10 +196,8 @@ class IterativeRun:
     def log_round(self, k: int) -> None:
         if self.trackers is None:
             return
-
-        pairing_path = self.run_dir.file(k, rundir.PAIRING)
-        pairing = read_json(pairing_path) if pairing_path.exists() else None
-        self.trackers.log(round_metrics(self.run_dir.evaluation(k), pairing, self.run_dir.train_log(k)), step=k)
+        metrics = round_metrics(self.run_dir.evaluation(k), self.run_dir.pairing(k), self.run_dir.train_log(k))
+        self.trackers.log(metrics, step=k)
 
     def check_state(self) -> dict:
         """Create state.json, or check that the run directory's rounds were computed as this config would compute
@@ -242,15 +240,15 @@ class IterativeRun:
         ids = {p.prompt_id for p in self.round_prompt_list(1)}
         rows = [r for r in read_jsonl(source) if r["prompt_id"] in ids]
         if {r["prompt_id"] for r in rows} != ids:
-            raise UserError(f"first_round_from: {source} lacks prompts {sorted(ids - {r['prompt_id'] for r in rows})[:5]}"
-                            " of round 1 (prompt ids are positions in this run's prompts file)")
+            missing = sorted(ids - {r["prompt_id"] for r in rows})
+            raise UserError(f"first_round_from: {source} lacks prompts {missing[:5]} of round 1 (prompt ids are "
+                            "positions in this run's prompts file)")
         write_jsonl(target, rows)
 
     # ----- shared pieces, built once ------------------------------------------------------------------------------
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-
             self._tokenizer = load_tokenizer(self.config.model, self.config.trust_remote_code)
         return self._tokenizer
 
@@ -393,7 +391,6 @@ class IterativeRun:
         return rows
 
     def train(self, k: int, rows: list[dict], round_dir: Path) -> None:
-
         c = self.config
         if c.mix_previous:
             rows = [r for j in range(1, k) for r in read_jsonl(self.run_dir.file(j, rundir.PAIRS))] + rows
@@ -456,14 +453,18 @@ class IterativeRun:
                     raise UserError(f"baseline_from: {origin}: no such file (sample that run's baseline first)")
                 shutil.copyfile(origin, target)
         samples = self._load_or_sample(0, prompts, paths[0])
-        scores = (self.run_dir.scores(paths[1]) if paths[1].exists()
-                  else self.score(prompts, samples, paths[1], evaluation=True))
-        return prompts, samples, scores
+        return prompts, samples, self._load_or_score(prompts, samples, paths[1])
 
     def _load_or_sample(self, model_index, prompts, path):
         if path.exists():
             return self.run_dir.samples(path)
         return self.sample(model_index, prompts, path, n=self.config.eval_samples, stream="eval", evaluation=True)
+
+    def _load_or_score(self, prompts, samples, path) -> list[float]:
+        """Held-out scores: read back when the file is there, else scored with the evaluation reward."""
+        if path.exists():
+            return self.run_dir.scores(path)
+        return self.score(prompts, samples, path, evaluation=True)
 
     def _logprobs(self, k: int, samples) -> list[float]:
         """log M_k(sample) on the run's device, the model dropped afterwards (the next stage needs the memory)."""
@@ -482,9 +483,7 @@ class IterativeRun:
         round_dir.mkdir(parents=True, exist_ok=True)
         prompts, base_samples, base_scores = self.baseline()
         samples = self._load_or_sample(k, prompts, round_dir / rundir.EVAL_SAMPLES)
-        scores_path = round_dir / rundir.EVAL_SCORES
-        scores = (self.run_dir.scores(scores_path) if scores_path.exists()
-                  else self.score(prompts, samples, scores_path, evaluation=True))
+        scores = self._load_or_score(prompts, samples, round_dir / rundir.EVAL_SCORES)
         return {"round": k, **compare(samples, scores, base_samples, base_scores,
                                       policy_logps=self._logprobs(k, samples),
                                       reference_logps=self._logprobs(0, samples), seed=self.config.seed)}
@@ -524,5 +523,4 @@ def evaluate_policy(policy: str, baseline: str, prompts: str, reward_spec: dict,
 
 
 def evaluation_table(evaluations: list[dict]) -> str:
-
     return comparison_table(evaluations, "round", "round", baseline="M0")

@@ -170,6 +170,11 @@ class RunDir:
     def is_recorded(self, k: int, step: str) -> bool:
         return any(s["round"] == k and s["step"] == step for s in self.steps())
 
+    def pairing(self, k: int) -> dict | None:
+        """Round k's pairing report (pairing.json), None before the round is paired."""
+        path = self.file(k, PAIRING)
+        return read_json(path) if path.exists() else None
+
     def train_log(self, k: int) -> list[dict]:
         """M_k's training log ([] before it is trained)."""
         path = self.model(k) / "train_log.json"
