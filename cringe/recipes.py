@@ -78,7 +78,6 @@ def dry_run(argv: list[str]) -> str:
 
 
 def load_recipe(path) -> dict:
-
     return read_yaml(path)
 
 

@@ -95,7 +95,6 @@ class RewardModel:
         if input not in REWARD_INPUTS:
             raise UserError(f"reward model input must be one of {', '.join(REWARD_INPUTS)}; got {input!r}")
         if isinstance(model_or_path, str):
-
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_or_path, trust_remote_code=trust_remote_code)
             model_or_path = AutoModelForSequenceClassification.from_pretrained(
                 model_or_path, trust_remote_code=trust_remote_code, use_safetensors=True,
@@ -151,7 +150,6 @@ class RewardModel:
 
     @torch.no_grad()
     def score(self, prompts: Sequence, completions: Sequence[str]) -> list[float]:
-
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         device = next(self.model.parameters()).device
@@ -318,7 +316,6 @@ class PairwiseJudge:
         body = self._request_body(prompt, a, b)
         log = self.answers
         if log is not None:
-
             log_key = request_key(body)
             if log.get(log_key) is not None:
                 self.stats.add(cached=1)
@@ -510,7 +507,6 @@ def check_reward_spec(spec, where: str = "reward") -> str:
         raise UserError(f"{where} ({kind}): missing {', '.join(f'{k} ({hints[k]})' for k in missing)}")
     unknown = sorted(keys - known)
     if unknown:
-
         close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
         raise UserError(f"{where} ({kind}): unknown keys {unknown}{hint}; known: {', '.join(sorted(known))}")
@@ -532,11 +528,9 @@ def load_reward_source(spec: dict, device: str | None = None):
     if kind == "callable":
         reward = CallableReward(spec["function"])
         if spec.get("kwargs"):
-
             reward.fn = functools.partial(reward.fn, **spec["kwargs"])
         return reward
     if kind == "model":
-
         spec["device"] = resolve_device(spec.get("device") or device or "auto")
         spec["dtype"] = default_dtype(spec.get("dtype"), spec["device"])
         return RewardModel(spec.pop("path"), **spec)

@@ -70,7 +70,6 @@ def build_reward_tokenizer():
 
 
 def _config(shape: str, tokenizer, **extra):
-
     spec = dict(SHAPES[shape])
     arch = spec.pop("arch")
     spec.setdefault("vocab_size", len(tokenizer))

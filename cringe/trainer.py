@@ -156,7 +156,6 @@ def whole_head_weight(model, head) -> torch.Tensor:
 
     weight = head.weight
     if isinstance(weight, DTensor):
-
         owners = [m for m in model.modules() if isinstance(m, FSDPModule)
                   and any(p is weight for p in m.parameters())]
         for owner in owners:

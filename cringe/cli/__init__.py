@@ -54,7 +54,6 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__.strip())
         sys.exit(0 if argv else 2)
     if argv[0] in ("-V", "--version"):
-
         print(f"cringe {cringe.__version__}")
         return
     verb = argv[0]

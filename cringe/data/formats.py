@@ -81,7 +81,6 @@ def _read_json_rows(path: str) -> list[dict]:
 def _load_json(path: str):
     """A large JSON/JSONL file as a cached `datasets.Dataset`; a small one (or one Arrow cannot read) as a list."""
     if os.path.getsize(path) >= ARROW_JSON_MIN_BYTES:
-
         try:
             return datasets.load_dataset("json", data_files=path, split="train")
         except Exception as err:  # noqa: BLE001 - our reader either reads it or says which line is broken
@@ -104,7 +103,6 @@ def load_rows(source: Any, split: str = "train", name: str | None = None):
     source = os.fspath(source)
     suffix = os.path.splitext(source)[1].lower()
     if not os.path.exists(source):
-
         source, named_split = split_source(source)  # NAME:SPLIT
         split = named_split or split
     if os.path.isfile(source):

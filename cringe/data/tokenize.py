@@ -46,7 +46,6 @@ from cringe.errors import UserError
 logger = logging.getLogger(__name__)
 
 def _apply_chat_template(tokenizer, messages: list, add_generation_prompt: bool, tools, row: int, fld: str) -> str:
-
     kwargs = {"tools": tools} if tools else {}
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
@@ -346,7 +345,6 @@ def auto_num_proc(n_rows: int) -> int:
 
 
 def _uses_map(dataset, num_proc: int | None) -> bool:
-
     return isinstance(dataset, datasets.Dataset) and (num_proc is not None or len(dataset) >= MAP_MIN_ROWS)
 
 

@@ -165,7 +165,6 @@ class Demo:
 
     # ----- stage 1: data, judges, policy -------------------------------------------------------------------
     def assets(self) -> dict:
-
         p = self.preset
         t0 = time.time()
         splits = sentiment.make_splits(self.seed, p.sizes)
@@ -240,7 +239,6 @@ class Demo:
 
     # ----- stage 3: the methods -----------------------------------------------------------------------------
     def method_config(self, name: str):
-
         p = self.preset
         loss, iterative = METHODS[name]
         if loss == "rloo":  # trained by TRL; the run directory is used for sampling and evaluation only
@@ -289,12 +287,10 @@ class Demo:
         self.method_steps.setdefault(name, []).append((k, step))
 
     def run_methods(self, m0) -> None:
-
         for name in self.preset.methods:
             config = self.method_config(name)
             run = IterativeRun(config, on_step=lambda k, step, s, name=name: self._step_done(name, k, step, s))
             if name == "rloo":
-
                 p = self.preset
                 run_rloo(run, samples_per_prompt=p.samples_per_prompt, learning_rate=p.learning_rate,
                          epochs=p.epochs, batch_size=p.pairs_per_step * 2, max_new_tokens=p.max_new_tokens,
@@ -385,7 +381,6 @@ class Demo:
                            "proxy": side[i][2]} for label, side in sides if i in side]} for i in ids]
 
     def run(self, command: str) -> dict:
-
         started = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
         self.plan()
@@ -408,7 +403,6 @@ class Demo:
 
 
 def pairwise_cringe_settings() -> dict:
-
     fields = {f.name: f.default for f in dataclasses.fields(CringeConfig)}
     settings = {k: fields[k] for k in ("k", "margin", "temperature", "margin_on", "detach_gate")}
     return {"alpha": PAIRWISE_CRINGE_ALPHA, **settings}

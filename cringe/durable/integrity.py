@@ -67,7 +67,6 @@ def check_model_dir(folder: Path) -> None:
     weights = refuse_pickle_only(folder)
     index = folder / SAFETENSORS_INDEX
     if index.exists():
-
         shards = sorted(set(read_json(index).get("weight_map", {}).values()))
         missing = [s for s in shards if not (folder / s).exists()]
         if missing:

@@ -42,7 +42,6 @@ def launch_command(settings: dict, python: str | None = None) -> list[str]:
     on. A free local port is picked unless one is given, so two runs on a machine do not collide."""
     flags = {k: v for k, v in settings.items() if k != "sample"}
     if "main_process_port" not in flags and flags.get("num_machines", 1) in (1, None):
-
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             flags["main_process_port"] = s.getsockname()[1]

