@@ -65,7 +65,8 @@ def rounds_table(curves: dict[str, list[dict]]) -> str:
 
 # One colour per method in every plot (matplotlib's tab10 order, fixed by method name).
 COLOURS = {"sft": "#7f7f7f", "dpo": "#1f77b4", "binary_cringe": "#ff7f0e", "pairwise_cringe": "#2ca02c",
-           "iterative_dpo": "#9467bd", "iterative_pairwise_cringe": "#d62728", "rloo": "#8c564b"}
+           "iterative_dpo": "#9467bd", "iterative_pairwise_cringe": "#d62728", "rloo": "#8c564b",
+           "iterative_sft": "#e377c2"}
 
 
 # For run reports: names that are not demo methods take these in order.

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cringe.loop.run import IterativeRun, load_config
+from cringe.loop.rundir import RunDir
 from cringe.testbeds.toy import prompts as toy_prompts
 
 
@@ -83,6 +84,8 @@ def test_resume_refuses_a_changed_config_but_allows_more_rounds(tmp_path):
     IterativeRun(load_config(str(path), ["--rounds", "2"])).run()
     assert_complete(tmp_path / "run", 2)
     assert (tmp_path / "run" / "round-1" / "samples.jsonl").read_text() == before
+    # what the run now plans is recorded: readers (reports, evaluated_rounds) see round 2
+    assert RunDir(tmp_path / "run").evaluated_rounds() == [1, 2]
 
 
 def test_what_the_machine_resolves_is_part_of_a_resume_check(tmp_path, monkeypatch):
