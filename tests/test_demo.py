@@ -35,6 +35,11 @@ def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatc
         for r in map(json.loads, (out / "methods" / name / "round-1" / "samples.jsonl").open()):
             assert m0[(r["prompt_id"], r["sample_id"])] == r
     assert 0 < results["meta"]["reward_models"]["gold_judge"]["accuracy"] <= 1
+    # where the time went, stage by stage (bench/demo_time.py reads it)
+    stages = results["meta"]["stage_seconds"]
+    assert {"proxy reward model", "M0 samples", "M0 held-out", "iterative_pairwise_cringe round 2: samples.jsonl",
+            "iterative_pairwise_cringe round 2: model", "dpo round 1: eval.json"} <= set(stages)
+    assert all(v >= 0 for v in stages.values())
     md = (out / "report.md").read_text()
     assert "| Iterative Pairwise Cringe |" in md and "gold win rate vs SFT" in md
     # example completions: the start model and every method on each of the first 3 held-out prompts
@@ -50,6 +55,8 @@ def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatc
     state = json.loads((out / "methods" / "pairwise_cringe" / "state.json").read_text())
     main(["--preset", "smoke", "--output-dir", str(out)])
     assert json.loads((out / "methods" / "pairwise_cringe" / "state.json").read_text())["steps"] == state["steps"]
+    stages = json.loads((out / "results.json").read_text())["meta"]["stage_seconds"]
+    assert not [k for k in stages if " round " in k]  # resumed steps are not timed as if they had run
 
 
 def test_unknown_method_is_refused(capsys):

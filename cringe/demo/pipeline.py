@@ -130,6 +130,7 @@ class Progress:
         self.estimates: dict[str, float] = {}
         self.done_estimate = 0.0
         self.done_seconds = 0.0
+        self.seconds: dict[str, float] = {}  # what each stage took in this call (resumed stages are absent)
 
     def plan(self, name: str, estimate: float) -> None:
         self.estimates[name] = estimate
@@ -145,6 +146,7 @@ class Progress:
         elapsed = time.time() - self.started
         if skipped:
             return
+        self.seconds[name] = round(seconds, 1)
         logger.info("[%s] %s%s in %.0fs | elapsed %s, about %s remaining", time.strftime("%H:%M:%S"), name,
                     f" ({note})" if note else "", seconds, format_duration(elapsed), format_duration(remaining))
 
@@ -394,7 +396,8 @@ class Demo:
             "command": command, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine_description(),
             "preset": {**dataclasses.asdict(p), "bf16": p.resolved_bf16(),  # as this machine ran it
                        "sampling_dtype": p.resolved_sampling_dtype() or "float32"}, "seed": self.seed,
-            "wall_seconds": round(time.time() - started, 1), "reward_models": accuracies,
+            "wall_seconds": round(time.time() - started, 1), "stage_seconds": dict(self.progress.seconds),
+            "reward_models": accuracies,
             "pairwise_cringe": pairwise_cringe_settings(),
         }
         write_report(results, self.out)
