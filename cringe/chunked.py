@@ -33,12 +33,66 @@ reach the LM head.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
 from cringe import losses as L
 
 DEFAULT_CHUNK = 1024
+
+
+def causal_lm(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the LM
+
+
+def chunked_unsupported_reason(model) -> str | None:
+    """Why this module cannot score `model` (None when it can): it needs a plain linear LM head, a decoder to
+    hook, and a forward that accepts `logits_to_keep`."""
+
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or hasattr(head, "lora_A"):
+        return "the model has no plain linear LM head (LoRA on lm_head is not supported)"
+    for name in ("final_logit_softcapping", "logit_scale"):
+        if getattr(lm.config, name, None) not in (None, 1.0):
+            return f"the model applies {name} to its logits (the head is not linear)"
+    if "logits_to_keep" not in inspect.signature(lm.forward).parameters:
+        return "the model's forward does not accept logits_to_keep"
+    try:
+        lm.get_decoder()
+    except (AttributeError, NotImplementedError):
+        return "the model has no get_decoder()"
+    return None
+
+
+def completion_hidden(model, decoder, input_ids: torch.Tensor, labels: torch.Tensor, **inputs):
+    """Final hidden states at the positions that predict a completion token, with no logits computed.
+
+    `model` is called as given (a DDP wrapper's hooks stay intact) with `logits_to_keep` empty; a forward hook on
+    `decoder` (the unwrapped LM's) captures its output. input_ids, labels [B, T] -> (hidden [N, D], targets [N],
+    mask [B, T-1]: which next-token positions are counted, row-major as hidden's rows).
+    """
+    captured = {}
+
+    def hook(module, args, output):
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = decoder.register_forward_hook(hook)
+    try:
+        model(input_ids=input_ids, use_cache=False, **inputs,
+              logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device))
+    finally:
+        handle.remove()
+    targets = labels[:, 1:]
+    mask = targets != L.IGNORE_INDEX
+    return captured["hidden"][:, :-1][mask], targets[mask], mask
+
+
+def row_of_position(mask: torch.Tensor) -> torch.Tensor:
+    """mask [B, T] -> the row index of each True entry, row-major [N]."""
+    return torch.arange(mask.shape[0], device=mask.device).unsqueeze(-1).expand_as(mask)[mask]
 
 
 def _logits(hidden, weight, bias) -> torch.Tensor:

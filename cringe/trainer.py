@@ -8,7 +8,6 @@ data parallelism equal one large batch, the reference log-probs for the DPO fami
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -144,10 +143,6 @@ def _check_optimizer_in_backward(args) -> None:
         raise UserError("optimizer_in_backward does not work with DeepSpeed or FSDP, which own the optimiser step")
 
 
-def _causal_lm(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the LM
-
-
 def whole_head_weight(model, head) -> torch.Tensor:
     """The LM-head weight the chunked loss multiplies by. Under FSDP2 the root may have resharded its parameters
     after forward, leaving the head a sharded DTensor: the root is then unsharded again (FSDP2's own all-gather),
@@ -165,26 +160,6 @@ def whole_head_weight(model, head) -> torch.Tensor:
         raise UserError("the LM head weight is sharded (FSDP DTensor or DeepSpeed ZeRO-3) where the chunked loss "
                         "reads it: set chunked_loss=False")
     return weight
-
-
-def chunked_unsupported_reason(model) -> str | None:
-    """Why `cringe.chunked` cannot score this model (None when it can): it needs a plain linear LM head, a
-    decoder to hook, and a forward that accepts `logits_to_keep`."""
-
-    lm = _causal_lm(model)
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or hasattr(head, "lora_A"):
-        return "the model has no plain linear LM head (LoRA on lm_head is not supported)"
-    for name in ("final_logit_softcapping", "logit_scale"):
-        if getattr(lm.config, name, None) not in (None, 1.0):
-            return f"the model applies {name} to its logits (the head is not linear)"
-    if "logits_to_keep" not in inspect.signature(lm.forward).parameters:
-        return "the model's forward does not accept logits_to_keep"
-    try:
-        lm.get_decoder()
-    except (AttributeError, NotImplementedError):
-        return "the model has no get_decoder()"
-    return None
 
 
 class CringeTrainer(Trainer):
@@ -222,7 +197,7 @@ class CringeTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
-        model_reason, engine_reason = chunked_unsupported_reason(self.model), self._sharded_head_engine()
+        model_reason, engine_reason = C.chunked_unsupported_reason(self.model), self._sharded_head_engine()
         unsupported = model_reason or engine_reason
         if args.chunked_loss and unsupported:
             raise UserError(f"chunked_loss: {unsupported}")
@@ -333,29 +308,17 @@ class CringeTrainer(Trainer):
         is called through its wrapper (DDP hooks stay intact) with `logits_to_keep` empty, so it computes no
         logits; a forward hook on the decoder captures its output.
         """
-        lm = _causal_lm(self.accelerator.unwrap_model(model))
+        lm = C.causal_lm(self.accelerator.unwrap_model(model))
         head = lm.get_output_embeddings()
-        captured = {}
-
-        def hook(module, args, output):
-            captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
-        handle = lm.get_decoder().register_forward_hook(hook)
         packed = "position_ids" in batch
         inputs = ({"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]})
-        try:
-            model(input_ids=batch["input_ids"], use_cache=False, **inputs,
-                  logits_to_keep=torch.empty(0, dtype=torch.long, device=batch["input_ids"].device))
-        finally:
-            handle.remove()
-        labels = batch["labels"][:, 1:]
-        mask = labels != L.IGNORE_INDEX
+        hidden, targets, mask = C.completion_hidden(model, lm.get_decoder(), batch["input_ids"], batch["labels"],
+                                                    **inputs)
         if packed:
             seq_index = batch["seq_id"][:, 1:][mask]
         else:
-            seq_index = torch.arange(labels.shape[0], device=labels.device).unsqueeze(-1).expand_as(labels)[mask]
-        weight = whole_head_weight(lm, head)
-        return captured["hidden"][:, :-1][mask], labels[mask], seq_index, weight, head.bias
+            seq_index = C.row_of_position(mask)
+        return hidden, targets, seq_index, whole_head_weight(lm, head), head.bias
 
     def _sharded_head_engine(self) -> str | None:
         """Why the chunked path cannot read the LM head here: the engine this Trainer runs under shards it (FSDP1,

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from cringe.evaluate import (
     distinct_n,
@@ -139,3 +140,36 @@ def test_cringe_evaluate_compares_a_trained_round_with_the_start(tmp_path, capsy
           "--output", str(out)])
     same = json.loads(out.read_text())
     assert same["win_rate"] == loop_eval["win_rate"] and same["kl"] == loop_eval["kl"]
+
+
+def test_completion_log_probs_never_form_the_full_logits_and_match_a_plain_forward(tokenizer, monkeypatch):
+    # Every evaluation runs two of these passes (policy and start model); only completion positions need the head.
+    from cringe import chunked as C
+    from cringe.evaluate import sequence_logprobs
+    from cringe.models import build_tiny_model
+
+    model = build_tiny_model(tokenizer)
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    rows = [{"prompt_ids": torch.randint(3, vocab, (p,), generator=g).tolist(),
+             "completion_ids": [torch.randint(3, vocab, (c,), generator=g).tolist()]}
+            for p, c in [(3, 5), (7, 1), (2, 9), (5, 4), (4, 4)]]
+    head_positions = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: head_positions.append(args[0].shape[-2]))
+    fused = sequence_logprobs(model, rows, tokenizer.pad_token_id, batch_size=3)
+    handle.remove()
+    assert head_positions and max(head_positions) == 0  # the LM head module never saw a position
+    monkeypatch.setattr(C, "chunked_unsupported_reason", lambda m: "forced: the plain path")
+    plain = sequence_logprobs(model, rows, tokenizer.pad_token_id, batch_size=3)
+    with torch.no_grad():  # one row at a time, no padding: the textbook sum of log-softmax at completion tokens
+        reference = []
+        for r in rows:
+            ids = torch.tensor([r["prompt_ids"] + r["completion_ids"][0]])
+            logps = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            targets = ids[0, 1:]
+            counted = torch.arange(len(targets)) >= len(r["prompt_ids"]) - 1
+            reference.append(logps[counted].gather(-1, targets[counted, None]).sum().item())
+    assert fused == pytest.approx(reference, abs=1e-4)
+    assert plain == pytest.approx(reference, abs=1e-4)
+    assert fused == pytest.approx(plain, abs=1e-5)
