@@ -45,7 +45,7 @@ def main() -> None:
             raise SystemExit(f"{d}: results.json has no stage times (written before they were recorded)")
         runs[d] = (meta, groups(meta["stage_seconds"]))
     keys = list(dict.fromkeys(k for _, g in runs.values() for k in g))
-    keys.sort(key=lambda k: (not k.startswith("set-up"), not k.startswith("M0"), k == "report", k))
+    keys.sort(key=lambda k: (not k.startswith("set-up"), not k.startswith("M0"), k))
     print("| stage | " + " | ".join(f"{d}: s (share of wall)" for d in runs) + " |")
     print("|---|" + "---|" * len(runs))
     for key in keys:
@@ -57,6 +57,11 @@ def main() -> None:
             total = sum(v for k, v in g.items() if k.endswith(f": {what}"))
             cells.append(f"{total:.0f} ({total / m['wall_seconds']:.0%})")
         print(f"| **every method's {what}** | " + " | ".join(cells) + " |")
+    cells = []
+    for m, g in runs.values():
+        rest = m["wall_seconds"] - sum(g.values())
+        cells.append(f"{rest:.0f} ({rest / m['wall_seconds']:.0%})")
+    print("| other (start-up, scoring and pairing, collecting the results) | " + " | ".join(cells) + " |")
     print("| **wall** | " + " | ".join(f"{m['wall_seconds']:.0f}" for m, _ in runs.values()) + " |")
     for d, (m, _) in runs.items():
         print(f"\n{d}: `{m['command']}` · {m['date']} · {m['machine']}")

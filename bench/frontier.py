@@ -163,6 +163,9 @@ def best_of_n_rows(demo, m0, out: Path, n_max: int) -> list[dict]:
         logging.info("best-of-n: %d samples on each of %d held-out prompts", n_max, len(prompts))
         m0.sample(0, prompts, samples_path, n=n_max, stream="best_of_n", evaluation=True)
     samples = m0.run_dir.samples(samples_path)
+    drawn = min(sum(1 for s in samples if s.prompt_id == p.prompt_id) for p in prompts)
+    if drawn < n_max:
+        raise SystemExit(f"{samples_path} holds {drawn} samples per prompt, not {n_max}: remove {out} to redraw")
     gold = (m0.run_dir.scores(gold_path, samples=samples_path) if gold_path.exists()
             else m0.score(prompts, samples, gold_path, evaluation=True))
     proxy = demo.proxy_scores(samples_path, out / "proxy_scores.jsonl")
@@ -174,8 +177,8 @@ def best_of_n_rows(demo, m0, out: Path, n_max: int) -> list[dict]:
     for s, g in zip(base.samples(base.baseline_samples), base.scores(base.baseline_scores)):
         base_gold.setdefault(s.prompt_id, []).append(g)
     ids = sorted(by_prompt)
-    rows, n = [], 1
-    while n <= n_max:
+    rows = []
+    for n in sorted({2 ** i for i in range(n_max.bit_length()) if 2 ** i <= n_max} | {n_max}):
         picked = [max(sorted(by_prompt[i])[:n], key=lambda t: t[1]) for i in ids]
         gold_n = [t[2] for t in picked]
         kl = best_of_n_kl(n)
@@ -186,7 +189,6 @@ def best_of_n_rows(demo, m0, out: Path, n_max: int) -> list[dict]:
                                           seed=demo.seed),
                      "proxy_reward": mean_with_ci([t[1] for t in picked], seed=demo.seed),
                      "length": sum(t[3] for t in picked) / len(picked), "train_seconds": 0.0})
-        n *= 2
     return rows
 
 
@@ -292,6 +294,13 @@ def chosen_points(spec: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
+
+
 def point_config(demo, name: str, out: Path, demo_dir: Path):
     """The point's run configuration; a point that extends the demo starts from a copy of the demo's run."""
     point = POINTS[name]
@@ -302,7 +311,8 @@ def point_config(demo, name: str, out: Path, demo_dir: Path):
         # hard links: run files are replaced by rename, never written in place, so the demo's run is never touched
         tmp = run_dir.with_name(f".{name}.copying")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(demo_dir / "methods" / point.method, tmp, copy_function=os.link)
+        shutil.copytree(demo_dir / "methods" / point.method, tmp, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".lock", ".*.tmp-*"))  # the lock is the run's own
         os.replace(tmp, run_dir)
     return dataclasses.replace(config, output_dir=str(run_dir), rounds=rounds, train={**config.train, **point.train},
                                eval_every=rounds if point.eval_last_only else config.eval_every)
@@ -366,7 +376,7 @@ def main() -> None:
         for family in sorted(levers):
             rows.append(point_row(demo, run_dir, k, method, DEFAULT_LABELS[method] + " (demo)", family))
     extended = {POINTS[n].method: out / "points" / n for n in chosen if POINTS[n].extends_demo}
-    for method in (m for m in methods if m in ITERATIVE):
+    for method in dict.fromkeys(m for m in (*methods, *extended) if m in ITERATIVE):
         run_dir = extended.get(method, demo_dir / "methods" / method)
         for k in RunDir(run_dir).evaluated_rounds():
             rows.append(point_row(demo, run_dir, k, method, f"round {k}", method))
@@ -438,7 +448,7 @@ def report(rows, start, start_proxy, families, demo, args, seconds, started, mac
         matched.append(f"| {label} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
     lines = ["| curve | setting | KL to start (95% CI) | gold reward (95% CI) | gold win rate vs start (95% CI) | "
              "proxy reward | length | train s |", "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (list(families).index(r["family"]), r["kl"]["mean"])):
+    for r in sorted(rows, key=lambda r: (list(families).index(r["family"]), r["round"], r["kl"]["mean"])):
         kl, g, w = r["kl"], r["gold_reward"], r["win_rate"]
         lines.append(f"| {families[r['family']]} | {r['setting']} | {kl['mean']:.1f} ({kl['ci_low']:.1f}.."
                      f"{kl['ci_high']:.1f}) | {g['mean']:.3f} ({g['ci_low']:.3f}..{g['ci_high']:.3f}) | "

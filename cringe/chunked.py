@@ -55,7 +55,8 @@ def chunked_unsupported_reason(model) -> str | None:
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or hasattr(head, "lora_A"):
         return "the model has no plain linear LM head (LoRA on lm_head is not supported)"
-    for name in ("final_logit_softcapping", "logit_scale"):
+    # what some architectures do between the decoder and the head (Gemma 2, Cohere, Granite, MiniCPM)
+    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "scale_width"):
         if getattr(lm.config, name, None) not in (None, 1.0):
             return f"the model applies {name} to its logits (the head is not linear)"
     if "logits_to_keep" not in inspect.signature(lm.forward).parameters:

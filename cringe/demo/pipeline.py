@@ -130,7 +130,9 @@ class Progress:
         self.estimates: dict[str, float] = {}
         self.done_estimate = 0.0
         self.done_seconds = 0.0
-        self.seconds: dict[str, float] = {}  # what each stage took in this call (resumed stages are absent)
+        # What each stage took in this call. Round steps an earlier call finished are absent; set-up and M0 are
+        # always listed (near 0 s when cached). Scoring and pairing are not stages here (under a second each).
+        self.seconds: dict[str, float] = {}
 
     def plan(self, name: str, estimate: float) -> None:
         self.estimates[name] = estimate

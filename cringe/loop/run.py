@@ -215,9 +215,12 @@ class IterativeRun:
         self.check_pairing()
         if saved.get("version") != STATE_VERSION:  # a run of an earlier version: recorded as this one from now on
             self.run_dir.update_state(version=STATE_VERSION, resolved=c.resolved(), hash=c.result_hash())
-        if saved["config"] != dataclasses.asdict(c):
+        config = dataclasses.asdict(c)
+        # rounds a shorter resume leaves on disk stay visible to the run's readers (reports, evaluated_rounds)
+        config["rounds"] = max(c.rounds, saved["config"].get("rounds", 0))
+        if saved["config"] != config:
             # Only keys a resume may change differ (rounds, output_dir, ...): readers of the run see what it now plans.
-            self.run_dir.update_state(config=dataclasses.asdict(c))
+            self.run_dir.update_state(config=config)
         return self.run_dir.state()
 
     def check_pairing(self) -> None:
