@@ -16,7 +16,7 @@ from cringe.errors import UserError
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "where everything lands; rerun to resume"})
-    quick: bool = field(default=False, metadata={"help": "the small preset (about 5 minutes on 2 CPU cores)"})
+    quick: bool = field(default=False, metadata={"help": "the small preset (6-9 minutes on 2 CPU cores from an empty cache)"})
     preset: str | None = field(default=None, metadata={"help": "default | quick | smoke (tests)",
                                                        "choices": tuple(sorted(PRESETS))})
     methods: str | None = field(default=None, metadata={"help": f"comma-separated subset of {','.join(METHODS)}"})

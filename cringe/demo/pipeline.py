@@ -102,7 +102,8 @@ class Preset:
 
 PRESETS = {
     "default": Preset(),
-    # ~5 minutes from an empty cache: smaller classifiers (their set-up is most of the difference), 2 rounds
+    # 6-9 minutes from an empty cache on 2 cores (5 min 41 s on a Xeon with AMX bf16, 8 min 37 s on an AMD EPYC in
+    # fp32, docs/results/demo.md): smaller classifiers (their set-up is most of the difference), 2 rounds
     # Its proxy: 600 whole reviews at lr 1e-4 reached 0.58-0.60 held-out accuracy (noise for a labeller); 2,400
     # review endings of 40 tokens at lr 3e-4 reach 0.75-0.79 in about a minute of training on 2 cores
     # (bench/proxy_reward.py, 2026-11-27; CPU training is not bit-reproducible run to run). The policy's lr 3e-4:
