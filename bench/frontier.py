@@ -123,7 +123,7 @@ def family_label(family: str, labels: dict) -> str:
     if family in ITERATIVE:
         return f"{labels[family]} (round)"
     method, _, lever = family.partition("/")
-    return f"{labels[method]} ({lever or {'dpo': 'β', 'binary_cringe': 'α'}[method]})"
+    return f"{labels[method]} (one round, {lever or {'dpo': 'β', 'binary_cringe': 'α'}.get(method, 'demo')})"
 
 
 def family_method(family: str) -> str:
@@ -372,7 +372,7 @@ def main() -> None:
     for method in (m for m in methods if m in ONE_ROUND):
         run_dir = demo_dir / "methods" / method
         k = RunDir(run_dir).evaluated_rounds()[-1]
-        levers = {p.family for p in POINTS.values() if p.method == method} or {method}
+        levers = {POINTS[n].family for n in chosen if POINTS[n].method == method} or {method}
         for family in sorted(levers):
             rows.append(point_row(demo, run_dir, k, method, DEFAULT_LABELS[method] + " (demo)", family))
     extended = {POINTS[n].method: out / "points" / n for n in chosen if POINTS[n].extends_demo}
