@@ -274,7 +274,7 @@ def plot(rows: list[dict], start: dict, start_proxy: dict, families: dict[str, s
     bx.set_xlabel("proxy reward (the labeller's logit), mean (95% CI)")
     bx.set_ylabel("gold reward (95% CI)")
     bx.set_title("(d) proxy against gold: over-optimisation would bend this over", fontsize=10)
-    bx.legend(fontsize=6, loc="lower right")
+    bx.legend(fontsize=5.5, loc="upper left")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
