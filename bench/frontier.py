@@ -40,6 +40,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,11 +127,6 @@ def family_label(family: str, labels: dict) -> str:
     return f"{labels[method]} (one round, {lever or {'dpo': 'β', 'binary_cringe': 'α'}.get(method, 'demo')})"
 
 
-def family_method(family: str) -> str:
-    return family.split("/")[1] if family.startswith("lr/") else IPC if family.startswith("ablation/") \
-        else family.split("/")[0]
-
-
 def point_row(demo, run_dir: Path, k: int, method: str, setting: str, family: str) -> dict:
     """One evaluated policy: the loop's comparison (gold-scored), its proxy reward, and where it came from."""
     from cringe.evaluate import mean_with_ci
@@ -163,7 +159,8 @@ def best_of_n_rows(demo, m0, out: Path, n_max: int) -> list[dict]:
         logging.info("best-of-n: %d samples on each of %d held-out prompts", n_max, len(prompts))
         m0.sample(0, prompts, samples_path, n=n_max, stream="best_of_n", evaluation=True)
     samples = m0.run_dir.samples(samples_path)
-    drawn = min(sum(1 for s in samples if s.prompt_id == p.prompt_id) for p in prompts)
+    per_prompt = Counter(s.prompt_id for s in samples)
+    drawn = min(per_prompt[p.prompt_id] for p in prompts)
     if drawn < n_max:
         raise SystemExit(f"{samples_path} holds {drawn} samples per prompt, not {n_max}: remove {out} to redraw")
     gold = (m0.run_dir.scores(gold_path, samples=samples_path) if gold_path.exists()
@@ -212,12 +209,6 @@ def family_style(family: str) -> tuple[str, str, str]:
     return STYLES.get(family, ("a", "-", "o"))
 
 
-def family_colour(family: str) -> str:
-    from cringe.report import _colour
-
-    return BEST_OF_N_COLOUR if family == "best_of_n" else _colour(family_method(family))
-
-
 def plot(rows: list[dict], start: dict, start_proxy: dict, families: dict[str, str], path: Path) -> None:
     import matplotlib
 
@@ -244,7 +235,7 @@ def plot(rows: list[dict], start: dict, start_proxy: dict, families: dict[str, s
         if not pts:
             continue
         panel, line, marker = family_style(family)
-        colour = family_colour(family)
+        colour = BEST_OF_N_COLOUR if family == "best_of_n" else _colour(pts[0]["method"])
         on = [panel] + [p for p in references.get(family, ()) if p != panel]
         for name in on:
             ax = panels[name]

@@ -234,6 +234,13 @@ def _fused(hidden, weight, bias, targets, a, c=None, uniforms=None, k=1, detach_
     return total, logps
 
 
+def sequence_logps(hidden, weight, bias, targets, seq_index, num_sequences: int, *, chunk_size=DEFAULT_CHUNK):
+    """No-graph sequence log-probs: hidden [N, D], targets [N], seq_index [N] -> (sum of log pi(y_t) per sequence
+    [num_sequences] float32, counted tokens per sequence [num_sequences])."""
+    tok, _ = head_pass(hidden, weight, bias, targets, chunk_size=chunk_size)
+    return sequence_sums(tok, seq_index, num_sequences), torch.bincount(seq_index, minlength=num_sequences)
+
+
 def sequence_sums(values: torch.Tensor, seq_index: torch.Tensor, num_sequences: int) -> torch.Tensor:
     """Per-sequence sums of per-token values: values [N], seq_index [N] -> [num_sequences] float32.
 

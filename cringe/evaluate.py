@@ -156,22 +156,19 @@ def sequence_logprobs(model, rows: Sequence[dict], pad_token_id: int, batch_size
     model.eval()
     lm = C.causal_lm(model)
     fused = C.chunked_unsupported_reason(model) is None
+    head = lm.get_output_embeddings() if fused else None
 
     out: list[float] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="log-probs", unit="batch", disable=len(rows) <= batch_size):
         chunk = [{"prompt_ids": r["prompt_ids"], "completion_ids": r["completion_ids"][:1]} for r in rows[start:start + batch_size]]
         batch = {k: v.to(device) for k, v in collate(chunk).items()}
-        with torch.no_grad():
-            if fused:
-                hidden, targets, mask = C.completion_hidden(model, lm.get_decoder(), batch["input_ids"],
-                                                            batch["labels"], attention_mask=batch["attention_mask"])
-                head = lm.get_output_embeddings()
-                tok, _ = C.head_pass(hidden, head.weight, head.bias, targets)
-                total = C.sequence_sums(tok, C.row_of_position(mask), len(chunk))
-            else:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               use_cache=False).logits
-                total, _ = sequence_logps(logits[:, :-1], batch["labels"][:, 1:])
+        if fused:
+            hidden, targets, mask = C.completion_hidden(model, lm.get_decoder(), batch["input_ids"], batch["labels"],
+                                                        attention_mask=batch["attention_mask"])
+            total, _ = C.sequence_logps(hidden, head.weight, head.bias, targets, C.row_of_position(mask), len(chunk))
+        else:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            total, _ = sequence_logps(logits[:, :-1], batch["labels"][:, 1:])
         out += total.tolist()
     if was_training:
         model.train()

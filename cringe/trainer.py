@@ -338,10 +338,8 @@ class CringeTrainer(Trainer):
     def _sequence_logps(self, model, batch) -> torch.Tensor:
         if self.use_chunked:
             hidden, targets, seq_index, weight, bias = self._forward_hidden(model, batch)
-            tok, _ = C.head_pass(hidden, weight, bias, targets, chunk_size=self.args.chunk_size)
-            n_seq = int(batch["num_sequences"])
-            total = C.sequence_sums(tok, seq_index, n_seq)
-            count = torch.bincount(seq_index, minlength=n_seq)
+            total, count = C.sequence_logps(hidden, weight, bias, targets, seq_index, int(batch["num_sequences"]),
+                                            chunk_size=self.args.chunk_size)
         else:
             logits, labels = self._forward(model, batch)
             total, count = L.sequence_logps(logits, labels)
