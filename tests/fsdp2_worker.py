@@ -94,8 +94,8 @@ def main(out_path: str) -> None:
         with open(out_path, "w") as f:
             json.dump(result, f)
     # No rank tears gloo down while its peer may still be taking in the last collective's messages. Once in CI
-    # (and in none of 35 runs on a 2-core dev machine) a rank aborted with "terminate called without an active exception",
-    # which is a worker thread destroyed while running.
+    # (and in none of 35 runs on a 2-core dev machine) a rank aborted with "terminate called without an active
+    # exception", which is a worker thread destroyed while running.
     dist.barrier()
     dist.destroy_process_group()
 
