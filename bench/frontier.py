@@ -21,7 +21,7 @@ bound on the true KL), and the demo's iterative methods by round, Iterative SFT 
 (run `cringe demo --methods ...,iterative_sft`, or let this script do it: it resumes the demo in --demo-dir).
 Every point is resumable: rerunning the command redoes nothing finished.
 
-Writes frontier.md, frontier.json and frontier.png into --output-dir (copies in bench/results/): (a) methods and
+Writes frontier.md, frontier.json and frontier.png into --output-dir (dated copies in --results-dir): (a) methods and
 baselines, (b) Pairwise Cringe's ablations, (c) learning rates: gold reward against KL, 95% intervals on both;
 (d) proxy reward against gold reward for every point, which bends over if optimising the proxy stops paying in
 gold (over-optimisation); a table of each curve's gold reward interpolated at shared KL values, and the learning
@@ -318,8 +318,13 @@ def main() -> None:
     parser.add_argument("--points", help=f"comma-separated points or groups {sorted(GROUPS)}; default: every point")
     parser.add_argument("--methods", default=",".join((*ONE_ROUND, IDPO, IPC, ISFT)),
                         help="the demo methods drawn at their demo settings (run in --demo-dir when missing)")
+    parser.add_argument("--results-dir", default=None,
+                        help="also copy the report there, dated (default: bench/results for the default preset, "
+                             "nowhere for the others, so a smoke check never replaces a measured frontier)")
     parser.add_argument("--best-of-n", type=int, default=16, help="largest n of the best-of-n baseline (0: none)")
     args = parser.parse_args()
+    if args.results_dir is None and args.preset == "default":
+        args.results_dir = str(ROOT / "bench" / "results")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("cringe").setLevel(logging.INFO)
 
@@ -390,11 +395,12 @@ def main() -> None:
     (out / "frontier.md").write_text(text + "\n")
     (out / "frontier.json").write_text(json.dumps({"start": start, "start_proxy": start_proxy, "rows": rows,
                                                    "seconds": seconds}, indent=2))
-    results = ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d")
-    (results / f"frontier-{stamp}.md").write_text(text.replace("](frontier.png)", f"](frontier-{stamp}.png)") + "\n")
-    shutil.copyfile(out / "frontier.png", results / f"frontier-{stamp}.png")
+    if args.results_dir:
+        results = Path(args.results_dir)
+        results.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d")
+        (results / f"frontier-{stamp}.md").write_text(text.replace("](frontier.png)", f"](frontier-{stamp}.png)") + "\n")
+        shutil.copyfile(out / "frontier.png", results / f"frontier-{stamp}.png")
     print(text)
 
 
