@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import inspect
 import logging
 from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
 
 from cringe.denormals import flush_denormals
 from cringe.errors import UserError
@@ -115,12 +116,39 @@ def _eos_ids(tokenizer, model=None) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def _cache_kwarg(model) -> str:
+    # transformers 5.x renamed generate's and the models' `past_key_values` to `cache` (5.24 has `cache`)
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _shared_prompt_cache(model, input_ids: torch.Tensor, attention: torch.Tensor, n: int):
+    """The KV cache of each left-padded prompt but its last token, computed once and repeated for its n samples.
+
+    `generate(num_return_sequences=n)` copies every prompt n times before its prefill, so the prompt's forward pass
+    is paid n times; here it is paid once. The last token stays out so that generate's own first step has a token
+    to compute the next-token logits from. Positions follow generate's rule for left padding (the count of real
+    tokens before, 0 on padding), so the cache equals the one generate would have built.
+    """
+    cache = DynamicCache(config=model.config)
+    positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
+    model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
+          use_cache=True, **{_cache_kwarg(model): cache})
+    cache.batch_repeat_interleave(n)
+    return cache
+
+
 class TransformersSampler:
     """Batched `model.generate` with left padding and the KV cache, seeded per batch (reproducible for a given
-    batch size)."""
+    batch size). With n > 1 each prompt's prefill runs once and its cache is shared by its n samples
+    (`_shared_prompt_cache`); `share_prompt_cache=False` leaves it to generate, which repeats it n times."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, share_prompt_cache: bool = True):
         self.model, self.tokenizer = model, tokenizer
+        # transformers' decoder-only models whose generate builds a DynamicCache (not the few with a cache class
+        # of their own, nor wrappers such as peft's, which generate the plain way)
+        supports = getattr(type(model), "_supports_default_dynamic_cache", None)
+        self.share_prompt_cache = (share_prompt_cache and supports is not None and supports()
+                                   and not model.config.is_encoder_decoder)
         flush_denormals()
 
     @torch.no_grad()
@@ -130,11 +158,12 @@ class TransformersSampler:
         tok, model = self.tokenizer, self.model
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         eos = _eos_ids(tok, model)
-        gen_config = GenerationConfig(
+        settings = dict(
             do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-            max_new_tokens=config.max_new_tokens, num_return_sequences=config.n, pad_token_id=pad,
-            eos_token_id=sorted(eos), min_p=None, typical_p=1.0, repetition_penalty=1.0, use_cache=True,
-        )
+            max_new_tokens=config.max_new_tokens, pad_token_id=pad, eos_token_id=sorted(eos), min_p=None,
+            typical_p=1.0, repetition_penalty=1.0, use_cache=True)
+        gen_config = GenerationConfig(num_return_sequences=config.n, **settings)
+        one_each = GenerationConfig(num_return_sequences=1, **settings)  # prompts already repeated n times
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -147,8 +176,15 @@ class TransformersSampler:
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
             attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
             batch_seed = config.seed * 1_000_003 + prompt_ids_offset + start
-            torch.manual_seed(batch_seed)
-            out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gen_config)
+            if self.share_prompt_cache and config.n > 1 and width > 1:
+                cache = _shared_prompt_cache(model, input_ids, attention, config.n)
+                torch.manual_seed(batch_seed)  # after the prefill: the same random stream as generate alone
+                out = model.generate(input_ids=input_ids.repeat_interleave(config.n, dim=0),
+                                     attention_mask=attention.repeat_interleave(config.n, dim=0),
+                                     generation_config=one_each, **{_cache_kwarg(model): cache})
+            else:
+                torch.manual_seed(batch_seed)
+                out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gen_config)
             generated = out[:, width:].tolist()
             for row, ids in enumerate(generated):
                 p_index, s_index = divmod(row, config.n)

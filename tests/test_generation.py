@@ -60,3 +60,27 @@ def test_bad_sampling_config_is_refused():
         SamplingConfig(top_p=1.5)
     with pytest.raises(TypeError):
         SamplingConfig(topk=3)
+
+
+def test_shared_prompt_cache_samples_what_generate_alone_samples(tokenizer, tiny_model):
+    """Each prompt's prefill once, its cache repeated for its n samples: in float64 the same tokens, sample for
+    sample, as generate's own n-fold prefill, over prompts of different lengths (left padding) and a one-token
+    prompt; and fewer token positions through the model."""
+    model = tiny_model.double()
+    batch = [tokenizer("A much longer prompt, with padding for the others:")["input_ids"],
+             tokenizer("Short:")["input_ids"], [tokenizer.bos_token_id or 1]]
+    config = SamplingConfig(n=3, max_new_tokens=7, batch_size=9, seed=4)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"].numel()),
+                                           with_kwargs=True)
+    runs = {}
+    for share in (True, False):
+        seen.clear()
+        samples = TransformersSampler(model, tokenizer, share_prompt_cache=share).sample(batch, config, progress=False)
+        runs[share] = ([(s.prompt_id, s.sample_id, s.completion_ids, s.finish_reason) for s in samples], sum(seen))
+    hook.remove()
+    assert runs[True][0] == runs[False][0]
+    assert len({tuple(ids) for _, _, ids, _ in runs[True][0]}) > 3  # sampled, not one repeated answer
+    width = max(len(p) for p in batch)
+    # the prefill's n-fold repeat is all the difference: (n - 1) x prompts x (width - 1) positions
+    assert runs[False][1] - runs[True][1] == (config.n - 1) * len(batch) * (width - 1)
