@@ -129,7 +129,7 @@ def _shared_prompt_cache(model, input_ids: torch.Tensor, attention: torch.Tensor
     to compute the next-token logits from. Positions follow generate's rule for left padding (the count of real
     tokens before, 0 on padding), so the cache equals the one generate would have built.
     """
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True))  # as generate builds its own
     positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
     model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
           use_cache=True, **{_cache_kwarg(model): cache})
@@ -144,11 +144,13 @@ class TransformersSampler:
 
     def __init__(self, model, tokenizer, share_prompt_cache: bool = True):
         self.model, self.tokenizer = model, tokenizer
-        # transformers' decoder-only models whose generate builds a DynamicCache (not the few with a cache class
-        # of their own, nor wrappers such as peft's, which generate the plain way)
+        # transformers' decoder-only models whose generate builds a DynamicCache: not the few with a cache class
+        # of their own, nor those whose generation config asks for another cache (generate refuses a cache object
+        # beside cache_implementation), nor wrappers such as peft's; those generate the plain way
         supports = getattr(type(model), "_supports_default_dynamic_cache", None)
         self.share_prompt_cache = (share_prompt_cache and supports is not None and supports()
-                                   and not model.config.is_encoder_decoder)
+                                   and not model.config.is_encoder_decoder
+                                   and getattr(model.generation_config, "cache_implementation", None) is None)
         flush_denormals()
 
     @torch.no_grad()

@@ -3,6 +3,7 @@
 
 
 from cringe.generation import Sample, SamplingConfig, TransformersSampler, _split_completion
+from cringe.models import build_tiny_model
 
 
 def prompts(tokenizer, n=3):
@@ -84,3 +85,11 @@ def test_shared_prompt_cache_samples_what_generate_alone_samples(tokenizer, tiny
     width = max(len(p) for p in batch)
     # the prefill's n-fold repeat is all the difference: (n - 1) x prompts x (width - 1) positions
     assert runs[False][1] - runs[True][1] == (config.n - 1) * len(batch) * (width - 1)
+
+
+def test_prompt_cache_is_not_shared_where_generate_would_refuse_it(tokenizer, tiny_model):
+    # generate refuses a cache object beside a cache_implementation from the model's own generation config
+    tiny_model.generation_config.cache_implementation = "static"
+    sampler = TransformersSampler(tiny_model, tokenizer)
+    assert not sampler.share_prompt_cache
+    assert TransformersSampler(build_tiny_model(tokenizer), tokenizer).share_prompt_cache
