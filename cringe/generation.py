@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache, GenerationConfig
+from transformers import DynamicCache, GenerationConfig, cache_utils
 
 from cringe.denormals import flush_denormals
 from cringe.errors import UserError
@@ -116,23 +116,45 @@ def _eos_ids(tokenizer, model=None) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _cache_kwarg(model) -> str:
-    # transformers 5.x renamed generate's and the models' `past_key_values` to `cache` (5.24 has `cache`)
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def _shareable_cache(model) -> dict | None:
+    """How to hand `model` a prompt cache to continue from, or None where sharing one is not safe.
+
+    Only plain key/value layers (sliding windows included) can be repeated along the batch: a linear-attention or
+    convolution layer (Mamba-style, Qwen3-Next, LFM2) has no `batch_repeat_interleave`, or repeats its keys but not
+    its recurrent state. Not either: models with a cache class of their own, a generation config asking for
+    another cache (generate refuses a cache object beside `cache_implementation`), wrappers such as peft's.
+    """
+    supports = getattr(type(model), "_supports_default_dynamic_cache", None)
+    if supports is None or not supports() or model.config.is_encoder_decoder:
+        return None
+    if getattr(model.generation_config, "cache_implementation", None) is not None:
+        return None
+    plain = tuple(c for c in (cache_utils.DynamicLayer, getattr(cache_utils, "DummyLayer", None)) if c is not None)
+    recurrent = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())
+    probe = DynamicCache(config=model.config.get_text_config(decoder=True))  # layers by the config's layer types
+    if not all(isinstance(layer, plain) and not isinstance(layer, recurrent) for layer in probe.layers):
+        return None
+    parameters = inspect.signature(model.forward).parameters
+    # transformers 5.x renamed generate's and the models' `past_key_values` to `cache` (5.19 has the first, 5.24
+    # the second); logits_to_keep spares the prefill a [prompts, tokens, vocabulary] logits tensor nobody reads
+    return {"cache": "cache" if "cache" in parameters else "past_key_values",
+            "logits_to_keep": "logits_to_keep" in parameters}
 
 
-def _shared_prompt_cache(model, input_ids: torch.Tensor, attention: torch.Tensor, n: int):
+def _shared_prompt_cache(model, input_ids: torch.Tensor, attention: torch.Tensor, n: int, how: dict):
     """The KV cache of each left-padded prompt but its last token, computed once and repeated for its n samples.
 
     `generate(num_return_sequences=n)` copies every prompt n times before its prefill, so the prompt's forward pass
     is paid n times; here it is paid once. The last token stays out so that generate's own first step has a token
     to compute the next-token logits from. Positions follow generate's rule for left padding (the count of real
-    tokens before, 0 on padding), so the cache equals the one generate would have built.
+    tokens before, 0 on padding), so the cache is the one generate would have built, up to float rounding (the
+    last prompt token goes through a one-token step instead of the whole-prompt pass).
     """
     cache = DynamicCache(config=model.config.get_text_config(decoder=True))  # as generate builds its own
     positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
+    extra = {"logits_to_keep": 1} if how["logits_to_keep"] else {}
     model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
-          use_cache=True, **{_cache_kwarg(model): cache})
+          use_cache=True, **{how["cache"]: cache}, **extra)
     cache.batch_repeat_interleave(n)
     return cache
 
@@ -140,18 +162,17 @@ def _shared_prompt_cache(model, input_ids: torch.Tensor, attention: torch.Tensor
 class TransformersSampler:
     """Batched `model.generate` with left padding and the KV cache, seeded per batch (reproducible for a given
     batch size). With n > 1 each prompt's prefill runs once and its cache is shared by its n samples
-    (`_shared_prompt_cache`); `share_prompt_cache=False` leaves it to generate, which repeats it n times."""
+    (`_shared_prompt_cache`, where `_shareable_cache` allows it); `share_prompt_cache=False` leaves it to
+    generate, which repeats it n times."""
 
     def __init__(self, model, tokenizer, share_prompt_cache: bool = True):
         self.model, self.tokenizer = model, tokenizer
-        # transformers' decoder-only models whose generate builds a DynamicCache: not the few with a cache class
-        # of their own, nor those whose generation config asks for another cache (generate refuses a cache object
-        # beside cache_implementation), nor wrappers such as peft's; those generate the plain way
-        supports = getattr(type(model), "_supports_default_dynamic_cache", None)
-        self.share_prompt_cache = (share_prompt_cache and supports is not None and supports()
-                                   and not model.config.is_encoder_decoder
-                                   and getattr(model.generation_config, "cache_implementation", None) is None)
+        self.cache_handoff = _shareable_cache(model) if share_prompt_cache else None
         flush_denormals()
+
+    @property
+    def share_prompt_cache(self) -> bool:
+        return self.cache_handoff is not None
 
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0,
@@ -179,11 +200,12 @@ class TransformersSampler:
             attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
             batch_seed = config.seed * 1_000_003 + prompt_ids_offset + start
             if self.share_prompt_cache and config.n > 1 and width > 1:
-                cache = _shared_prompt_cache(model, input_ids, attention, config.n)
+                how = self.cache_handoff
+                cache = _shared_prompt_cache(model, input_ids, attention, config.n, how)
                 torch.manual_seed(batch_seed)  # after the prefill: the same random stream as generate alone
                 out = model.generate(input_ids=input_ids.repeat_interleave(config.n, dim=0),
                                      attention_mask=attention.repeat_interleave(config.n, dim=0),
-                                     generation_config=one_each, **{_cache_kwarg(model): cache})
+                                     generation_config=one_each, **{how["cache"]: cache})
             else:
                 torch.manual_seed(batch_seed)
                 out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gen_config)

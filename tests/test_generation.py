@@ -1,6 +1,6 @@
 """Sampling: N per prompt, seeded, explicit parameters, finish reasons, EOS kept only where generated."""
 
-
+import torch
 
 from cringe.generation import Sample, SamplingConfig, TransformersSampler, _split_completion
 from cringe.models import build_tiny_model
@@ -87,9 +87,39 @@ def test_shared_prompt_cache_samples_what_generate_alone_samples(tokenizer, tiny
     assert runs[False][1] - runs[True][1] == (config.n - 1) * len(batch) * (width - 1)
 
 
-def test_prompt_cache_is_not_shared_where_generate_would_refuse_it(tokenizer, tiny_model):
+def test_shared_prompt_cache_with_sliding_windows_and_equal_lengths(tokenizer):
+    """A sliding window shorter than the prompts (the cache keeps only its last tokens), and a batch of equal
+    lengths (generate drops an all-ones attention mask): the same samples both ways."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                             sliding_window=4)).double()
+    config = SamplingConfig(n=3, max_new_tokens=6, batch_size=6, seed=1)
+    for batch in ([tokenizer("A much longer prompt here:")["input_ids"], tokenizer("Short:")["input_ids"]],
+                  [tokenizer("Same length")["input_ids"]] * 2):
+        shared, plain = (TransformersSampler(model, tokenizer, share_prompt_cache=share) for share in (True, False))
+        assert shared.share_prompt_cache
+        assert ([s.completion_ids for s in shared.sample(batch, config, progress=False)]
+                == [s.completion_ids for s in plain.sample(batch, config, progress=False)])
+
+
+def test_prompt_cache_is_not_shared_where_it_cannot_be(tokenizer, tiny_model):
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    assert TransformersSampler(build_tiny_model(tokenizer), tokenizer).share_prompt_cache
     # generate refuses a cache object beside a cache_implementation from the model's own generation config
     tiny_model.generation_config.cache_implementation = "static"
-    sampler = TransformersSampler(tiny_model, tokenizer)
+    assert not TransformersSampler(tiny_model, tokenizer).share_prompt_cache
+    # linear-attention layers carry a recurrent state that a repeat along the batch would not copy
+    hybrid = Qwen3NextForCausalLM(Qwen3NextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, linear_num_value_heads=2, linear_num_key_heads=1, linear_key_head_dim=16,
+        linear_value_head_dim=16, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
+        shared_expert_intermediate_size=32, full_attention_interval=2))
+    sampler = TransformersSampler(hybrid, tokenizer)
     assert not sampler.share_prompt_cache
-    assert TransformersSampler(build_tiny_model(tokenizer), tokenizer).share_prompt_cache
+    samples = sampler.sample([tokenizer("A prompt:")["input_ids"]], SamplingConfig(n=2, max_new_tokens=3),
+                             progress=False)
+    assert len(samples) == 2
