@@ -120,14 +120,15 @@ def _shareable_cache(model) -> dict | None:
     """How to hand `model` a prompt cache to continue from, or None where sharing one is not safe.
 
     Only plain key/value layers (sliding windows included) can be repeated along the batch: a linear-attention or
-    convolution layer (Mamba-style, Qwen3-Next, LFM2) has no `batch_repeat_interleave`, or repeats its keys but not
-    its recurrent state. Not either: models with a cache class of their own, a generation config asking for
-    another cache (generate refuses a cache object beside `cache_implementation`), wrappers such as peft's.
+    convolution layer (Qwen3-Next's, Mamba-style hybrids') has no `batch_repeat_interleave`, or would repeat its
+    keys but not its recurrent state. Sharing is also off for models with a cache class of their own, a generation
+    config asking for another cache (generate refuses a cache object beside `cache_implementation`), and wrappers
+    such as peft's.
     """
     supports = getattr(type(model), "_supports_default_dynamic_cache", None)
     if supports is None or not supports() or model.config.is_encoder_decoder:
         return None
-    if getattr(model.generation_config, "cache_implementation", None) is not None:
+    if getattr(getattr(model, "generation_config", None), "cache_implementation", None) is not None:
         return None
     plain = tuple(c for c in (cache_utils.DynamicLayer, getattr(cache_utils, "DummyLayer", None)) if c is not None)
     recurrent = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())
