@@ -116,6 +116,11 @@ def _eos_ids(tokenizer, model=None) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def _empty_cache(model) -> DynamicCache:
+    # layers by the config's layer types (sliding windows, linear attention), as generate builds its own
+    return DynamicCache(config=model.config.get_text_config(decoder=True))
+
+
 def _shareable_cache(model) -> dict | None:
     """How to hand `model` a prompt cache to continue from, or None where sharing one is not safe.
 
@@ -132,8 +137,7 @@ def _shareable_cache(model) -> dict | None:
         return None
     plain = tuple(c for c in (cache_utils.DynamicLayer, getattr(cache_utils, "DummyLayer", None)) if c is not None)
     recurrent = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())
-    probe = DynamicCache(config=model.config.get_text_config(decoder=True))  # layers by the config's layer types
-    if not all(isinstance(layer, plain) and not isinstance(layer, recurrent) for layer in probe.layers):
+    if not all(isinstance(layer, plain) and not isinstance(layer, recurrent) for layer in _empty_cache(model).layers):
         return None
     parameters = inspect.signature(model.forward).parameters
     # transformers 5.x renamed generate's and the models' `past_key_values` to `cache` (5.19 has the first, 5.24
@@ -151,7 +155,7 @@ def _shared_prompt_cache(model, input_ids: torch.Tensor, attention: torch.Tensor
     tokens before, 0 on padding), so the cache is the one generate would have built, up to float rounding (the
     last prompt token goes through a one-token step instead of the whole-prompt pass).
     """
-    cache = DynamicCache(config=model.config.get_text_config(decoder=True))  # as generate builds its own
+    cache = _empty_cache(model)
     positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
     extra = {"logits_to_keep": 1} if how["logits_to_keep"] else {}
     model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
@@ -200,8 +204,8 @@ class TransformersSampler:
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
             attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
             batch_seed = config.seed * 1_000_003 + prompt_ids_offset + start
-            if self.share_prompt_cache and config.n > 1 and width > 1:
-                how = self.cache_handoff
+            how = self.cache_handoff
+            if how is not None and config.n > 1 and width > 1:
                 cache = _shared_prompt_cache(model, input_ids, attention, config.n, how)
                 torch.manual_seed(batch_seed)  # after the prefill: the same random stream as generate alone
                 out = model.generate(input_ids=input_ids.repeat_interleave(config.n, dim=0),
