@@ -41,8 +41,10 @@ def main() -> None:
     print(f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}; native bf16: {cpu_bf16_flags() or 'none'}\n")
     print("| work | fp32 ms | bf16 ms | bf16 / fp32 |\n|---|---|---|---|")
     torch.manual_seed(0)
-    shapes = {"matmul 1024x1024 @ 1024x1024": ((1024, 1024), (1024, 1024)),
-              "matmul 64x576 @ 576x49152 (SmolLM2's LM head, 64 tokens)": ((64, 576), (576, 49152))}
+    shapes = {
+        "matmul 1024x1024 @ 1024x1024": ((1024, 1024), (1024, 1024)),
+        "matmul 64x576 @ 576x49152 (SmolLM2's LM head, 64 tokens)": ((64, 576), (576, 49152)),
+    }
     for name, (a_shape, b_shape) in shapes.items():
         a, b = torch.randn(a_shape), torch.randn(b_shape)
         fp32 = best(lambda: a @ b)
@@ -58,8 +60,10 @@ def main() -> None:
     fp32 = best(lambda: step(mlp, x))
     mlp16, x16 = mlp.bfloat16(), x.detach().bfloat16().requires_grad_(True)
     bf16 = best(lambda: step(mlp16, x16))
-    print(f"| MLP block forward+backward, 64 tokens (SmolLM2 width) | {fp32 * 1e3:.1f} | {bf16 * 1e3:.1f} | "
-          f"{bf16 / fp32:.2f} |")
+    print(
+        f"| MLP block forward+backward, 64 tokens (SmolLM2 width) | {fp32 * 1e3:.1f} | {bf16 * 1e3:.1f} | "
+        f"{bf16 / fp32:.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,11 @@ def compare(plain_fn, chunked_fn, hidden, weight) -> dict:
     the plain fp32 path's own (within a factor of 2), i.e. chunking adds no error beyond fp32 rounding. Sums over
     thousands of tokens of log-probs near -10 leave the plain fp32 path itself ~1e-5 off in places."""
     results = {}
-    for name, fn, dtype in (("reference", plain_fn, torch.float64), ("plain", plain_fn, torch.float32),
-                            ("chunked", chunked_fn, torch.float32)):
+    for name, fn, dtype in (
+        ("reference", plain_fn, torch.float64),
+        ("plain", plain_fn, torch.float32),
+        ("chunked", chunked_fn, torch.float32),
+    ):
         h = hidden.detach().to(dtype).requires_grad_()
         w = weight.detach().to(dtype).requires_grad_()
         loss = fn(h, w)
@@ -59,10 +62,10 @@ def main() -> None:
     device, b, t = args.device, args.pairs, args.tokens
     g = torch.Generator(device=device).manual_seed(0)
     hidden = torch.randn(2 * b, t, args.hidden, device=device, generator=g) * 0.5
-    weight = torch.randn(args.vocab, args.hidden, device=device, generator=g) * args.hidden ** -0.5
+    weight = torch.randn(args.vocab, args.hidden, device=device, generator=g) * args.hidden**-0.5
     labels = torch.randint(0, args.vocab, (2 * b, t), device=device, generator=g)
     labels[:, : t // 4] = L.IGNORE_INDEX  # prompts
-    labels[b, -t // 8:] = L.IGNORE_INDEX  # a shorter rejected completion
+    labels[b, -t // 8 :] = L.IGNORE_INDEX  # a shorter rejected completion
     mask = labels != L.IGNORE_INDEX
     seq_index = torch.arange(2 * b, device=device).unsqueeze(-1).expand_as(labels)[mask]
     targets = labels[mask]
@@ -92,22 +95,44 @@ def main() -> None:
         return losses.sum() / b
 
     def chunked_dpo(h, w):
-        return C.dpo_family_loss(h[mask], w, None, targets, seq_index, b, ref_logps, beta=0.1, loss_type="sigmoid",
-                                 chunk_size=args.chunk_size)[0]
+        return C.dpo_family_loss(
+            h[mask],
+            w,
+            None,
+            targets,
+            seq_index,
+            b,
+            ref_logps,
+            beta=0.1,
+            loss_type="sigmoid",
+            chunk_size=args.chunk_size,
+        )[0]
 
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    print(f"{name}: {2 * b} sequences x {t} tokens, hidden {args.hidden}, vocabulary {args.vocab}, chunk "
-          f"{args.chunk_size}; relative error of each fp32 path (TF32 off) against the plain path in float64")
+    print(
+        f"{name}: {2 * b} sequences x {t} tokens, hidden {args.hidden}, vocabulary {args.vocab}, chunk "
+        f"{args.chunk_size}; relative error of each fp32 path (TF32 off) against the plain path in float64"
+    )
     failed = []
-    for loss_name, plain, chunked in (("pairwise_cringe", plain_pc, chunked_pc), ("sft", plain_sft, chunked_sft),
-                                      ("dpo", plain_dpo, chunked_dpo)):
+    for loss_name, plain, chunked in (
+        ("pairwise_cringe", plain_pc, chunked_pc),
+        ("sft", plain_sft, chunked_sft),
+        ("dpo", plain_dpo, chunked_dpo),
+    ):
         errors = compare(plain, chunked, hidden, weight)
-        print(f"  {loss_name:16s} " + "  ".join(f"{part}: plain {e['plain']:.1e} chunked {e['chunked']:.1e}"
-                                                   for part, e in errors.items()), flush=True)
-        failed += [f"{loss_name} {part}" for part, e in errors.items()
-                   if e["chunked"] > 2 * e["plain"] + args.tolerance]
-    print("PASS: chunked within 2x the plain fp32 error (+ %.0e)" % args.tolerance if not failed
-          else f"FAIL: {', '.join(failed)}")
+        print(
+            f"  {loss_name:16s} "
+            + "  ".join(f"{part}: plain {e['plain']:.1e} chunked {e['chunked']:.1e}" for part, e in errors.items()),
+            flush=True,
+        )
+        failed += [
+            f"{loss_name} {part}" for part, e in errors.items() if e["chunked"] > 2 * e["plain"] + args.tolerance
+        ]
+    print(
+        "PASS: chunked within 2x the plain fp32 error (+ %.0e)" % args.tolerance
+        if not failed
+        else f"FAIL: {', '.join(failed)}"
+    )
     sys.exit(1 if failed else 0)
 
 

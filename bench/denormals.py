@@ -55,22 +55,42 @@ def make_pairs(model_name: str, out: Path) -> dict:
 
     model, tokenizer = load_model_and_tokenizer(SPECS[model_name], dtype="float32")  # as the example samples
     prompts = load_prompts(str(ROOT / "examples/data/topic_prompts.jsonl"), tokenizer, max_prompt_length=128)
-    sampling = SamplingConfig(n=4, max_new_tokens=32, temperature=1.0, top_p=1.0, top_k=0, batch_size=64,
-                              seed=derive_seed(0, "train", 0))  # round 1's stream, as the loop seeds it
+    sampling = SamplingConfig(
+        n=4, max_new_tokens=32, temperature=1.0, top_p=1.0, top_k=0, batch_size=64, seed=derive_seed(0, "train", 0)
+    )  # round 1's stream, as the loop seeds it
     start = time.perf_counter()
     samples = TransformersSampler(model, tokenizer).sample([p.ids for p in prompts], sampling, progress=False)
     texts = {i: p.text for i, p in enumerate(prompts)}
     scores = lexicon_positivity([texts[s.prompt_id] for s in samples], [s.completion for s in samples])
     rows, report = best_vs_worst(samples, scores, min_gap=0.01)
-    out.write_text("".join(json.dumps({k: r[k] for k in ("row", "prompt_ids", "completion_ids", "label")}) + "\n"
-                           for r in rows))
+    out.write_text(
+        "".join(json.dumps({k: r[k] for k in ("row", "prompt_ids", "completion_ids", "label")}) + "\n" for r in rows)
+    )
     del model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return {"pairs": len(rows), "sampling_s": time.perf_counter() - start, "pairing": report.as_dict()}
 
 
-ALIASES = {"view", "t", "transpose", "expand", "permute", "reshape", "unsqueeze", "squeeze", "slice", "select",
-           "as_strided", "detach", "alias", "unsafe_view", "split", "unbind", "narrow", "split_with_sizes"}
+ALIASES = {
+    "view",
+    "t",
+    "transpose",
+    "expand",
+    "permute",
+    "reshape",
+    "unsqueeze",
+    "squeeze",
+    "slice",
+    "select",
+    "as_strided",
+    "detach",
+    "alias",
+    "unsafe_view",
+    "split",
+    "unbind",
+    "narrow",
+    "split_with_sizes",
+}
 
 
 def subnormal_outputs(trainer) -> dict:
@@ -155,23 +175,44 @@ def worker(spec: dict) -> dict:
                 losses.append(logs["loss"])
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = CringeConfig(output_dir=tmp, loss="pairwise_cringe", per_device_train_batch_size=8,
-                              num_train_epochs=spec["epochs"], learning_rate=spec.get("learning_rate", 1e-4),
-                              lr_scheduler_type="constant",
-                              chunked_loss=True, use_cpu=True, bf16=spec["autocast"], logging_steps=1,
-                              save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
-                              dataloader_num_workers=0)
-        trainer = CringeTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer,
-                                callbacks=[Timer()])
+        config = CringeConfig(
+            output_dir=tmp,
+            loss="pairwise_cringe",
+            per_device_train_batch_size=8,
+            num_train_epochs=spec["epochs"],
+            learning_rate=spec.get("learning_rate", 1e-4),
+            lr_scheduler_type="constant",
+            chunked_loss=True,
+            use_cpu=True,
+            bf16=spec["autocast"],
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            seed=0,
+            dataloader_num_workers=0,
+        )
+        trainer = CringeTrainer(
+            model=model, args=config, train_dataset=rows, processing_class=tokenizer, callbacks=[Timer()]
+        )
         before = subnormal_outputs(trainer)
         start = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - start
         after = subnormal_outputs(trainer)
         in_optimizer = optimizer_subnormal_fraction(trainer.optimizer)
-    return {"flushed": denormals_flushed(), "threads": torch.get_num_threads(), "steps": times, "losses": losses,
-            "median_s": statistics.median(times), "max_s": max(times), "train_s": wall,
-            "subnormal_before": before, "subnormal_after": after, "optimizer_subnormal": in_optimizer}
+    return {
+        "flushed": denormals_flushed(),
+        "threads": torch.get_num_threads(),
+        "steps": times,
+        "losses": losses,
+        "median_s": statistics.median(times),
+        "max_s": max(times),
+        "train_s": wall,
+        "subnormal_before": before,
+        "subnormal_after": after,
+        "optimizer_subnormal": in_optimizer,
+    }
 
 
 def op_penalty() -> list[dict]:
@@ -183,8 +224,11 @@ def op_penalty() -> list[dict]:
     from cringe.denormals import flush_denormals, wanted
 
     w = torch.randn(1024, 1024)
-    ops = {"x * 0.5 (elementwise)": lambda x: x * 0.5, "x @ W (matmul)": lambda x: x @ w,
-           "exp(x - 100) (underflowing)": lambda x: torch.exp(x - 100.0)}
+    ops = {
+        "x * 0.5 (elementwise)": lambda x: x * 0.5,
+        "x @ W (matmul)": lambda x: x @ w,
+        "exp(x - 100) (underflowing)": lambda x: torch.exp(x - 100.0),
+    }
     inputs = {"subnormal": torch.full((2048, 1024), 1e-39), "normal": torch.full((2048, 1024), 1e-3)}
 
     def best(fn, x):
@@ -201,8 +245,15 @@ def op_penalty() -> list[dict]:
         flush_denormals(flush)
         for name, fn in ops.items():
             sub, norm = best(fn, inputs["subnormal"]), best(fn, inputs["normal"])
-            out.append({"op": name, "flush": "yes" if flush else "no", "subnormal_ms": sub * 1e3,
-                        "normal_ms": norm * 1e3, "ratio": sub / norm})
+            out.append(
+                {
+                    "op": name,
+                    "flush": "yes" if flush else "no",
+                    "subnormal_ms": sub * 1e3,
+                    "normal_ms": norm * 1e3,
+                    "ratio": sub / norm,
+                }
+            )
     flush_denormals(wanted())
     return out
 
@@ -228,8 +279,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
-    parser.add_argument("--pairs", nargs="*", default=[], metavar="MODEL=FILE",
-                        help="train on a loop's round-N/pairs.jsonl instead of sampling them again")
+    parser.add_argument(
+        "--pairs",
+        nargs="*",
+        default=[],
+        metavar="MODEL=FILE",
+        help="train on a loop's round-N/pairs.jsonl instead of sampling them again",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--make-pairs", nargs=2, help=argparse.SUPPRESS)
     a = parser.parse_args()
@@ -241,10 +297,14 @@ def main() -> None:
         return
 
     penalty = op_penalty()
-    penalty_table = ("| operation | flush denormals | subnormal input ms | normal input ms | ratio |\n"
-                     "|---|---|---|---|---|\n" + "".join(
-                         f"| {r['op']} | {r['flush']} | {r['subnormal_ms']:.2f} | {r['normal_ms']:.2f} | "
-                         f"{r['ratio']:.1f} |\n" for r in penalty))
+    penalty_table = (
+        "| operation | flush denormals | subnormal input ms | normal input ms | ratio |\n"
+        "|---|---|---|---|---|\n"
+        + "".join(
+            f"| {r['op']} | {r['flush']} | {r['subnormal_ms']:.2f} | {r['normal_ms']:.2f} | {r['ratio']:.1f} |\n"
+            for r in penalty
+        )
+    )
     print(f"{cpu_name()}\n{penalty_table}", flush=True)
     configs = [] if a.configs == "none" else list(CONFIGS) if a.configs == "all" else a.configs.split(",")
     rows, raw = [], []
@@ -260,42 +320,65 @@ def main() -> None:
         print(f"{model}: {made['pairs']} pairs from {made.get('source', 'round 1 sampled again')}", flush=True)
         for name in configs:
             dtype, autocast, flush = CONFIGS[name]
-            spec = {"model": model, "pairs": str(pairs), "dtype": dtype, "autocast": autocast, "epochs": a.epochs,
-                    "learning_rate": a.learning_rate}
+            spec = {
+                "model": model,
+                "pairs": str(pairs),
+                "dtype": dtype,
+                "autocast": autocast,
+                "epochs": a.epochs,
+                "learning_rate": a.learning_rate,
+            }
             env = {**os.environ, "CRINGE_FLUSH_DENORMAL": "1" if flush else "0"}
             r = run_child(["--worker", json.dumps(spec)], env)
             assert r["flushed"] == flush, (name, r["flushed"])
-            row = {"model": model, "config": name, "weights": dtype, "autocast": "bf16" if autocast else "-",
-                   "flush": "yes" if flush else "no", "steps": len(r["steps"]), "median_s": r["median_s"],
-                   "max_s": r["max_s"], "train_s": r["train_s"], "last_loss": r["losses"][-1] if r["losses"] else None,
-                   "subnormal": f"{r['subnormal_before']['share']:.2g} -> {r['subnormal_after']['share']:.2g}",
-                   "subnormal_ops": r["subnormal_after"]["top"],
-                   "optimizer_subnormal": f"{r['optimizer_subnormal']:.2g}"}
+            row = {
+                "model": model,
+                "config": name,
+                "weights": dtype,
+                "autocast": "bf16" if autocast else "-",
+                "flush": "yes" if flush else "no",
+                "steps": len(r["steps"]),
+                "median_s": r["median_s"],
+                "max_s": r["max_s"],
+                "train_s": r["train_s"],
+                "last_loss": r["losses"][-1] if r["losses"] else None,
+                "subnormal": f"{r['subnormal_before']['share']:.2g} -> {r['subnormal_after']['share']:.2g}",
+                "subnormal_ops": r["subnormal_after"]["top"],
+                "optimizer_subnormal": f"{r['optimizer_subnormal']:.2g}",
+            }
             rows.append(row)
             raw.append({**row, "pairs": made["pairs"], "step_s": r["steps"], "losses": r["losses"]})
-            print(f"  {name:28s} median {r['median_s']:6.1f} s  max {r['max_s']:6.1f} s  "
-                  f"train {r['train_s']:6.0f} s  loss {row['last_loss']}  "
-                  f"subnormal {row['subnormal']} ({row['subnormal_ops']})  optimizer {row['optimizer_subnormal']}",
-                  flush=True)
+            print(
+                f"  {name:28s} median {r['median_s']:6.1f} s  max {r['max_s']:6.1f} s  "
+                f"train {r['train_s']:6.0f} s  loss {row['last_loss']}  "
+                f"subnormal {row['subnormal']} ({row['subnormal_ops']})  optimizer {row['optimizer_subnormal']}",
+                flush=True,
+            )
 
     import torch
 
     machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    header = ("| model | weights | autocast | flush denormals | steps | median s/step | max s/step | train s | "
-              "last loss | subnormal share of one step's outputs, before -> after | ops making most, after | "
-              "of AdamW state, after |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    header = (
+        "| model | weights | autocast | flush denormals | steps | median s/step | max s/step | train s | "
+        "last loss | subnormal share of one step's outputs, before -> after | ops making most, after | "
+        "of AdamW state, after |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     table = header + "".join(
         f"| {r['model']} | {r['weights']} | {r['autocast']} | {r['flush']} | {r['steps']} | {r['median_s']:.3g} | "
         f"{r['max_s']:.3g} | {r['train_s']:.3g} | {r['last_loss']:.4g} | {r['subnormal']} | "
-        f"{r['subnormal_ops']} | {r['optimizer_subnormal']} |\n" for r in rows)
+        f"{r['subnormal_ops']} | {r['optimizer_subnormal']} |\n"
+        for r in rows
+    )
     print(table)
     a.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
     (a.results_dir / f"denormals-{stamp}.md").write_text(
         f"# Step times over {a.epochs} epochs on round 1's pairs, with and without flushing denormals\n\n"
         f"`python bench/denormals.py {' '.join(sys.argv[1:])}` on {machine}.\n\n"
-        + "## This CPU's price of a subnormal operand\n\n" + penalty_table
-        + ("\n## Training steps\n\n" + table if rows else ""))
+        + "## This CPU's price of a subnormal operand\n\n"
+        + penalty_table
+        + ("\n## Training steps\n\n" + table if rows else "")
+    )
     (a.results_dir / f"denormals-{stamp}.json").write_text(json.dumps(raw, indent=1))
 
 

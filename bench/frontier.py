@@ -81,8 +81,9 @@ POINTS = {
     "pc-margin-0": Point("pairwise_cringe", "one-round", "pairwise_cringe/margin", "b 0", {"margin": 0.0}),
     "pc-margin-10": Point("pairwise_cringe", "one-round", "pairwise_cringe/margin", "b 10", {"margin": 10.0}),
     # alpha and margin leave one round near KL 3-5; more training is the lever left
-    "pc-epochs-3": Point("pairwise_cringe", "one-round", "pairwise_cringe/epochs", "3 epochs",
-                         {"num_train_epochs": 3.0}),
+    "pc-epochs-3": Point(
+        "pairwise_cringe", "one-round", "pairwise_cringe/epochs", "3 epochs", {"num_train_epochs": 3.0}
+    ),
     # Each ablation is Iterative Pairwise Cringe with one thing changed, evaluated after its last round.
     # alpha 0: cross-entropy on the winner alone, with the pairs, normaliser (winner + loser tokens) and step
     # size of Pairwise Cringe; Iterative SFT on the best sample differs from it in those (every prompt's best
@@ -90,26 +91,36 @@ POINTS = {
     "ipc-alpha-0": Point(IPC, "ablations", "ablation/alpha-0", "α 0", {"alpha": 0.0}, eval_last_only=True),
     # sigmoid((1e6 - delta) / tau) is 1 for any delta a policy reaches: binary Cringe on every loser token
     "ipc-gate-open": Point(IPC, "ablations", "ablation/gate-open", "gate open", {"margin": 1e6}, eval_last_only=True),
-    "ipc-margin-mean": Point(IPC, "ablations", "ablation/margin-mean", "margin on means", {"margin_on": "mean"},
-                             eval_last_only=True),
+    "ipc-margin-mean": Point(
+        IPC, "ablations", "ablation/margin-mean", "margin on means", {"margin_on": "mean"}, eval_last_only=True
+    ),
     "ipc-k-5": Point(IPC, "ablations", "ablation/k-5", "k 5", {"k": 5}, eval_last_only=True),
     "ipc-6-rounds": Point(IPC, "rounds", IPC, "", rounds=6, extends_demo=True),
     "idpo-6-rounds": Point(IDPO, "rounds", IDPO, "", rounds=6, extends_demo=True),
     # The lower rate is evaluated after its last round only: on 2 CPU cores an evaluation costs about as much as
     # a round's sampling and training together. Should it be a method's best, its frontier is that one point.
-    **{f"{short}-lr-{lr_name(lr)}": Point(method, "lr", f"lr/{method}/{lr_name(lr)}", "", {"learning_rate": lr},
-                                          eval_last_only=lr < 1e-4)
-       for method, short in ((IPC, "ipc"), (IDPO, "idpo"), (ISFT, "isft")) for lr in LR_SWEEP},
+    **{
+        f"{short}-lr-{lr_name(lr)}": Point(
+            method, "lr", f"lr/{method}/{lr_name(lr)}", "", {"learning_rate": lr}, eval_last_only=lr < 1e-4
+        )
+        for method, short in ((IPC, "ipc"), (IDPO, "idpo"), (ISFT, "isft"))
+        for lr in LR_SWEEP
+    },
 }
 GROUPS = {p.group for p in POINTS.values()}
 ONE_ROUND = ("dpo", "binary_cringe", "pairwise_cringe")
 ITERATIVE = (IDPO, IPC, ISFT)
 DEFAULT_LABELS = {"dpo": "β 0.1", "binary_cringe": "α 1", "pairwise_cringe": "α 0.2, b 1"}
 # how a family is drawn: (panel, line style, marker); panels: a methods and baselines, b ablations, c learning rates
-STYLES = {"best_of_n": ("a", "-.", "D"), "pairwise_cringe/margin": ("a", "--", "^"),
-          "pairwise_cringe/epochs": ("a", ":", "s"), "ablation/alpha-0": ("b", "none", "v"),
-          "ablation/gate-open": ("b", "none", "P"), "ablation/margin-mean": ("b", "none", "X"),
-          "ablation/k-5": ("b", "none", "*")}
+STYLES = {
+    "best_of_n": ("a", "-.", "D"),
+    "pairwise_cringe/margin": ("a", "--", "^"),
+    "pairwise_cringe/epochs": ("a", ":", "s"),
+    "ablation/alpha-0": ("b", "none", "v"),
+    "ablation/gate-open": ("b", "none", "P"),
+    "ablation/margin-mean": ("b", "none", "X"),
+    "ablation/k-5": ("b", "none", "*"),
+}
 BEST_OF_N_COLOUR = "#000000"
 
 
@@ -135,10 +146,19 @@ def point_row(demo, run_dir: Path, k: int, method: str, setting: str, family: st
     run = RunDir(run_dir)
     comparison = run.evaluation(k)
     proxy = demo.proxy_scores(run.file(k, rundir.EVAL_SAMPLES), run.file(k, rundir.EVAL_PROXY_SCORES))
-    return {"family": family, "method": method, "setting": setting, "round": k, "dir": str(run_dir),
-            "kl": comparison["kl"], "gold_reward": comparison["reward"], "win_rate": comparison["win_rate"],
-            "proxy_reward": mean_with_ci(proxy, seed=demo.seed), "length": comparison["text"]["length_tokens"],
-            "train_seconds": run.seconds(rundir.MODEL, k)}
+    return {
+        "family": family,
+        "method": method,
+        "setting": setting,
+        "round": k,
+        "dir": str(run_dir),
+        "kl": comparison["kl"],
+        "gold_reward": comparison["reward"],
+        "win_rate": comparison["win_rate"],
+        "proxy_reward": mean_with_ci(proxy, seed=demo.seed),
+        "length": comparison["text"]["length_tokens"],
+        "train_seconds": run.seconds(rundir.MODEL, k),
+    }
 
 
 def best_of_n_kl(n: int) -> float:
@@ -163,8 +183,11 @@ def best_of_n_rows(demo, m0, out: Path, n_max: int) -> list[dict]:
     drawn = min(per_prompt[p.prompt_id] for p in prompts)
     if drawn < n_max:
         raise SystemExit(f"{samples_path} holds {drawn} samples per prompt, not {n_max}: remove {out} to redraw")
-    gold = (m0.run_dir.scores(gold_path, samples=samples_path) if gold_path.exists()
-            else m0.score(prompts, samples, gold_path, evaluation=True))
+    gold = (
+        m0.run_dir.scores(gold_path, samples=samples_path)
+        if gold_path.exists()
+        else m0.score(prompts, samples, gold_path, evaluation=True)
+    )
     proxy = demo.proxy_scores(samples_path, out / "proxy_scores.jsonl")
     by_prompt: dict[int, list[tuple]] = {}
     for s, g, p in zip(samples, gold, proxy):
@@ -175,17 +198,25 @@ def best_of_n_rows(demo, m0, out: Path, n_max: int) -> list[dict]:
         base_gold.setdefault(s.prompt_id, []).append(g)
     ids = sorted(by_prompt)
     rows = []
-    for n in sorted({2 ** i for i in range(n_max.bit_length()) if 2 ** i <= n_max} | {n_max}):
+    for n in sorted({2**i for i in range(n_max.bit_length()) if 2**i <= n_max} | {n_max}):
         picked = [max(sorted(by_prompt[i])[:n], key=lambda t: t[1]) for i in ids]
         gold_n = [t[2] for t in picked]
         kl = best_of_n_kl(n)
-        rows.append({"family": "best_of_n", "method": "best_of_n", "setting": f"n {n}", "round": 0,
-                     "dir": str(out), "kl": {"mean": kl, "ci_low": kl, "ci_high": kl},
-                     "gold_reward": mean_with_ci(gold_n, seed=demo.seed),
-                     "win_rate": win_rate(gold_n, [sum(base_gold[i]) / len(base_gold[i]) for i in ids],
-                                          seed=demo.seed),
-                     "proxy_reward": mean_with_ci([t[1] for t in picked], seed=demo.seed),
-                     "length": sum(t[3] for t in picked) / len(picked), "train_seconds": 0.0})
+        rows.append(
+            {
+                "family": "best_of_n",
+                "method": "best_of_n",
+                "setting": f"n {n}",
+                "round": 0,
+                "dir": str(out),
+                "kl": {"mean": kl, "ci_low": kl, "ci_high": kl},
+                "gold_reward": mean_with_ci(gold_n, seed=demo.seed),
+                "win_rate": win_rate(gold_n, [sum(base_gold[i]) / len(base_gold[i]) for i in ids], seed=demo.seed),
+                "proxy_reward": mean_with_ci([t[1] for t in picked], seed=demo.seed),
+                "length": sum(t[3] for t in picked) / len(picked),
+                "train_seconds": 0.0,
+            }
+        )
     return rows
 
 
@@ -220,13 +251,33 @@ def plot(rows: list[dict], start: dict, start_proxy: dict, families: dict[str, s
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.6))
     panels = {"a": axes[0, 0], "b": axes[0, 1], "c": axes[1, 0]}
     bx = axes[1, 1]
-    titles = {"a": "(a) methods and baselines", "b": "(b) Pairwise Cringe's ablations (3 rounds)",
-              "c": "(c) learning rates (the demo's is 1e-4)"}
+    titles = {
+        "a": "(a) methods and baselines",
+        "b": "(b) Pairwise Cringe's ablations (3 rounds)",
+        "c": "(c) learning rates (the demo's is 1e-4)",
+    }
     for ax in panels.values():
-        ax.errorbar([0.0], [start["mean"]], yerr=_interval([start]), marker="s", color=_colour("sft"), capsize=3,
-                    linestyle="none", label="start model (SFT)")
-    bx.errorbar([start_proxy["mean"]], [start["mean"]], xerr=_interval([start_proxy]), yerr=_interval([start]),
-                marker="s", color=_colour("sft"), capsize=3, linestyle="none", label="start model (SFT)")
+        ax.errorbar(
+            [0.0],
+            [start["mean"]],
+            yerr=_interval([start]),
+            marker="s",
+            color=_colour("sft"),
+            capsize=3,
+            linestyle="none",
+            label="start model (SFT)",
+        )
+    bx.errorbar(
+        [start_proxy["mean"]],
+        [start["mean"]],
+        xerr=_interval([start_proxy]),
+        yerr=_interval([start]),
+        marker="s",
+        color=_colour("sft"),
+        capsize=3,
+        linestyle="none",
+        label="start model (SFT)",
+    )
     # the demo's own curves each panel is read against: an ablation against Pairwise Cringe and SFT on the best
     # sample, a learning rate against the method at the demo's
     references = {IPC: ("b", "c"), ISFT: ("b", "c"), IDPO: ("c",)}
@@ -243,19 +294,41 @@ def plot(rows: list[dict], start: dict, start_proxy: dict, families: dict[str, s
             xs = [x for x, _ in first] + [r["kl"]["mean"] for r in pts]
             ys = [y for _, y in first] + [r["gold_reward"]["mean"] for r in pts]
             faint = name != panel
-            ax.plot(xs, ys, color=colour, alpha=0.25 if faint else 0.5,
-                    linestyle="-" if line == "none" else line)
-            ax.errorbar([r["kl"]["mean"] for r in pts], [r["gold_reward"]["mean"] for r in pts],
-                        yerr=_interval([r["gold_reward"] for r in pts]), xerr=_interval([r["kl"] for r in pts]),
-                        marker=marker, capsize=2, color=colour, linestyle="none", alpha=0.35 if faint else 1.0,
-                        label=label + (" (the demo's)" if faint else ""))
+            ax.plot(xs, ys, color=colour, alpha=0.25 if faint else 0.5, linestyle="-" if line == "none" else line)
+            ax.errorbar(
+                [r["kl"]["mean"] for r in pts],
+                [r["gold_reward"]["mean"] for r in pts],
+                yerr=_interval([r["gold_reward"] for r in pts]),
+                xerr=_interval([r["kl"] for r in pts]),
+                marker=marker,
+                capsize=2,
+                color=colour,
+                linestyle="none",
+                alpha=0.35 if faint else 1.0,
+                label=label + (" (the demo's)" if faint else ""),
+            )
             if not faint:
                 for r in pts:
-                    ax.annotate(r["setting"], (r["kl"]["mean"], r["gold_reward"]["mean"]),
-                                textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
-        bx.errorbar([r["proxy_reward"]["mean"] for r in pts], [r["gold_reward"]["mean"] for r in pts],
-                    xerr=_interval([r["proxy_reward"] for r in pts]), yerr=_interval([r["gold_reward"] for r in pts]),
-                    marker=marker, capsize=2, color=colour, linestyle="none", label=label, alpha=0.85)
+                    ax.annotate(
+                        r["setting"],
+                        (r["kl"]["mean"], r["gold_reward"]["mean"]),
+                        textcoords="offset points",
+                        xytext=(4, -10),
+                        fontsize=7,
+                        color=colour,
+                    )
+        bx.errorbar(
+            [r["proxy_reward"]["mean"] for r in pts],
+            [r["gold_reward"]["mean"] for r in pts],
+            xerr=_interval([r["proxy_reward"] for r in pts]),
+            yerr=_interval([r["gold_reward"] for r in pts]),
+            marker=marker,
+            capsize=2,
+            color=colour,
+            linestyle="none",
+            label=label,
+            alpha=0.85,
+        )
     n = start["n"]
     for name, ax in panels.items():
         ax.set_xlabel("KL(policy || start), nats per completion (95% CI)")
@@ -302,11 +375,20 @@ def point_config(demo, name: str, out: Path, demo_dir: Path):
         # hard links: run files are replaced by rename, never written in place, so the demo's run is never touched
         tmp = run_dir.with_name(f".{name}.copying")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(demo_dir / "methods" / point.method, tmp, copy_function=_link_or_copy,
-                        ignore=shutil.ignore_patterns(".lock", ".*.tmp-*"))  # the lock is the run's own
+        shutil.copytree(
+            demo_dir / "methods" / point.method,
+            tmp,
+            copy_function=_link_or_copy,
+            ignore=shutil.ignore_patterns(".lock", ".*.tmp-*"),
+        )  # the lock is the run's own
         os.replace(tmp, run_dir)
-    return dataclasses.replace(config, output_dir=str(run_dir), rounds=rounds, train={**config.train, **point.train},
-                               eval_every=rounds if point.eval_last_only else config.eval_every)
+    return dataclasses.replace(
+        config,
+        output_dir=str(run_dir),
+        rounds=rounds,
+        train={**config.train, **point.train},
+        eval_every=rounds if point.eval_last_only else config.eval_every,
+    )
 
 
 def main() -> None:
@@ -316,11 +398,17 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--seed", type=int, default=0, help="the demo's seed (the demo directory's)")
     parser.add_argument("--points", help=f"comma-separated points or groups {sorted(GROUPS)}; default: every point")
-    parser.add_argument("--methods", default=",".join((*ONE_ROUND, IDPO, IPC, ISFT)),
-                        help="the demo methods drawn at their demo settings (run in --demo-dir when missing)")
-    parser.add_argument("--results-dir", default=None,
-                        help="also copy the report there, dated (default: bench/results for the default preset, "
-                             "nowhere for the others, so a smoke check never replaces a measured frontier)")
+    parser.add_argument(
+        "--methods",
+        default=",".join((*ONE_ROUND, IDPO, IPC, ISFT)),
+        help="the demo methods drawn at their demo settings (run in --demo-dir when missing)",
+    )
+    parser.add_argument(
+        "--results-dir",
+        default=None,
+        help="also copy the report there, dated (default: bench/results for the default preset, "
+        "nowhere for the others, so a smoke check never replaces a measured frontier)",
+    )
     parser.add_argument("--best-of-n", type=int, default=16, help="largest n of the best-of-n baseline (0: none)")
     args = parser.parse_args()
     if args.results_dir is None and args.preset == "default":
@@ -358,8 +446,9 @@ def main() -> None:
         config = point_config(demo, name, out, demo_dir)
         run = IterativeRun(config)
         finished_before = run.run_dir.evaluation(config.rounds) is not None
-        logging.info("frontier point %s: %s, %d rounds, %s", name, POINTS[name].method, config.rounds,
-                     POINTS[name].train)
+        logging.info(
+            "frontier point %s: %s, %d rounds, %s", name, POINTS[name].method, config.rounds, POINTS[name].train
+        )
         t0 = time.time()
         run.run()
         if not finished_before:
@@ -388,18 +477,22 @@ def main() -> None:
     families = {f: family_label(f, LABELS) for f in dict.fromkeys(r["family"] for r in rows)}
     base = RunDir(demo_dir / "m0")
     start = mean_with_ci(base.scores(base.baseline_scores), seed=demo.seed)
-    start_proxy = mean_with_ci(demo.proxy_scores(base.baseline_samples, base.path / rundir.BASELINE_PROXY_SCORES),
-                               seed=demo.seed)
+    start_proxy = mean_with_ci(
+        demo.proxy_scores(base.baseline_samples, base.path / rundir.BASELINE_PROXY_SCORES), seed=demo.seed
+    )
     plot(rows, start, start_proxy, families, out / "frontier.png")
     text = report(rows, start, start_proxy, families, demo, args, seconds, started, machine_description(), LABELS)
     (out / "frontier.md").write_text(text + "\n")
-    (out / "frontier.json").write_text(json.dumps({"start": start, "start_proxy": start_proxy, "rows": rows,
-                                                   "seconds": seconds}, indent=2))
+    (out / "frontier.json").write_text(
+        json.dumps({"start": start, "start_proxy": start_proxy, "rows": rows, "seconds": seconds}, indent=2)
+    )
     if args.results_dir:
         results = Path(args.results_dir)
         results.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y-%m-%d")
-        (results / f"frontier-{stamp}.md").write_text(text.replace("](frontier.png)", f"](frontier-{stamp}.png)") + "\n")
+        (results / f"frontier-{stamp}.md").write_text(
+            text.replace("](frontier.png)", f"](frontier-{stamp}.png)") + "\n"
+        )
         shutil.copyfile(out / "frontier.png", results / f"frontier-{stamp}.png")
     print(text)
 
@@ -417,54 +510,83 @@ def lr_table(rows: list[dict], labels: dict, rounds: int, demo_lr: float) -> lis
                 by_method.setdefault(method, {})[float(lr)] = r
     if not any(len(v) > 1 for v in by_method.values()):
         return []
-    lines = [f"| method | lr | gold reward after {rounds} rounds (95% CI) | gold win rate vs start | KL to start |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"| method | lr | gold reward after {rounds} rounds (95% CI) | gold win rate vs start | KL to start |",
+        "|---|---|---|---|---|",
+    ]
     for method, by_lr in by_method.items():
         best = max(by_lr, key=lambda lr: by_lr[lr]["gold_reward"]["mean"])
         for lr in sorted(by_lr):
             r, b = by_lr[lr], "**" if lr == best else ""
             g, w = r["gold_reward"], r["win_rate"]
-            lines.append(f"| {labels[method]} | {b}{lr_name(lr)}{b} | {b}{g['mean']:.3f}{b} ({g['ci_low']:.3f}.."
-                         f"{g['ci_high']:.3f}) | {w['win_rate']:.3f} ({w['ci_low']:.3f}..{w['ci_high']:.3f}) | "
-                         f"{r['kl']['mean']:.1f} |")
-    return ["## Learning rates", "",
-            f"Each iterative method after {rounds} rounds at each learning rate, one seed; bold: its best by gold reward. "
-            "Chosen on the held-out prompts themselves, so the best setting's number is optimistic.", "", *lines, ""]
+            lines.append(
+                f"| {labels[method]} | {b}{lr_name(lr)}{b} | {b}{g['mean']:.3f}{b} ({g['ci_low']:.3f}.."
+                f"{g['ci_high']:.3f}) | {w['win_rate']:.3f} ({w['ci_low']:.3f}..{w['ci_high']:.3f}) | "
+                f"{r['kl']['mean']:.1f} |"
+            )
+    return [
+        "## Learning rates",
+        "",
+        f"Each iterative method after {rounds} rounds at each learning rate, one seed; bold: its best by gold reward. "
+        "Chosen on the held-out prompts themselves, so the best setting's number is optimistic.",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def report(rows, start, start_proxy, families, demo, args, seconds, started, machine, labels) -> str:
     curves = {f: family_curve(rows, start, f) for f in families}
     top = max(r["kl"]["mean"] for r in rows)
     grid = [kl for kl in (1, 2.5, 5, 7.5, 10, 15, 20, 30, 40) if kl <= top]
-    matched = ["| curve (what varies) | " + " | ".join(f"KL {kl:g}" for kl in grid) + " |",
-               "|---|" + "---|" * len(grid)]
+    matched = [
+        "| curve (what varies) | " + " | ".join(f"KL {kl:g}" for kl in grid) + " |",
+        "|---|" + "---|" * len(grid),
+    ]
     for f, label in families.items():
         if f.startswith("ablation/"):
             continue  # one point each: in the table above, not a curve
         cells = [interpolate(curves[f], kl) for kl in grid]
         matched.append(f"| {label} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
-    lines = ["| curve | setting | KL to start (95% CI) | gold reward (95% CI) | gold win rate vs start (95% CI) | "
-             "proxy reward | length | train s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| curve | setting | KL to start (95% CI) | gold reward (95% CI) | gold win rate vs start (95% CI) | "
+        "proxy reward | length | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (list(families).index(r["family"]), r["round"], r["kl"]["mean"])):
         kl, g, w = r["kl"], r["gold_reward"], r["win_rate"]
-        lines.append(f"| {families[r['family']]} | {r['setting']} | {kl['mean']:.1f} ({kl['ci_low']:.1f}.."
-                     f"{kl['ci_high']:.1f}) | {g['mean']:.3f} ({g['ci_low']:.3f}..{g['ci_high']:.3f}) | "
-                     f"{w['win_rate']:.3f} ({w['ci_low']:.3f}..{w['ci_high']:.3f}) | {r['proxy_reward']['mean']:.2f} | "
-                     f"{r['length']:.1f} | {r['train_seconds'] or 0:.0f} |")
-    return "\n".join([
-        f"# The reward-KL frontier on the demo's testbed ({args.preset} preset, seed {demo.seed})", "",
-        f"`python bench/frontier.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
-        f"{machine} · this call {(time.time() - started) / 60:.1f} min ({len(seconds)} points computed in this "
-        "call, the rest resumed: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ")", "",
-        f"Start model: gold reward {start['mean']:.3f} ({start['ci_low']:.3f}..{start['ci_high']:.3f}), proxy "
-        f"{start_proxy['mean']:.2f}. Every trained point starts from the demo's M0 samples (iterative methods: "
-        f"round 1) and is evaluated on the same {start['n']} held-out prompts, one sample each; best-of-n draws "
-        "its n samples on the same prompts. Win rates are per prompt against the start model's sample.", "",
-        *lines, "", "## Gold reward at matched KL", "",
-        "Linear interpolation along each curve from the start model (KL 0); blank: outside the KL range the curve "
-        "reached (no extrapolation). Best-of-n's KL is its closed form, an upper bound.", "", *matched, "",
-        *lr_table(rows, labels, demo.preset.rounds, demo.preset.learning_rate), "![frontier](frontier.png)",
-    ])
+        lines.append(
+            f"| {families[r['family']]} | {r['setting']} | {kl['mean']:.1f} ({kl['ci_low']:.1f}.."
+            f"{kl['ci_high']:.1f}) | {g['mean']:.3f} ({g['ci_low']:.3f}..{g['ci_high']:.3f}) | "
+            f"{w['win_rate']:.3f} ({w['ci_low']:.3f}..{w['ci_high']:.3f}) | {r['proxy_reward']['mean']:.2f} | "
+            f"{r['length']:.1f} | {r['train_seconds'] or 0:.0f} |"
+        )
+    return "\n".join(
+        [
+            f"# The reward-KL frontier on the demo's testbed ({args.preset} preset, seed {demo.seed})",
+            "",
+            f"`python bench/frontier.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
+            f"{machine} · this call {(time.time() - started) / 60:.1f} min ({len(seconds)} points computed in this "
+            "call, the rest resumed: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ")",
+            "",
+            f"Start model: gold reward {start['mean']:.3f} ({start['ci_low']:.3f}..{start['ci_high']:.3f}), proxy "
+            f"{start_proxy['mean']:.2f}. Every trained point starts from the demo's M0 samples (iterative methods: "
+            f"round 1) and is evaluated on the same {start['n']} held-out prompts, one sample each; best-of-n draws "
+            "its n samples on the same prompts. Win rates are per prompt against the start model's sample.",
+            "",
+            *lines,
+            "",
+            "## Gold reward at matched KL",
+            "",
+            "Linear interpolation along each curve from the start model (KL 0); blank: outside the KL range the curve "
+            "reached (no extrapolation). Best-of-n's KL is its closed form, an upper bound.",
+            "",
+            *matched,
+            "",
+            *lr_table(rows, labels, demo.preset.rounds, demo.preset.learning_rate),
+            "![frontier](frontier.png)",
+        ]
+    )
 
 
 if __name__ == "__main__":

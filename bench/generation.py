@@ -37,11 +37,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     spec = {"smollm2": "smollm2-135m-instruct", "tiny": "tiny-random-llama"}.get(args.model, args.model)
     model, tokenizer = load_model_and_tokenizer(spec, dtype=args.dtype)
-    openings = ["This movie was", "I went to see this film", "The acting in this", "From the first scene",
-                "My friends told me", "What a", "The director of this", "I rented this"]
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"Continue this movie review: {o}"}],
-                                             tokenize=True, add_generation_prompt=True, return_dict=False)
-               for o in openings]
+    openings = [
+        "This movie was",
+        "I went to see this film",
+        "The acting in this",
+        "From the first scene",
+        "My friends told me",
+        "What a",
+        "The director of this",
+        "I rented this",
+    ]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Continue this movie review: {o}"}],
+            tokenize=True,
+            add_generation_prompt=True,
+            return_dict=False,
+        )
+        for o in openings
+    ]
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         n = min(batch, 8)  # samples per prompt; prompts fill the rest of the batch
@@ -54,14 +68,21 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         tokens = sum(s.num_tokens for s in samples)
         rows.append({"batch": len(samples), "new_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
-        print(f"batch {len(samples):3d}: {tokens:5d} new tokens in {seconds:6.2f}s = {tokens / seconds:7.1f} tok/s",
-              flush=True)
+        print(
+            f"batch {len(samples):3d}: {tokens:5d} new tokens in {seconds:6.2f}s = {tokens / seconds:7.1f} tok/s",
+            flush=True,
+        )
     best = max(r["tokens_per_s"] for r in rows)
     chosen = min(r["batch"] for r in rows if r["tokens_per_s"] >= 0.9 * best)
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    lines = [f"# generation benchmark ({time.strftime('%Y-%m-%d')})", "",
-             f"{spec}, {args.dtype}, {args.new_tokens} new tokens max, {machine}", "",
-             "| sequences per call | new tokens | seconds | new tokens/s |", "|---|---|---|---|"]
+    lines = [
+        f"# generation benchmark ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"{spec}, {args.dtype}, {args.new_tokens} new tokens max, {machine}",
+        "",
+        "| sequences per call | new tokens | seconds | new tokens/s |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['batch']} | {r['new_tokens']} | {r['seconds']:.2f} | {r['tokens_per_s']:.1f} |" for r in rows]
     lines += ["", f"smallest batch within 10% of the best rate: {chosen}"]
     table = "\n".join(lines)

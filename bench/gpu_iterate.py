@@ -37,18 +37,41 @@ def build_models(work: Path, smoke: bool, device: str) -> tuple[Path, Path]:
 
     tokenizer = build_tiny_tokenizer()
     dtype = torch.float32 if smoke else torch.bfloat16
-    shape = (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2) if smoke else
-             dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=20, num_attention_heads=32,
-                  num_key_value_heads=8))
-    common = dict(vocab_size=len(tokenizer), max_position_embeddings=4096, rope_theta=500000.0,
-                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                  pad_token_id=tokenizer.pad_token_id)
+    shape = (
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        if smoke
+        else dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=20,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+        )
+    )
+    common = dict(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        rope_theta=500000.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     paths = []
-    for name, cls, extra in (("policy", LlamaForCausalLM, shape),
-                             ("reward", LlamaForSequenceClassification,
-                              dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, num_labels=1))):
+    for name, cls, extra in (
+        ("policy", LlamaForCausalLM, shape),
+        (
+            "reward",
+            LlamaForSequenceClassification,
+            dict(
+                hidden_size=256,
+                intermediate_size=512,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                num_labels=1,
+            ),
+        ),
+    ):
         torch.manual_seed(0)
         with torch.device(device):  # initialise where it runs: seconds on a GPU, not minutes on the CPU
             model = cls(LlamaConfig(**common, **extra)).to(dtype)
@@ -114,16 +137,35 @@ def main() -> None:
     loop_module.run_stage_process = probed
 
     config = IterateConfig(
-        model=str(policy), prompts=str(write_prompts(work / "prompts.jsonl", args.prompts, 0)),
+        model=str(policy),
+        prompts=str(write_prompts(work / "prompts.jsonl", args.prompts, 0)),
         eval_prompts=str(write_prompts(work / "eval_prompts.jsonl", args.eval_prompts, 1)),
-        output_dir=str(work / "run"), rounds=2, loss="pairwise_cringe", device=args.device,
-        backend="transformers", stage_processes=True,
-        reward={"type": "model", "path": str(reward), "input": "prompt+completion", "max_length": 512,
-                "batch_size": 64},
+        output_dir=str(work / "run"),
+        rounds=2,
+        loss="pairwise_cringe",
+        device=args.device,
+        backend="transformers",
+        stage_processes=True,
+        reward={
+            "type": "model",
+            "path": str(reward),
+            "input": "prompt+completion",
+            "max_length": 512,
+            "batch_size": 64,
+        },
         sampling={"n": 4, "max_new_tokens": args.new_tokens, "batch_size": 256 if on_gpu else 16},
-        train={"per_device_train_batch_size": 8, "max_steps": args.train_steps, "learning_rate": 1e-5,
-               "bf16": on_gpu, "gradient_checkpointing": on_gpu, "save_strategy": "no", "logging_steps": 4,
-               "disable_tqdm": True, **({} if on_gpu else {"use_cpu": True})})
+        train={
+            "per_device_train_batch_size": 8,
+            "max_steps": args.train_steps,
+            "learning_rate": 1e-5,
+            "bf16": on_gpu,
+            "gradient_checkpointing": on_gpu,
+            "save_strategy": "no",
+            "logging_steps": 4,
+            "disable_tqdm": True,
+            **({} if on_gpu else {"use_cpu": True}),
+        },
+    )
     peaks: dict[tuple[int, str], float] = {}
 
     def reset_peak():
@@ -159,26 +201,37 @@ def main() -> None:
         if step == rundir.SAMPLES:
             samples = run.run_dir.samples(run.run_dir.file(k, rundir.SAMPLES))
             tokens = f"{sum(x.num_tokens for x in samples) / max(s['seconds'] or 0, 1e-9):.0f}"
-        rows.append(f"| {k} | {step} | {s['seconds'] or 0:.1f} | {'' if peak is None else f'{peak:.2f}'} | {device_seen} | {tokens} |")
+        rows.append(
+            f"| {k} | {step} | {s['seconds'] or 0:.1f} | {'' if peak is None else f'{peak:.2f}'} | {device_seen} | {tokens} |"
+        )
         if on_gpu and step != rundir.PAIRS and not device_seen.startswith(("cuda", "NVIDIA")):
             failures.append(f"round {k} {step} did not run on the GPU")
     eval_stages = [p for p in stage_peaks if p["stage"].split(":")[1].startswith(("eval_", "baseline_"))]
     gpu = torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu"
-    table = "\n".join([
-        f"# cringe iterate on one GPU: 2 rounds, random 1.2B policy{' (smoke: tiny)' if args.smoke else ''}",
-        "", f"`python bench/gpu_iterate.py{' --smoke --device cpu' if args.smoke else ''}` · "
-            f"{time.strftime('%Y-%m-%d %H:%M %Z')} · {gpu} · torch {torch.__version__}", "",
-        f"{args.prompts} prompts x 4 samples x {args.new_tokens} new tokens per round (transformers sampler, "
-        f"batch 256 sequences), reward model scoring, {args.train_steps} Pairwise Cringe steps of 8 pairs (bf16 "
-        f"autocast, gradient checkpointing), evaluation on {args.eval_prompts} prompts (KL passes in this process). "
-        f"Model build {build_seconds:.0f} s; the loop {total:.0f} s.", "",
-        "| round | step | seconds | GPU peak GiB | device | sampling tokens/s (stage wall time) |",
-        "|---|---|---|---|---|---|", *rows, "",
-        "Evaluation-side stage processes (held-out sampling and scoring inside the eval.json step): "
-        + "; ".join(f"{p['stage']} {p['peak_gib']:.2f} GiB on {p['device']}" for p in eval_stages), "",
-        "Checks: " + ("every stage ran on the GPU" if not failures else "; ".join(failures)) if on_gpu
-        else "Checks: smoke run on a CPU (no GPU check)",
-    ])
+    table = "\n".join(
+        [
+            f"# cringe iterate on one GPU: 2 rounds, random 1.2B policy{' (smoke: tiny)' if args.smoke else ''}",
+            "",
+            f"`python bench/gpu_iterate.py{' --smoke --device cpu' if args.smoke else ''}` · "
+            f"{time.strftime('%Y-%m-%d %H:%M %Z')} · {gpu} · torch {torch.__version__}",
+            "",
+            f"{args.prompts} prompts x 4 samples x {args.new_tokens} new tokens per round (transformers sampler, "
+            f"batch 256 sequences), reward model scoring, {args.train_steps} Pairwise Cringe steps of 8 pairs (bf16 "
+            f"autocast, gradient checkpointing), evaluation on {args.eval_prompts} prompts (KL passes in this process). "
+            f"Model build {build_seconds:.0f} s; the loop {total:.0f} s.",
+            "",
+            "| round | step | seconds | GPU peak GiB | device | sampling tokens/s (stage wall time) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "Evaluation-side stage processes (held-out sampling and scoring inside the eval.json step): "
+            + "; ".join(f"{p['stage']} {p['peak_gib']:.2f} GiB on {p['device']}" for p in eval_stages),
+            "",
+            "Checks: " + ("every stage ran on the GPU" if not failures else "; ".join(failures))
+            if on_gpu
+            else "Checks: smoke run on a CPU (no GPU check)",
+        ]
+    )
     print(table)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 GiB = 2**30
-WORDS = ("explain write compare list summarise the a of to and why how what plan recipe poem code story data model "
-         "travel history science budget email letter review steps reasons example short detailed").split()
+WORDS = (
+    "explain write compare list summarise the a of to and why how what plan recipe poem code story data model "
+    "travel history science budget email letter review steps reasons example short detailed"
+).split()
 
 
 def write_prompts(work: Path, n: int, n_eval: int, seed: int = 0) -> tuple[Path, Path]:
@@ -42,12 +44,20 @@ def write_prompts(work: Path, n: int, n_eval: int, seed: int = 0) -> tuple[Path,
     rows = []
     for _ in range(n):
         p = text()
-        rows.append({"prompt": p, "chosen": [{"role": "user", "content": p}, {"role": "assistant", "content": "a"}],
-                     "rejected": [{"role": "user", "content": p}, {"role": "assistant", "content": "b"}]})
+        rows.append(
+            {
+                "prompt": p,
+                "chosen": [{"role": "user", "content": p}, {"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "user", "content": p}, {"role": "assistant", "content": "b"}],
+            }
+        )
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     held_out = work / "eval.json"
-    held_out.write_text(json.dumps([{"instruction": text(), "input": "", "output": "reference", "generator": "ref"}
-                                    for _ in range(n_eval)]))
+    held_out.write_text(
+        json.dumps(
+            [{"instruction": text(), "input": "", "output": "reference", "generator": "ref"} for _ in range(n_eval)]
+        )
+    )
     return train, held_out
 
 
@@ -60,8 +70,10 @@ def build(work: Path, smoke: bool, device: str) -> dict:
     dtype = torch.float32 if smoke else torch.bfloat16
     policy_tok, reward_tok = build_tiny_tokenizer(), build_reward_tokenizer()
     paths = {}
-    for name, shape, tok, classifier in (("policy", "tiny-llama" if smoke else "llama-3.2-1b", policy_tok, False),
-                                         ("reward", "tiny-qwen3" if smoke else "qwen3-0.6b", reward_tok, True)):
+    for name, shape, tok, classifier in (
+        ("policy", "tiny-llama" if smoke else "llama-3.2-1b", policy_tok, False),
+        ("reward", "tiny-qwen3" if smoke else "qwen3-0.6b", reward_tok, True),
+    ):
         model = build_model(shape, tok, classifier=classifier, dtype=dtype, device=device)
         paths[name] = str(save_model(model, tok, work / name))
         print(f"{name}: {shape}, {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
@@ -79,8 +91,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--eval-prompts", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--new-tokens", type=int, default=256, help="the recipe's 1024 would mostly be cut anyway: "
-                                                                     "a random policy never stops")
+    parser.add_argument(
+        "--new-tokens",
+        type=int,
+        default=256,
+        help="the recipe's 1024 would mostly be cut anyway: a random policy never stops",
+    )
     parser.add_argument("--train-steps", type=int, default=8)
     args = parser.parse_args()
 
@@ -107,9 +123,18 @@ def main() -> None:
     local.update(prompts=str(train_path), eval_prompts=str(eval_path))
     build_seconds = time.time() - t0
     backend = "vllm" if on_gpu and vllm_build() is not None else "transformers"
-    values = swap_in(yaml.safe_load(Path(args.recipe).read_text()), local, work, rounds=args.rounds,
-                     round_prompts=args.prompts, eval_prompts=args.eval_prompts, steps=args.train_steps,
-                     max_new_tokens=args.new_tokens, on_gpu=on_gpu, backend=backend)
+    values = swap_in(
+        yaml.safe_load(Path(args.recipe).read_text()),
+        local,
+        work,
+        rounds=args.rounds,
+        round_prompts=args.prompts,
+        eval_prompts=args.eval_prompts,
+        steps=args.train_steps,
+        max_new_tokens=args.new_tokens,
+        on_gpu=on_gpu,
+        backend=backend,
+    )
     if backend == "vllm":
         # Five engine starts in two rounds (sampling, held-out sampling, M_0's): CUDA-graph capture would cost
         # most of the time budget, and the recipe's own runs pay it once per stage of an hour.
@@ -123,8 +148,9 @@ def main() -> None:
     def probed(verb, config, out_path, launcher=None):
         # The loop's own stage runner with the probe as launcher: it runs the verb and records the peak.
         os.environ["CRINGE_PROBE_STAGE"] = f"{verb}:{Path(out_path).name}"
-        processes.run_stage_process(verb, config, out_path, launcher=[sys.executable, str(ROOT / "bench" /
-                                                                                       "gpu_stage_probe.py")])
+        processes.run_stage_process(
+            verb, config, out_path, launcher=[sys.executable, str(ROOT / "bench" / "gpu_stage_probe.py")]
+        )
 
     loop_module.run_stage_process = probed
     peaks = {}
@@ -134,8 +160,10 @@ def main() -> None:
             peaks[(k, step)] = torch.cuda.max_memory_allocated() / GiB
             torch.cuda.reset_peak_memory_stats()
         # As it happens: a run stopped by the time limit still shows how far it got and at what speed.
-        print(f"[gpu_recipe] round {k} {step}: {seconds:.1f} s (in-process peak "
-              f"{peaks.get((k, step), 0.0):.2f} GiB)", flush=True)
+        print(
+            f"[gpu_recipe] round {k} {step}: {seconds:.1f} s (in-process peak {peaks.get((k, step), 0.0):.2f} GiB)",
+            flush=True,
+        )
 
     run = IterativeRun(parse_iterate_args(["--config", str(config_path)]), on_step=on_step)
     started = time.time()
@@ -143,17 +171,26 @@ def main() -> None:
     total = time.time() - started
     table = stage_table(run, probe_log, peaks, on_gpu)
     gpu = torch.cuda.get_device_name() if on_gpu else "cpu"
-    text = "\n".join([
-        f"# {Path(args.recipe).name} at its real shapes{' (smoke: tiny)' if args.smoke else ''}", "",
-        f"`python bench/gpu_recipe.py{' --smoke --device cpu' if args.smoke else ''}` · {time.strftime('%Y-%m-%d %H:%M %Z')}"
-        f" · {gpu} · torch {torch.__version__} · sampler {backend}", "",
-        f"{args.rounds} rounds x {args.prompts} prompts x {values['sampling']['n']} samples x <= {args.new_tokens} new "
-        f"tokens; {args.train_steps} {values['loss']} steps per round; evaluation on {args.eval_prompts} prompts. "
-        f"Model build {build_seconds:.0f} s; the loop {total:.0f} s.", "", table])
+    text = "\n".join(
+        [
+            f"# {Path(args.recipe).name} at its real shapes{' (smoke: tiny)' if args.smoke else ''}",
+            "",
+            f"`python bench/gpu_recipe.py{' --smoke --device cpu' if args.smoke else ''}` · {time.strftime('%Y-%m-%d %H:%M %Z')}"
+            f" · {gpu} · torch {torch.__version__} · sampler {backend}",
+            "",
+            f"{args.rounds} rounds x {args.prompts} prompts x {values['sampling']['n']} samples x <= {args.new_tokens} new "
+            f"tokens; {args.train_steps} {values['loss']} steps per round; evaluation on {args.eval_prompts} prompts. "
+            f"Model build {build_seconds:.0f} s; the loop {total:.0f} s.",
+            "",
+            table,
+        ]
+    )
     print(text)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"gpu_recipe-{time.strftime('%Y-%m-%d')}-{'smoke-cpu' if args.smoke else 'gpu'}.md").write_text(text + "\n")
+    (results / f"gpu_recipe-{time.strftime('%Y-%m-%d')}-{'smoke-cpu' if args.smoke else 'gpu'}.md").write_text(
+        text + "\n"
+    )
 
 
 def stage_table(run, probe_log: Path, peaks: dict, on_gpu: bool) -> str:
@@ -175,8 +212,9 @@ def stage_table(run, probe_log: Path, peaks: dict, on_gpu: bool) -> str:
             tokens = f"{sum(x.num_tokens for x in samples) / max(seconds, 1e-9):.0f} generated"
         elif step == rundir.MODEL:
             log = run.train_log(k)
-            tokens = next((f"{h['train_samples_per_second']:.1f} pairs/s" for h in log
-                           if "train_samples_per_second" in h), "")
+            tokens = next(
+                (f"{h['train_samples_per_second']:.1f} pairs/s" for h in log if "train_samples_per_second" in h), ""
+            )
         rows.append(f"| {k} | {step} | {seconds:.1f} | {tokens} | {'' if peak is None else f'{peak:.2f}'} | {where} |")
     if not on_gpu:
         rows.append("\n(smoke run on a CPU: no GPU memory)")

@@ -22,10 +22,12 @@ def main() -> None:
         cringe_main(sys.argv[1:])
     finally:
         on_gpu = torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0
-        record = {"stage": os.environ.get("CRINGE_PROBE_STAGE", sys.argv[1]),
-                  "round_dir": config_path.parent.name,
-                  "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
-                  "device": torch.cuda.get_device_name() if on_gpu else "cpu"}
+        record = {
+            "stage": os.environ.get("CRINGE_PROBE_STAGE", sys.argv[1]),
+            "round_dir": config_path.parent.name,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
+            "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+        }
         with open(os.environ["CRINGE_PROBE_LOG"], "a") as f:
             f.write(json.dumps(record) + "\n")
 

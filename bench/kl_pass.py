@@ -53,10 +53,14 @@ def main() -> None:
     diff = max(abs(a - b) for a, b in zip(*logps.values()))
     prompt = statistics.mean(len(s.prompt_ids) for s in samples)
     completion = statistics.mean(s.num_tokens for s in samples)
-    print(f"`python bench/kl_pass.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
-          f"{machine_description()}\n")
-    print(f"{len(samples)} samples of {run.round(args.round)} (prompt {prompt:.0f} tokens, completion "
-          f"{completion:.0f} on average), fp32, batch 32, median of {args.repeats} passes each, alternating\n")
+    print(
+        f"`python bench/kl_pass.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
+        f"{machine_description()}\n"
+    )
+    print(
+        f"{len(samples)} samples of {run.round(args.round)} (prompt {prompt:.0f} tokens, completion "
+        f"{completion:.0f} on average), fp32, batch 32, median of {args.repeats} passes each, alternating\n"
+    )
     print("| path | s per pass | ratio to full logits |\n|---|---|---|")
     print(f"| full logits (before) | {full:.1f} | 1.00 |")
     print(f"| completion positions only (now) | {fused:.1f} | {fused / full:.2f} |")

@@ -41,11 +41,15 @@ def main() -> None:
     print(f"{len(samples)} samples from {run.round(args.round)}")
     for dtype in ("float32", "bfloat16"):
         kl = [p - s for p, s in zip(logps[dtype, "policy"], logps[dtype, "start"])]
-        print(f"{dtype}: KL {sum(kl) / len(kl):.3f} nats, passes {seconds[dtype, 'policy']:.1f} s + "
-              f"{seconds[dtype, 'start']:.1f} s")
+        print(
+            f"{dtype}: KL {sum(kl) / len(kl):.3f} nats, passes {seconds[dtype, 'policy']:.1f} s + "
+            f"{seconds[dtype, 'start']:.1f} s"
+        )
     diff = [a - b for a, b in zip(logps["float32", "start"], logps["bfloat16", "start"])]
-    print(f"start model, sequence log-prob fp32 - bf16: mean {sum(diff) / len(diff):.3f}, "
-          f"max |.| {max(abs(d) for d in diff):.3f} nats")
+    print(
+        f"start model, sequence log-prob fp32 - bf16: mean {sum(diff) / len(diff):.3f}, "
+        f"max |.| {max(abs(d) for d in diff):.3f} nats"
+    )
 
 
 if __name__ == "__main__":

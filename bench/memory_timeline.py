@@ -19,8 +19,17 @@ from pathlib import Path
 import torch
 
 # Column i + 1 of export_memory_timeline's sizes is torch.profiler._memory_profiler._CATEGORY_TO_INDEX's entry i.
-CATEGORIES = ["(column 0)", "parameter", "optimizer state", "input", "temporary", "activation", "gradient",
-              "autograd detail", "unknown"]
+CATEGORIES = [
+    "(column 0)",
+    "parameter",
+    "optimizer state",
+    "input",
+    "temporary",
+    "activation",
+    "gradient",
+    "autograd detail",
+    "unknown",
+]
 
 
 def timeline(args, in_backward: bool, out_dir: Path) -> list[list[int]]:
@@ -31,10 +40,18 @@ def timeline(args, in_backward: bool, out_dir: Path) -> list[list[int]]:
     from cringe.trainer import CringeConfig, CringeTrainer
 
     tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                         num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
-                         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     if args.bf16:
@@ -45,10 +62,19 @@ def timeline(args, in_backward: bool, out_dir: Path) -> list[list[int]]:
         return "".join(rng.choice("abcdefghij ") for _ in range(args.tokens))
 
     rows = [{"prompt": text(), "chosen": text(), "rejected": text()} for _ in range(12)]
-    training = CringeConfig(output_dir=str(out_dir / "run"), per_device_train_batch_size=4, max_steps=3, use_cpu=True,
-                            report_to="none", save_strategy="no", disable_tqdm=True,
-                            optimizer_in_backward=in_backward, max_grad_norm=0 if in_backward else 1.0,
-                            max_prompt_length=None, max_completion_length=None)
+    training = CringeConfig(
+        output_dir=str(out_dir / "run"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        optimizer_in_backward=in_backward,
+        max_grad_norm=0 if in_backward else 1.0,
+        max_prompt_length=None,
+        max_completion_length=None,
+    )
     trainer = CringeTrainer(model=model, args=training, train_dataset=rows, processing_class=tokenizer)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         trainer.train()
@@ -78,8 +104,11 @@ def main() -> None:
             peak = max(range(len(total)), key=total.__getitem__)
             most_grad = max(range(len(total)), key=lambda i: sizes[i][CATEGORIES.index("gradient")])
             name = "optimizer_in_backward" if in_backward else "ordinary optimiser step"
-            print(f"{name}:\n  peak:               {describe(sizes, peak)}\n"
-                  f"  most gradient held: {describe(sizes, most_grad)}", flush=True)
+            print(
+                f"{name}:\n  peak:               {describe(sizes, peak)}\n"
+                f"  most gradient held: {describe(sizes, most_grad)}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -60,19 +60,32 @@ def main() -> None:
                     outputs[share] = samplers[share].sample(chunk, config, progress=False)
                     seconds[share].append(time.perf_counter() - t0)
             same = sum(a.completion_ids == b.completion_ids for a, b in zip(outputs[False], outputs[True]))
-            row = {"prompts": count, "new_tokens": new_tokens, "prompt_tokens": sum(len(p) for p in chunk) / count,
-                   "repeated": statistics.median(seconds[False]), "shared": statistics.median(seconds[True]),
-                   "same": f"{same}/{len(outputs[True])}"}
+            row = {
+                "prompts": count,
+                "new_tokens": new_tokens,
+                "prompt_tokens": sum(len(p) for p in chunk) / count,
+                "repeated": statistics.median(seconds[False]),
+                "shared": statistics.median(seconds[True]),
+                "same": f"{same}/{len(outputs[True])}",
+            }
             rows.append(row)
             print(row, flush=True)
-    lines = [f"`python bench/prompt_cache.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
-             f"{machine_description()}", "",
-             f"{preset.policy}, {dtype}, n = {args.n}, "
-             f"sampling batch {preset.sampling_batch} sequences, median of {args.repeats} alternating repeats.", "",
-             "| prompts | prompt tokens (mean) | max new tokens | prefill repeated n times: s | prefill once: s | "
-             "ratio | samples identical |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['prompts']} | {r['prompt_tokens']:.0f} | {r['new_tokens']} | {r['repeated']:.2f} | "
-              f"{r['shared']:.2f} | {r['shared'] / r['repeated']:.2f}x | {r['same']} |" for r in rows]
+    lines = [
+        f"`python bench/prompt_cache.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
+        f"{machine_description()}",
+        "",
+        f"{preset.policy}, {dtype}, n = {args.n}, "
+        f"sampling batch {preset.sampling_batch} sequences, median of {args.repeats} alternating repeats.",
+        "",
+        "| prompts | prompt tokens (mean) | max new tokens | prefill repeated n times: s | prefill once: s | "
+        "ratio | samples identical |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['prompts']} | {r['prompt_tokens']:.0f} | {r['new_tokens']} | {r['repeated']:.2f} | "
+        f"{r['shared']:.2f} | {r['shared'] / r['repeated']:.2f}x | {r['same']} |"
+        for r in rows
+    ]
     print("\n" + "\n".join(lines))
 
 

@@ -41,14 +41,24 @@ def main() -> None:
         if not args.words or len(words) <= args.words:
             return " ".join(words)
         start = rng.randrange(0, len(words) - args.words + 1)
-        return " ".join(words[start:start + args.words])
+        return " ".join(words[start : start + args.words])
 
     rows = [{"text": snippet(r["text"]), "label": r["label"]} for r in splits["proxy_train"]]
     out = Path(tempfile.mkdtemp(prefix="proxy-"))
     try:
         t0 = time.time()
-        train_reward_model(rows, str(S.minilm_dir()), str(out), epochs=args.epochs, learning_rate=args.lr,
-                           batch_size=32, max_length=args.max_length, seed=0, truncation_side="left", use_cpu=True)
+        train_reward_model(
+            rows,
+            str(S.minilm_dir()),
+            str(out),
+            epochs=args.epochs,
+            learning_rate=args.lr,
+            batch_size=32,
+            max_length=args.max_length,
+            seed=0,
+            truncation_side="left",
+            use_cpu=True,
+        )
         seconds = time.time() - t0
         test = splits["classifier_test"]
         labels = [r["label"] for r in test]
@@ -57,9 +67,11 @@ def main() -> None:
         whole = S.accuracy(model.score([""] * len(test), [r["text"] for r in test]), labels, 0.0)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    print(f"reviews {args.reviews}, words {args.words or 'all'}, max_length {args.max_length}, epochs {args.epochs}, "
-          f"lr {args.lr}: training {seconds:.0f} s, held-out accuracy on the same kind of text {snippets:.3f}, "
-          f"on whole reviews (left-truncated) {whole:.3f}")
+    print(
+        f"reviews {args.reviews}, words {args.words or 'all'}, max_length {args.max_length}, epochs {args.epochs}, "
+        f"lr {args.lr}: training {seconds:.0f} s, held-out accuracy on the same kind of text {snippets:.3f}, "
+        f"on whole reviews (left-truncated) {whole:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,15 +59,36 @@ def main() -> None:
             run = RunDir(out / "methods" / method)
             e = run.evaluation(run.evaluated_rounds()[-1])
             w = e["win_rate"]
-            rows.append({"variant": name, "seed": seed, "method": method, "win": w["win_rate"],
-                         "ci": f"{w['ci_low']:.3f}..{w['ci_high']:.3f}", "n": w["n"], "kl": e["kl"]["mean"],
-                         "seconds": round(seconds)})
+            rows.append(
+                {
+                    "variant": name,
+                    "seed": seed,
+                    "method": method,
+                    "win": w["win_rate"],
+                    "ci": f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
+                    "n": w["n"],
+                    "kl": e["kl"]["mean"],
+                    "seconds": round(seconds),
+                }
+            )
         print(rows[-1], flush=True)
-    table = format_table(rows, [("variant", "variant"), ("seed", "seed"), ("method", "method"), ("gold win rate vs start", "win"),
-                                ("95% CI", "ci"), ("n", "n"), ("KL", "kl"),
-                                ("s (M0 samples + methods, set-up excluded)", "seconds")])
-    print(f"\n`python bench/quick_preset.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
-          f"{machine_description()}\n\n{table}")
+    table = format_table(
+        rows,
+        [
+            ("variant", "variant"),
+            ("seed", "seed"),
+            ("method", "method"),
+            ("gold win rate vs start", "win"),
+            ("95% CI", "ci"),
+            ("n", "n"),
+            ("KL", "kl"),
+            ("s (M0 samples + methods, set-up excluded)", "seconds"),
+        ],
+    )
+    print(
+        f"\n`python bench/quick_preset.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
+        f"{machine_description()}\n\n{table}"
+    )
 
 
 if __name__ == "__main__":

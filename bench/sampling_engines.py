@@ -26,15 +26,26 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-OPENINGS = ["This movie was", "I went to see this film", "The acting in this", "From the first scene",
-            "My friends told me", "Honestly, the plot", "The director's last", "When the credits rolled"]
+OPENINGS = [
+    "This movie was",
+    "I went to see this film",
+    "The acting in this",
+    "From the first scene",
+    "My friends told me",
+    "Honestly, the plot",
+    "The director's last",
+    "When the credits rolled",
+]
 
 
 def prompts_for(tokenizer, count: int) -> list[list[int]]:
-    messages = [[{"role": "user", "content": f"Continue this movie review: {OPENINGS[i % len(OPENINGS)]} "
-                                             f"(review {i})"}] for i in range(count)]
-    return [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
-            for m in messages]
+    messages = [
+        [{"role": "user", "content": f"Continue this movie review: {OPENINGS[i % len(OPENINGS)]} (review {i})"}]
+        for i in range(count)
+    ]
+    return [
+        tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False) for m in messages
+    ]
 
 
 def worker(spec: dict) -> dict:
@@ -73,14 +84,21 @@ def worker(spec: dict) -> dict:
     if spec["engine"] == "generate_batch":
         from transformers import GenerationConfig
 
-        gen = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new,
-                               eos_token_id=tokenizer.eos_token_id,
-                               pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        gen = GenerationConfig(
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=new,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
         torch.manual_seed(0)
         # Each prompt n times: generate_batch (transformers 5.24) returned one sequence per input with
         # num_return_sequences=4 (measured: 8,192 tokens for 64 prompts x 4 x 128).
-        out = model.generate_batch(inputs=[p for p in prompts for _ in range(n)], generation_config=gen,
-                                   progress_bar=False)
+        out = model.generate_batch(
+            inputs=[p for p in prompts for _ in range(n)], generation_config=gen, progress_bar=False
+        )
         if spec["device"] == "cuda":
             torch.cuda.synchronize()
         tokens = sum(len(o.generated_tokens) for o in out.values())
@@ -90,8 +108,13 @@ def worker(spec: dict) -> dict:
         tokens = sum(len(s.completion_ids) for s in samples)
         sequences = len(samples)
     seconds = time.perf_counter() - start
-    return {"startup_s": startup, "sample_s": seconds, "new_tokens": tokens, "sequences": sequences,
-            "tokens_per_s": tokens / seconds}
+    return {
+        "startup_s": startup,
+        "sample_s": seconds,
+        "new_tokens": tokens,
+        "sequences": sequences,
+        "tokens_per_s": tokens / seconds,
+    }
 
 
 def main() -> None:
@@ -118,36 +141,54 @@ def main() -> None:
     for shape_text in a.shapes.split(","):
         shape = [int(x) for x in shape_text.split("x")]
         for engine in a.engines.split(","):
-            spec = {"engine": engine, "shape": shape, "dtype": a.dtype, "model_spec": model_spec,
-                    "model_path": str(model_path), "device": a.device}
+            spec = {
+                "engine": engine,
+                "shape": shape,
+                "dtype": a.dtype,
+                "model_spec": model_spec,
+                "model_path": str(model_path),
+                "device": a.device,
+            }
             python = a.vllm_python if engine.startswith("vllm") else sys.executable
             env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
             if engine == "vllm-all-cores":
                 env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
             t = time.perf_counter()
-            out = subprocess.run([python, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                                 env=env, cwd=ROOT)
+            out = subprocess.run(
+                [python, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, cwd=ROOT
+            )
             wall = time.perf_counter() - t
             if out.returncode != 0:
                 error = (out.stderr.strip().splitlines() or ["?"])[-1][:160]
                 print(f"{shape_text} {engine}: failed: {error}", flush=True)
                 rows.append({"shape": shape_text, "engine": engine, "error": error, "wall_s": wall})
                 continue
-            r = {"shape": shape_text, "engine": engine, "wall_s": wall,
-                 **json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])}
+            r = {
+                "shape": shape_text,
+                "engine": engine,
+                "wall_s": wall,
+                **json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:]),
+            }
             rows.append(r)
-            print(f"{shape_text} {engine:16s} start-up {r['startup_s']:6.1f} s  sampling {r['sample_s']:6.1f} s  "
-                  f"{r['tokens_per_s']:6.0f} new tokens/s  ({r['new_tokens']} tokens)", flush=True)
+            print(
+                f"{shape_text} {engine:16s} start-up {r['startup_s']:6.1f} s  sampling {r['sample_s']:6.1f} s  "
+                f"{r['tokens_per_s']:6.0f} new tokens/s  ({r['new_tokens']} tokens)",
+                flush=True,
+            )
 
-    lines = ["| shape (prompts x n x new tokens) | engine | start-up s | sampling s | new tokens/s | process wall s |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| shape (prompts x n x new tokens) | engine | start-up s | sampling s | new tokens/s | process wall s |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['shape']} | {r['engine']} | failed: {r['error']} | | | {r['wall_s']:.0f} |")
         else:
-            lines.append(f"| {r['shape']} | {r['engine']} | {r['startup_s']:.1f} | {r['sample_s']:.1f} | "
-                         f"{r['tokens_per_s']:.0f} | {r['wall_s']:.0f} |")
+            lines.append(
+                f"| {r['shape']} | {r['engine']} | {r['startup_s']:.1f} | {r['sample_s']:.1f} | "
+                f"{r['tokens_per_s']:.0f} | {r['wall_s']:.0f} |"
+            )
     table = "\n".join(lines)
     print(table)
     from denormals import cpu_name  # bench/denormals.py, beside this script
@@ -161,7 +202,8 @@ def main() -> None:
     stamp = time.strftime("%Y-%m-%d")
     (a.results_dir / f"sampling_engines-{stamp}.md").write_text(
         f"# Sampling engines side by side\n\n`python bench/sampling_engines.py {' '.join(sys.argv[1:])}` on {cpu}, "
-        f"{os.cpu_count()} cores, {a.model} in {a.dtype}.\n\n{table}\n")
+        f"{os.cpu_count()} cores, {a.model} in {a.dtype}.\n\n{table}\n"
+    )
     (a.results_dir / f"sampling_engines-{stamp}.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -36,12 +36,26 @@ STEPS = (rundir.SAMPLES, rundir.SCORES, rundir.PAIRS, rundir.MODEL, rundir.EVAL)
 def write_config(work: Path, name: str, model: str, n_prompts: int, stage_processes: bool) -> Path:
     prompts = work / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in toy_prompts(n_prompts)))
-    config = {"model": model, "prompts": str(prompts), "eval_prompts": str(prompts), "output_dir": str(work / name),
-              "rounds": 1, "loss": "pairwise_cringe", "stage_processes": stage_processes, "backend": "transformers",
-              "reward": {"type": "callable", "function": "cringe.testbeds.toy:vowel_share"},
-              "sampling": {"n": 4, "max_new_tokens": 16, "batch_size": 64},
-              "train": {"per_device_train_batch_size": 4, "num_train_epochs": 1, "learning_rate": 1e-5,
-                        "disable_tqdm": True, "save_strategy": "no", "logging_steps": 100}}
+    config = {
+        "model": model,
+        "prompts": str(prompts),
+        "eval_prompts": str(prompts),
+        "output_dir": str(work / name),
+        "rounds": 1,
+        "loss": "pairwise_cringe",
+        "stage_processes": stage_processes,
+        "backend": "transformers",
+        "reward": {"type": "callable", "function": "cringe.testbeds.toy:vowel_share"},
+        "sampling": {"n": 4, "max_new_tokens": 16, "batch_size": 64},
+        "train": {
+            "per_device_train_batch_size": 4,
+            "num_train_epochs": 1,
+            "learning_rate": 1e-5,
+            "disable_tqdm": True,
+            "save_strategy": "no",
+            "logging_steps": 100,
+        },
+    }
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -61,6 +75,7 @@ class LoadTimer:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[self.step] += time.perf_counter() - t0
+
         return timed
 
 
@@ -109,18 +124,24 @@ def main() -> None:
     apart_wall = time.perf_counter() - t0
     start = startup_seconds()
 
-    lines = [f"`python bench/stage_overhead.py --model {a.model} --prompts {a.prompts}` on {platform.machine()}, "
-             f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}; one round, {a.prompts} prompts x 4 samples "
-             "x 16 tokens, evaluation on the same prompts.", "",
-             "| step | in process: s | of which loading models/tokenizers | stage processes: s | difference |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"`python bench/stage_overhead.py --model {a.model} --prompts {a.prompts}` on {platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}; one round, {a.prompts} prompts x 4 samples "
+        "x 16 tokens, evaluation on the same prompts.",
+        "",
+        "| step | in process: s | of which loading models/tokenizers | stage processes: s | difference |",
+        "|---|---|---|---|---|",
+    ]
     for step in STEPS:
         i, p = inside.get(step) or 0.0, apart.get(step) or 0.0
         lines.append(f"| {step} | {i:.1f} | {timer.seconds.get(step, 0.0):.1f} | {p:.1f} | {p - i:+.1f} |")
     loads = sum(timer.seconds.values())
-    lines += ["", f"Round wall time: {inside_wall:.1f} s in process ({loads:.1f} s of it loading models and "
-                  f"tokenizers, {loads / inside_wall:.0%}), {apart_wall:.1f} s with stage processes "
-                  f"({apart_wall - inside_wall:+.1f} s). A bare `python -m cringe env` start: {start:.1f} s."]
+    lines += [
+        "",
+        f"Round wall time: {inside_wall:.1f} s in process ({loads:.1f} s of it loading models and "
+        f"tokenizers, {loads / inside_wall:.0%}), {apart_wall:.1f} s with stage processes "
+        f"({apart_wall - inside_wall:+.1f} s). A bare `python -m cringe env` start: {start:.1f} s.",
+    ]
     text = "\n".join(lines)
     print(text)
     if a.output:

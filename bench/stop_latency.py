@@ -26,8 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_try(config: str, output_dir: str, offset: float) -> dict:
-    command = [sys.executable, "-m", "cringe", "iterate", "--config", config, "--output_dir", output_dir,
-               "--train.logging_steps", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "cringe",
+        "iterate",
+        "--config",
+        config,
+        "--output_dir",
+        output_dir,
+        "--train.logging_steps",
+        "1",
+    ]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # the Trainer prints each logged loss as a dict on its own line
         if "'loss'" in line:

@@ -59,7 +59,7 @@ def main() -> None:
     demo.m0()
     splits = sentiment.make_splits(demo.seed, preset.sizes)
     used = preset.rounds * preset.round_prompts
-    validation = splits["train_prompts"][used:used + args.validation_prompts]
+    validation = splits["train_prompts"][used : used + args.validation_prompts]
     eval_texts = {r["text"] for r in splits["eval_prompts"]}
     assert not eval_texts & {r["text"] for r in validation}, "validation prompts must not be evaluation prompts"
     val_file = sentiment.write_prompt_file(validation, out / "data" / "validation_prompts.jsonl")
@@ -71,38 +71,66 @@ def main() -> None:
     for name in chosen:
         settings = {**BASE, **VARIANTS[name]}
         config = demo.method_config("pairwise_cringe")
-        config = dataclasses.replace(config, output_dir=str(out / "variants" / name.replace("=", "-").replace(",", "_").replace(" ", "-")),
-                                     eval_prompts=str(val_file), eval_reward=proxy_spec,
-                                     train={**config.train, **settings},
-                                     baseline_from=None)  # M0 is sampled on the validation prompts instead
+        config = dataclasses.replace(
+            config,
+            output_dir=str(out / "variants" / name.replace("=", "-").replace(",", "_").replace(" ", "-")),
+            eval_prompts=str(val_file),
+            eval_reward=proxy_spec,
+            train={**config.train, **settings},
+            baseline_from=None,
+        )  # M0 is sampled on the validation prompts instead
         run = IterativeRun(config)
         t0 = time.time()
         evaluation = run.run()[-1]  # proxy-scored: the selection criterion
         d = run.run_dir
         samples, base = d.samples(d.file(1, rundir.EVAL_SAMPLES)), d.samples(d.baseline_samples)
-        gold = compare(samples, judge.score([""] * len(samples), [s.completion for s in samples]),
-                       base, judge.score([""] * len(base), [s.completion for s in base]))
+        gold = compare(
+            samples,
+            judge.score([""] * len(samples), [s.completion for s in samples]),
+            base,
+            judge.score([""] * len(base), [s.completion for s in base]),
+        )
         log = json.loads((d.model(1) / "train_log.json").read_text())
         gates = [h["gate"] for h in log if "gate" in h]
         w = evaluation["win_rate"]
-        rows.append({
-            "variant": name, **settings,
-            "proxy_win": w["win_rate"], "proxy_ci": f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
-            "gold_win": gold["win_rate"]["win_rate"], "gold_reward": gold["reward"]["mean"],
-            "kl": evaluation["kl"]["mean"], "length": evaluation["text"]["length_tokens"],
-            "gate_first": gates[0] if gates else float("nan"), "gate_last": gates[-1] if gates else float("nan"),
-            "seconds": round(time.time() - t0),
-        })
+        rows.append(
+            {
+                "variant": name,
+                **settings,
+                "proxy_win": w["win_rate"],
+                "proxy_ci": f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
+                "gold_win": gold["win_rate"]["win_rate"],
+                "gold_reward": gold["reward"]["mean"],
+                "kl": evaluation["kl"]["mean"],
+                "length": evaluation["text"]["length_tokens"],
+                "gate_first": gates[0] if gates else float("nan"),
+                "gate_last": gates[-1] if gates else float("nan"),
+                "seconds": round(time.time() - t0),
+            }
+        )
         logging.info("variant %s: %s", name, rows[-1])
-    table = format_table(rows, [("variant", "variant"), ("proxy win vs M0", "proxy_win"), ("95% CI", "proxy_ci"),
-                                ("gold win vs M0", "gold_win"), ("gold reward", "gold_reward"), ("KL", "kl"),
-                                ("length", "length"), ("mean gate (first log)", "gate_first"),
-                                ("mean gate (last log)", "gate_last"), ("s", "seconds")])
-    text = (f"# Pairwise Cringe sweep on training prompts\n\n`python bench/sweep_pairwise_cringe.py` · "
-            f"{time.strftime('%Y-%m-%d %H:%M %Z')} · {machine_description()}\n\n"
-            f"{used} training prompts x {preset.samples_per_prompt} M0 samples (proxy-labelled, best vs worst), one "
-            f"round, lr {preset.learning_rate}, {preset.epochs} epoch; validation: {len(validation)} further "
-            f"training-split prompts, 1 sample each; win rates against M0's samples.\n\n{table}\n")
+    table = format_table(
+        rows,
+        [
+            ("variant", "variant"),
+            ("proxy win vs M0", "proxy_win"),
+            ("95% CI", "proxy_ci"),
+            ("gold win vs M0", "gold_win"),
+            ("gold reward", "gold_reward"),
+            ("KL", "kl"),
+            ("length", "length"),
+            ("mean gate (first log)", "gate_first"),
+            ("mean gate (last log)", "gate_last"),
+            ("s", "seconds"),
+        ],
+    )
+    text = (
+        f"# Pairwise Cringe sweep on training prompts\n\n`python bench/sweep_pairwise_cringe.py` · "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')} · {machine_description()}\n\n"
+        f"{used} training prompts x {preset.samples_per_prompt} M0 samples (proxy-labelled, best vs worst), one "
+        f"round, lr {preset.learning_rate}, {preset.epochs} epoch; validation: {len(validation)} further "
+        f"training-split prompts, 1 sample each; win rates against M0's samples.\n\n{table}\n"
+    )
     (out / "sweep.md").write_text(text)
     (out / "sweep.json").write_text(json.dumps(rows, indent=2))
     print(text)

@@ -31,9 +31,11 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-WORDS = ("the model answer question because therefore however data training helpful honest careful example "
-         "result value first second finally consider step reason explain simple clear quick brown fox jumps over "
-         "lazy dog, and. it is not only but also: which means that we can see").split()
+WORDS = (
+    "the model answer question because therefore however data training helpful honest careful example "
+    "result value first second finally consider step reason explain simple clear quick brown fox jumps over "
+    "lazy dog, and. it is not only but also: which means that we can see"
+).split()
 
 
 def sentence(rnd: random.Random, n_chars: int) -> str:
@@ -51,11 +53,15 @@ def write_dataset(path: Path, n_rows: int, seed: int = 0) -> None:
             question = sentence(rnd, rnd.randint(80, 200)).rstrip(".") + "?"
             good, bad = sentence(rnd, rnd.randint(200, 600)), sentence(rnd, rnd.randint(200, 600))
             user = {"role": "user", "content": question}
-            row = {"prompt": question, "prompt_id": f"{i:064x}",
-                   "chosen": [user, {"role": "assistant", "content": good}],
-                   "rejected": [user, {"role": "assistant", "content": bad}],
-                   "messages": [user, {"role": "assistant", "content": good}],
-                   "score_chosen": float(rnd.randint(6, 10)), "score_rejected": float(rnd.randint(1, 5))}
+            row = {
+                "prompt": question,
+                "prompt_id": f"{i:064x}",
+                "chosen": [user, {"role": "assistant", "content": good}],
+                "rejected": [user, {"role": "assistant", "content": bad}],
+                "messages": [user, {"role": "assistant", "content": good}],
+                "score_chosen": float(rnd.randint(6, 10)),
+                "score_rejected": float(rnd.randint(1, 5)),
+            }
             f.write(json.dumps(row) + "\n")
 
 
@@ -124,16 +130,25 @@ def main() -> None:
             results.append((f"Dataset.map, {state} cache", procs, seconds))
 
     per_row_seconds = results[0][2]
-    lines = [f"# tokenise benchmark ({date.today().isoformat()})", "",
-             f"{args.rows} ultrafeedback_binarized-shaped pairwise rows ({size_mb:.0f} MB JSONL, conversational), "
-             f"{spec} tokenizer, "
-             f"{tokens / args.rows:.0f} tokens per row, max lengths {args.max_length}; {platform.machine()}, "
-             f"{len(os.sched_getaffinity(0))} CPUs available. Every path gives the same rows (checked).", "",
-             "`python bench/tokenise.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                      if v is not None and k != "workdir") + "`", "",
-             "| path | processes | seconds | rows/s | speed-up |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {procs} | {seconds:.1f} | {args.rows / seconds:,.0f} | {per_row_seconds / seconds:.1f}x |"
-              for name, procs, seconds in results]
+    lines = [
+        f"# tokenise benchmark ({date.today().isoformat()})",
+        "",
+        f"{args.rows} ultrafeedback_binarized-shaped pairwise rows ({size_mb:.0f} MB JSONL, conversational), "
+        f"{spec} tokenizer, "
+        f"{tokens / args.rows:.0f} tokens per row, max lengths {args.max_length}; {platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} CPUs available. Every path gives the same rows (checked).",
+        "",
+        "`python bench/tokenise.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "workdir")
+        + "`",
+        "",
+        "| path | processes | seconds | rows/s | speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {procs} | {seconds:.1f} | {args.rows / seconds:,.0f} | {per_row_seconds / seconds:.1f}x |"
+        for name, procs, seconds in results
+    ]
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     RESULTS.mkdir(exist_ok=True)

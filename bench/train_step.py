@@ -71,8 +71,10 @@ def synthetic_text(tokenizer, pairs: int, prompt_tokens: int, completion_tokens:
     def text(n):
         return tokenizer.decode([rng.choice(vocab) for _ in range(n)])
 
-    return [{"prompt": text(prompt_tokens), "chosen": text(completion_tokens), "rejected": text(completion_tokens)}
-            for _ in range(pairs)]
+    return [
+        {"prompt": text(prompt_tokens), "chosen": text(completion_tokens), "rejected": text(completion_tokens)}
+        for _ in range(pairs)
+    ]
 
 
 def random_llama(tokenizer, size: str):
@@ -81,13 +83,27 @@ def random_llama(tokenizer, size: str):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    dims = {"1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                       num_key_value_heads=8),
-            "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2)}[size]
-    config = LlamaConfig(vocab_size=128256, max_position_embeddings=4096, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **dims)
+    dims = {
+        "1b": dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+        ),
+        "smoke": dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+        ),
+    }[size]
+    config = LlamaConfig(
+        vocab_size=128256,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **dims,
+    )
     torch.manual_seed(0)
     if torch.cuda.is_available() and size != "smoke":  # initialised on the GPU in bf16: seconds instead of a minute
         with torch.device("cuda"):
@@ -121,8 +137,16 @@ def timer_callback(times: list):
     return Timer()
 
 
-COMMON = dict(learning_rate=1e-6, lr_scheduler_type="constant", save_strategy="no", report_to="none",
-              logging_steps=1000, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+COMMON = dict(
+    learning_rate=1e-6,
+    lr_scheduler_type="constant",
+    save_strategy="no",
+    report_to="none",
+    logging_steps=1000,
+    disable_tqdm=True,
+    seed=0,
+    dataloader_num_workers=0,
+)
 
 
 def _device_args(spec: dict) -> dict:
@@ -135,9 +159,14 @@ def _peak_memory(spec: dict, loaded_kb: int) -> dict:
     if spec["device"] == "cuda":
         import torch
 
-        return {"peak_rss_gb": torch.cuda.max_memory_allocated() / 2**30,
-                "peak_above_loaded_gb": (torch.cuda.max_memory_allocated() - spec["_loaded_cuda"]) / 2**30}
-    return {"peak_rss_gb": _status_kb("VmHWM") / 2**20, "peak_above_loaded_gb": (_status_kb("VmHWM") - loaded_kb) / 2**20}
+        return {
+            "peak_rss_gb": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_above_loaded_gb": (torch.cuda.max_memory_allocated() - spec["_loaded_cuda"]) / 2**30,
+        }
+    return {
+        "peak_rss_gb": _status_kb("VmHWM") / 2**20,
+        "peak_above_loaded_gb": (_status_kb("VmHWM") - loaded_kb) / 2**20,
+    }
 
 
 def worker(spec: dict) -> dict:
@@ -164,34 +193,61 @@ def worker(spec: dict) -> dict:
         # TRL's own defaults differ from TrainingArguments': gradient_checkpointing=True and bf16=True. The
         # "matched" configuration turns both off to compare like for like with our fp32, no-checkpointing rows.
         matched = {"gradient_checkpointing": False, "bf16": False} if spec["loss"] == "trl_matched" else {}
-        config = DPOConfig(output_dir="/tmp/cringe-bench-trl", per_device_train_batch_size=pairs, max_steps=steps,
-                           beta=0.1, max_length=None, precompute_ref_log_probs=spec["loss"] == "trl_precompute",
-                           **COMMON, **{**_device_args(spec), **matched})
-        trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=config,
-                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
-                             callbacks=[timer_callback(times)])
+        config = DPOConfig(
+            output_dir="/tmp/cringe-bench-trl",
+            per_device_train_batch_size=pairs,
+            max_steps=steps,
+            beta=0.1,
+            max_length=None,
+            precompute_ref_log_probs=spec["loss"] == "trl_precompute",
+            **COMMON,
+            **{**_device_args(spec), **matched},
+        )
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=copy.deepcopy(model),
+            args=config,
+            train_dataset=datasets.Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[timer_callback(times)],
+        )
     else:
         from cringe.trainer import CringeConfig, CringeTrainer
 
         loss = spec["loss"]
         if loss == "sft":  # both completions of every pair as SFT targets: the same tokens as the pair losses
-            rows = [{"prompt": r["prompt"], "completion": c, "label": True} for r in rows for c in (r["chosen"], r["rejected"])]
-        config = CringeConfig(output_dir="/tmp/cringe-bench", loss=loss,
-                              per_device_train_batch_size=2 * pairs if loss == "sft" else pairs, max_steps=steps,
-                              max_prompt_length=None, max_completion_length=None,
-                              **{**COMMON, **_device_args(spec), **spec.get("extra", {})})
-        trainer = CringeTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer,
-                                callbacks=[timer_callback(times)])
+            rows = [
+                {"prompt": r["prompt"], "completion": c, "label": True}
+                for r in rows
+                for c in (r["chosen"], r["rejected"])
+            ]
+        config = CringeConfig(
+            output_dir="/tmp/cringe-bench",
+            loss=loss,
+            per_device_train_batch_size=2 * pairs if loss == "sft" else pairs,
+            max_steps=steps,
+            max_prompt_length=None,
+            max_completion_length=None,
+            **{**COMMON, **_device_args(spec), **spec.get("extra", {})},
+        )
+        trainer = CringeTrainer(
+            model=model, args=config, train_dataset=rows, processing_class=tokenizer, callbacks=[timer_callback(times)]
+        )
     trainer.train()
-    measured = times[spec["warmup"]:]
+    measured = times[spec["warmup"] :]
     tokens = None
     if not spec["loss"].startswith("trl"):
         data = trainer.train_dataset
         n_completions = len(data.rows[0]["completion_ids"])
-        tokens = sum(n_completions * len(r["prompt_ids"]) + sum(len(c) for c in r["completion_ids"])
-                     for r in data.rows) / (n_completions * len(data.rows))  # per sequence
-    return {"seconds_per_step": statistics.median(measured), "steps": measured, "tokens_per_sequence": tokens,
-            **_peak_memory(spec, loaded_kb)}
+        tokens = sum(
+            n_completions * len(r["prompt_ids"]) + sum(len(c) for c in r["completion_ids"]) for r in data.rows
+        ) / (n_completions * len(data.rows))  # per sequence
+    return {
+        "seconds_per_step": statistics.median(measured),
+        "steps": measured,
+        "tokens_per_sequence": tokens,
+        **_peak_memory(spec, loaded_kb),
+    }
 
 
 # ----- driver ----------------------------------------------------------------------------------------------
@@ -206,20 +262,36 @@ CONFIGS = {
     "pairwise_cringe chunked": ("pairwise_cringe", CHUNKED),
     "pairwise_cringe chunked padding-free": ("pairwise_cringe", {"padding_free": True, **CHUNKED}),
     "pairwise_cringe chunked bf16": ("pairwise_cringe", {"bf16": True, **CHUNKED}),
-    "pairwise_cringe chunked bf16 grad ckpt": ("pairwise_cringe", {"bf16": True, "gradient_checkpointing": True,
-                                                                    **CHUNKED}),
-    "pairwise_cringe chunked bf16 grad ckpt chunk 256": ("pairwise_cringe", {
-        "bf16": True, "gradient_checkpointing": True, "chunk_size": 256, **CHUNKED}),
+    "pairwise_cringe chunked bf16 grad ckpt": (
+        "pairwise_cringe",
+        {"bf16": True, "gradient_checkpointing": True, **CHUNKED},
+    ),
+    "pairwise_cringe chunked bf16 grad ckpt chunk 256": (
+        "pairwise_cringe",
+        {"bf16": True, "gradient_checkpointing": True, "chunk_size": 256, **CHUNKED},
+    ),
     # The optimiser step inside backward (cringe.optim_in_backward): no full set of gradients; no clipping.
-    "pairwise_cringe chunked optim-in-bwd": ("pairwise_cringe", {"optimizer_in_backward": True, "max_grad_norm": 0,
-                                                                 **CHUNKED}),
-    "pairwise_cringe chunked bf16 grad ckpt optim-in-bwd": ("pairwise_cringe", {
-        "bf16": True, "gradient_checkpointing": True, "optimizer_in_backward": True, "max_grad_norm": 0, **CHUNKED}),
+    "pairwise_cringe chunked optim-in-bwd": (
+        "pairwise_cringe",
+        {"optimizer_in_backward": True, "max_grad_norm": 0, **CHUNKED},
+    ),
+    "pairwise_cringe chunked bf16 grad ckpt optim-in-bwd": (
+        "pairwise_cringe",
+        {"bf16": True, "gradient_checkpointing": True, "optimizer_in_backward": True, "max_grad_norm": 0, **CHUNKED},
+    ),
     # Not AdamW: Adafactor's factored second moment and no first moment. A different optimiser (TRL's users can
     # pick it too), shown for what the optimiser state costs.
-    "pairwise_cringe chunked bf16 grad ckpt optim-in-bwd adafactor": ("pairwise_cringe", {
-        "bf16": True, "gradient_checkpointing": True, "optimizer_in_backward": True, "max_grad_norm": 0,
-        "optim": "adafactor", **CHUNKED}),
+    "pairwise_cringe chunked bf16 grad ckpt optim-in-bwd adafactor": (
+        "pairwise_cringe",
+        {
+            "bf16": True,
+            "gradient_checkpointing": True,
+            "optimizer_in_backward": True,
+            "max_grad_norm": 0,
+            "optim": "adafactor",
+            **CHUNKED,
+        },
+    ),
     "dpo (ref copy)": ("dpo", PLAIN),
     "dpo (precomputed ref) chunked": ("dpo", {"precompute_ref_logps": True, **CHUNKED}),
     "trl dpo (ref copy)": ("trl", {}),
@@ -229,12 +301,25 @@ CONFIGS = {
 
 
 def run_config(model: str, name: str, loss: str, extra: dict, args) -> dict:
-    spec = {"model": model, "loss": loss, "extra": extra, "pairs": args.pairs, "prompt_tokens": args.prompt_tokens,
-            "completion_tokens": args.completion_tokens, "warmup": args.warmup, "steps": args.steps,
-            "threads": args.threads, "device": args.device}
+    spec = {
+        "model": model,
+        "loss": loss,
+        "extra": extra,
+        "pairs": args.pairs,
+        "prompt_tokens": args.prompt_tokens,
+        "completion_tokens": args.completion_tokens,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "threads": args.threads,
+        "device": args.device,
+    }
     try:
-        out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                             timeout=args.config_timeout)
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=args.config_timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.config_timeout} s"}
     if out.returncode != 0:
@@ -249,8 +334,12 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--models", default="tiny,smollm2")
     parser.add_argument("--configs", default="all", help="comma-separated names from: " + ", ".join(CONFIGS))
-    parser.add_argument("--baseline", default="sft", help="configuration the ratio columns divide by; 'none' runs "
-                        "only --configs (e.g. long sequences where the plain sft row would not fit in memory)")
+    parser.add_argument(
+        "--baseline",
+        default="sft",
+        help="configuration the ratio columns divide by; 'none' runs "
+        "only --configs (e.g. long sequences where the plain sft row would not fit in memory)",
+    )
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--completion-tokens", type=int, default=64)
@@ -258,11 +347,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tag", default="", help="suffix for the results file names (keeps other runs' files)")
-    parser.add_argument("--results-dir", default=str(RESULTS), help="where the table and raw numbers are written "
-                        "(after every configuration, so a run cut short keeps what it measured)")
+    parser.add_argument(
+        "--results-dir",
+        default=str(RESULTS),
+        help="where the table and raw numbers are written "
+        "(after every configuration, so a run cut short keeps what it measured)",
+    )
     parser.add_argument("--config-timeout", type=float, default=None, help="seconds one configuration may take")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="cuda: bf16 on the GPU; memory is torch.cuda.max_memory_allocated instead of RSS")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda: bf16 on the GPU; memory is torch.cuda.max_memory_allocated instead of RSS",
+    )
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -273,11 +370,18 @@ def main() -> None:
         import torch
 
         machine = f"{torch.cuda.get_device_name()}, bf16, " + machine
-    header = (f"pairs={args.pairs}, prompt={args.prompt_tokens}, completion={args.completion_tokens} tokens (+EOS), "
-              f"median of {args.steps} steps after {args.warmup} warm-up, {'fp32' if args.device == 'cpu' else 'bf16'}, {machine}")
+    header = (
+        f"pairs={args.pairs}, prompt={args.prompt_tokens}, completion={args.completion_tokens} tokens (+EOS), "
+        f"median of {args.steps} steps after {args.warmup} warm-up, {'fp32' if args.device == 'cpu' else 'bf16'}, {machine}"
+    )
     print(header, flush=True)
-    report = {"settings": vars(args), "header": header, "machine": machine, "date": time.strftime("%Y-%m-%d"),
-              "results": {}}
+    report = {
+        "settings": vars(args),
+        "header": header,
+        "machine": machine,
+        "date": time.strftime("%Y-%m-%d"),
+        "results": {},
+    }
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = results_dir / f"train_step-{report['date']}{'-' + args.tag if args.tag else ''}"
@@ -302,8 +406,12 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 # The ratios the issue asks for: each Pairwise Cringe row against our DPO and TRL's DPOTrainer.
-OURS = ("pairwise_cringe", "pairwise_cringe chunked", "pairwise_cringe chunked bf16 grad ckpt",
-        "pairwise_cringe chunked bf16 grad ckpt optim-in-bwd")
+OURS = (
+    "pairwise_cringe",
+    "pairwise_cringe chunked",
+    "pairwise_cringe chunked bf16 grad ckpt",
+    "pairwise_cringe chunked bf16 grad ckpt optim-in-bwd",
+)
 THEIRS = ("dpo (ref copy)", "trl dpo (ref copy)", "trl dpo (ref copy; fp32; no grad ckpt)")
 
 
@@ -315,22 +423,30 @@ def render(report: dict, args) -> str:
         base = results.get(args.baseline)
         if base is None or "error" in base:  # --baseline none (or it failed): no ratio columns
             base = {"seconds_per_step": float("nan"), "peak_rss_gb": float("nan"), "peak_above_loaded_gb": float("nan")}
-        lines += [f"## {model}", "", f"| configuration | s/step | {x} | {mem} | {x} | peak above loaded policy GB | {x} |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {model}",
+            "",
+            f"| configuration | s/step | {x} | {mem} | {x} | peak above loaded policy GB | {x} |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, r in results.items():
             if "error" in r:
                 lines.append(f"| {name} | failed: {r['error']} | | | | | |")
                 continue
-            lines.append(f"| {name} | {r['seconds_per_step']:.3f} | {r['seconds_per_step'] / base['seconds_per_step']:.2f} "
-                         f"| {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / base['peak_rss_gb']:.2f} "
-                         f"| {r['peak_above_loaded_gb']:.2f} | {r['peak_above_loaded_gb'] / base['peak_above_loaded_gb']:.2f} |")
+            lines.append(
+                f"| {name} | {r['seconds_per_step']:.3f} | {r['seconds_per_step'] / base['seconds_per_step']:.2f} "
+                f"| {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / base['peak_rss_gb']:.2f} "
+                f"| {r['peak_above_loaded_gb']:.2f} | {r['peak_above_loaded_gb'] / base['peak_above_loaded_gb']:.2f} |"
+            )
         lines.append("")
         for name in OURS:
             for other in THEIRS:
                 r, o = results.get(name, {}), results.get(other, {})
                 if r and o and "error" not in r and "error" not in o:
-                    lines.append(f"- {name} / {other}: time {r['seconds_per_step'] / o['seconds_per_step']:.2f}x, "
-                                 f"peak memory {r['peak_rss_gb'] / o['peak_rss_gb']:.2f}x")
+                    lines.append(
+                        f"- {name} / {other}: time {r['seconds_per_step'] / o['seconds_per_step']:.2f}x, "
+                        f"peak memory {r['peak_rss_gb'] / o['peak_rss_gb']:.2f}x"
+                    )
         lines.append("")
     return "\n".join(lines)
 

@@ -82,8 +82,12 @@ def completion_hidden(model, decoder, input_ids: torch.Tensor, labels: torch.Ten
 
     handle = decoder.register_forward_hook(hook)
     try:
-        model(input_ids=input_ids, use_cache=False, **inputs,
-              logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device))
+        model(
+            input_ids=input_ids,
+            use_cache=False,
+            **inputs,
+            logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device),
+        )
     finally:
         handle.remove()
     targets = labels[:, 1:]
@@ -110,12 +114,12 @@ def head_pass(hidden, weight, bias, targets, *, k=1, uniforms=None, chunk_size=D
     quantities (positives j_t [N], cr_t [N], sigma(z_t[y_t] - z_t[j_t]) [N]); else None."""
     logps, pos, crs, sigs = [], [], [], []
     for s in range(0, hidden.shape[0], chunk_size):
-        z = _logits(hidden[s:s + chunk_size], weight, bias)
-        y = targets[s:s + chunk_size]
+        z = _logits(hidden[s : s + chunk_size], weight, bias)
+        y = targets[s : s + chunk_size]
         z_y = _gather(z, y)
         logps.append(z_y - z.logsumexp(-1))
         if uniforms is not None:
-            j = L.sample_cringe_positives(z, y, k, uniforms=uniforms[s:s + chunk_size])
+            j = L.sample_cringe_positives(z, y, k, uniforms=uniforms[s : s + chunk_size])
             margin = z_y - _gather(z, j)
             pos.append(j)
             crs.append(F.softplus(margin))
@@ -182,7 +186,9 @@ class FusedHeadLoss(torch.autograd.Function):
         n = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and ctx.needs_input_grad[2] else None
+        grad_bias = (
+            torch.zeros_like(bias, dtype=torch.float32) if bias is not None and ctx.needs_input_grad[2] else None
+        )
         total = torch.zeros((), dtype=torch.float64, device=hidden.device)
         logps = torch.empty(n, dtype=torch.float32, device=hidden.device)
         for s in range(0, n, chunk_size):
@@ -228,8 +234,9 @@ class FusedHeadLoss(torch.autograd.Function):
         return gh, gw, gb, None, None, None, None, None, None, None
 
 
-def _fused(hidden, weight, bias, targets, a, c=None, uniforms=None, k=1, detach_positive=False,
-           chunk_size=DEFAULT_CHUNK):
+def _fused(
+    hidden, weight, bias, targets, a, c=None, uniforms=None, k=1, detach_positive=False, chunk_size=DEFAULT_CHUNK
+):
     total, logps = FusedHeadLoss.apply(hidden, weight, bias, targets, a, c, uniforms, k, detach_positive, chunk_size)
     return total, logps
 
@@ -262,8 +269,21 @@ def sft_loss(hidden, weight, bias, targets, *, num_items=None, chunk_size=DEFAUL
     return _fused(hidden, weight, bias, targets, a, chunk_size=chunk_size)[0]
 
 
-def binary_cringe_loss(hidden, weight, bias, targets, token_is_positive, *, alpha=1.0, k=1, detach_positive=False,
-                       generator=None, uniforms=None, num_items=None, chunk_size=DEFAULT_CHUNK) -> torch.Tensor:
+def binary_cringe_loss(
+    hidden,
+    weight,
+    bias,
+    targets,
+    token_is_positive,
+    *,
+    alpha=1.0,
+    k=1,
+    detach_positive=False,
+    generator=None,
+    uniforms=None,
+    num_items=None,
+    chunk_size=DEFAULT_CHUNK,
+) -> torch.Tensor:
     """Equals `losses.binary_cringe_loss(...).loss`. token_is_positive [N] bool; `uniforms` [#negative tokens]."""
     device = hidden.device
     n = _norm(num_items, targets.numel(), device)
@@ -278,9 +298,26 @@ def binary_cringe_loss(hidden, weight, bias, targets, token_is_positive, *, alph
     return ce + SparseCringe.apply(h_n, weight, bias, y_n, j, c, cr, sig, detach_positive)
 
 
-def pairwise_cringe_loss(hidden, weight, bias, targets, seq_index, num_pairs, *, alpha=1.0, k=1, margin=1.0,
-                         temperature=1.0, margin_on="sum", detach_gate=True, detach_positive=False, generator=None,
-                         uniforms=None, num_items=None, chunk_size=DEFAULT_CHUNK):
+def pairwise_cringe_loss(
+    hidden,
+    weight,
+    bias,
+    targets,
+    seq_index,
+    num_pairs,
+    *,
+    alpha=1.0,
+    k=1,
+    margin=1.0,
+    temperature=1.0,
+    margin_on="sum",
+    detach_gate=True,
+    detach_positive=False,
+    generator=None,
+    uniforms=None,
+    num_items=None,
+    chunk_size=DEFAULT_CHUNK,
+):
     """Equals `losses.pairwise_cringe_loss`. Returns (loss, stats).
 
     seq_index [N]: sequences 0..B-1 are the chosen completions of pairs 0..B-1 and B..2B-1 the rejected ones
@@ -304,8 +341,9 @@ def pairwise_cringe_loss(hidden, weight, bias, targets, seq_index, num_pairs, *,
     cr_sums = sequence_sums(cr, pair[rej_idx], B)
     if detach_gate:
         # Chosen tokens: cross-entropy with fixed weights; their log-probs come out of the same fused pass.
-        ce_total, chosen_tok_lp = _fused(h_c, weight, bias, y_c, torch.ones_like(y_c, dtype=torch.float32) / n,
-                                         chunk_size=chunk_size)
+        ce_total, chosen_tok_lp = _fused(
+            h_c, weight, bias, y_c, torch.ones_like(y_c, dtype=torch.float32) / n, chunk_size=chunk_size
+        )
     else:
         chosen_tok_lp, _ = head_pass(h_c, weight, bias, y_c, chunk_size=chunk_size)
     chosen_lp = sequence_sums(chosen_tok_lp, pair[cho_idx], B)
@@ -331,13 +369,33 @@ def pairwise_cringe_loss(hidden, weight, bias, targets, seq_index, num_pairs, *,
         # The gradient is right; the value carries helper terms (a * ce for the gate path): report the objective.
         value = (-chosen_lp.sum() + alpha * (gate * cr_sums).sum()) / n
         loss = (t_c + t_r) - (t_c + t_r).detach() + value.detach()
-    stats = {"chosen_logps": chosen_lp, "rejected_logps": rejected_lp, "chosen_tokens": chosen_n,
-             "rejected_tokens": rejected_n, "delta": delta, "gate": gate, "cr_sum": cr_sums.sum()}
+    stats = {
+        "chosen_logps": chosen_lp,
+        "rejected_logps": rejected_lp,
+        "chosen_tokens": chosen_n,
+        "rejected_tokens": rejected_n,
+        "delta": delta,
+        "gate": gate,
+        "cr_sum": cr_sums.sum(),
+    }
     return loss, stats
 
 
-def dpo_family_loss(hidden, weight, bias, targets, seq_index, num_pairs, ref_logps, *, beta=0.1,
-                    loss_type="sigmoid", length_average=False, num_items=None, chunk_size=DEFAULT_CHUNK):
+def dpo_family_loss(
+    hidden,
+    weight,
+    bias,
+    targets,
+    seq_index,
+    num_pairs,
+    ref_logps,
+    *,
+    beta=0.1,
+    loss_type="sigmoid",
+    length_average=False,
+    num_items=None,
+    chunk_size=DEFAULT_CHUNK,
+):
     """Equals `losses.dpo_loss(...)[0].sum() / num_items`. ref_logps [2B] (chosen then rejected, sums, or means
     with `length_average` as for IPO). Returns (loss, (losses, chosen_rewards, rejected_rewards, policy_logps))."""
     device = hidden.device

@@ -56,10 +56,19 @@ def _suggest(key: str, known) -> str:
 def make_parser(dataclass_types, prog: str, description: str | None = None, epilog: str | None = None):
     """An HfArgumentParser over `dataclass_types` with `--config`, whose errors raise UsageError."""
 
-    parser = HfArgumentParser(dataclass_types, prog=prog, description=description, epilog=epilog,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="YAML file of arguments (the same names as the flags); flags override it")
+    parser = HfArgumentParser(
+        dataclass_types,
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="YAML file of arguments (the same names as the flags); flags override it",
+    )
 
     def error(message: str):
         raise UsageError(f"{message} (see {prog} --help)")
@@ -150,8 +159,9 @@ def typed_section(parser, values: dict, where: str) -> dict:
     return out
 
 
-def parse(parser, argv: list[str], dataclass_count: int, file_values: dict | None = None,
-          source: str = "config") -> tuple:
+def parse(
+    parser, argv: list[str], dataclass_count: int, file_values: dict | None = None, source: str = "config"
+) -> tuple:
     """Parse `argv` (with its --config file, or `file_values` already read from `source`) into
     `dataclass_count` dataclasses; file values are typed and checked like flags; flags override the file."""
     config_path, argv = pop_config_flag(argv)
@@ -173,7 +183,11 @@ def parse(parser, argv: list[str], dataclass_count: int, file_values: dict | Non
         raise UsageError(str(err).strip().splitlines()[0]) from err
     if remaining:
         flag = next((a for a in remaining if a.startswith("-")), remaining[0])
-        hint = _suggest(flag.split("=", 1)[0], [f"--{k}" for k in _actions_by_key(parser)]) if flag.startswith("--") else ""
+        hint = (
+            _suggest(flag.split("=", 1)[0], [f"--{k}" for k in _actions_by_key(parser)])
+            if flag.startswith("--")
+            else ""
+        )
         raise UsageError(f"unknown option {flag}{hint}" if flag.startswith("-") else f"unexpected argument {flag!r}")
     return tuple(parsed[:dataclass_count])
 
@@ -205,7 +219,9 @@ def split_dotted(argv: list[str], sections: set[str]) -> tuple[list[str], dict[s
             section, key = name.split(".", 1)
             section = section.replace("-", "_")
             if section not in sections:
-                raise UsageError(f"--{name}: {section!r} is not a config section; sections: {', '.join(sorted(sections))}")
+                raise UsageError(
+                    f"--{name}: {section!r} is not a config section; sections: {', '.join(sorted(sections))}"
+                )
             if "=" in arg:
                 value, i = arg.split("=", 1)[1], i + 1
             elif i + 1 < len(argv):
@@ -232,8 +248,10 @@ def merge_section(base: dict, overrides: dict) -> dict:
 
 def free_form(values: dict) -> dict:
     """A section without a dataclass (e.g. a reward spec): command-line strings read as YAML values."""
-    return {k: free_form(v) if isinstance(v, dict) else _yaml_value(v) if isinstance(v, str) else v
-            for k, v in values.items()}
+    return {
+        k: free_form(v) if isinstance(v, dict) else _yaml_value(v) if isinstance(v, str) else v
+        for k, v in values.items()
+    }
 
 
 def flat_dataclass(cls, exclude: set[str]):
@@ -249,8 +267,9 @@ def flat_dataclass(cls, exclude: set[str]):
     return dataclasses.make_dataclass(f"{cls.__name__}Flags", fields)
 
 
-def parse_with_sections(parser, argv: list[str], dataclass_count: int, sections: dict,
-                        base_values: dict | None = None) -> tuple[tuple, dict]:
+def parse_with_sections(
+    parser, argv: list[str], dataclass_count: int, sections: dict, base_values: dict | None = None
+) -> tuple[tuple, dict]:
     """Parse `--config FILE` plus flags where some keys are nested sections. sections: name -> a parser to type
     and check that section's keys (make_parser over its dataclass), or None for a free-form mapping. base_values:
     values under the file's (a caller's defaults). Returns (the flat dataclasses, {section name: typed mapping}

@@ -78,9 +78,11 @@ def flush_denormals(enabled: bool | None = None) -> bool:
     _each_openmp_thread(lambda: torch.set_flush_denormal(enabled))
     flushed = denormals_flushed()
     if enabled and not flushed:
-        logger.warning("denormal floats are flushed in the main thread only (torch's thread pool started before "
-                       "and is not libgomp); import cringe and call cringe.denormals.flush_denormals() before "
-                       "the first torch operation, or CPU steps may slow down 10x once the model is confident")
+        logger.warning(
+            "denormal floats are flushed in the main thread only (torch's thread pool started before "
+            "and is not libgomp); import cringe and call cringe.denormals.flush_denormals() before "
+            "the first torch operation, or CPU steps may slow down 10x once the model is confident"
+        )
     _state.update(key=key, flushed=flushed)
     return flushed
 

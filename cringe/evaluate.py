@@ -60,8 +60,9 @@ def _outcome(policy: float, baseline: float) -> float:
     return 1.0 if policy > baseline else 0.5 if policy == baseline else 0.0
 
 
-def win_rate(policy_scores: Sequence[float], baseline_scores: Sequence[float], *, seed: int = 0,
-             n_boot: int = 10_000) -> dict:
+def win_rate(
+    policy_scores: Sequence[float], baseline_scores: Sequence[float], *, seed: int = 0, n_boot: int = 10_000
+) -> dict:
     """Per prompt, policy vs baseline score: win 1, tie 0.5, loss 0. Returns {win_rate, sem, ci_low, ci_high, n}."""
     if len(policy_scores) != len(baseline_scores):
         raise ValueError(f"{len(policy_scores)} policy scores but {len(baseline_scores)} baseline scores")
@@ -77,8 +78,9 @@ def mean_by_prompt(samples, scores: Sequence[float]) -> dict[int, float]:
     return {k: sum(v) / len(v) for k, v in totals.items()}
 
 
-def win_outcomes(policy_samples, policy_scores: Sequence[float], baseline_samples,
-                 baseline_scores: Sequence[float]) -> list[float]:
+def win_outcomes(
+    policy_samples, policy_scores: Sequence[float], baseline_samples, baseline_scores: Sequence[float]
+) -> list[float]:
     """Per held-out prompt (sorted by prompt id): 1 if the policy's mean score beats the baseline's, 0.5 on a tie,
     0 otherwise. Several samples per prompt are averaged first. Raises if the two sides cover different prompts."""
     if len(policy_samples) != len(policy_scores) or len(baseline_samples) != len(baseline_scores):
@@ -91,8 +93,7 @@ def win_outcomes(policy_samples, policy_scores: Sequence[float], baseline_sample
     return [_outcome(per_prompt[i], base_per_prompt[i]) for i in sorted(per_prompt)]
 
 
-def pooled_mean(groups: Sequence[Sequence[float]], *, seed: int = 0, n_boot: int = 10_000,
-                level: float = 0.95) -> dict:
+def pooled_mean(groups: Sequence[Sequence[float]], *, seed: int = 0, n_boot: int = 10_000, level: float = 0.95) -> dict:
     """The mean of per-prompt values from several independent runs (seeds), with an interval that accounts for
     both sources of variation: a two-stage bootstrap that resamples runs, then prompts within each drawn run.
 
@@ -113,8 +114,14 @@ def pooled_mean(groups: Sequence[Sequence[float]], *, seed: int = 0, n_boot: int
             total += sum(g[rng.randrange(n)] for _ in range(n)) / n
         means.append(total / len(groups))
     lo, hi = _percentile_interval(sorted(means), level)
-    return {"mean": sum(per_run) / len(per_run), "ci_low": lo, "ci_high": hi, "per_run": per_run,
-            "n_runs": len(groups), "n": sum(len(g) for g in groups)}
+    return {
+        "mean": sum(per_run) / len(per_run),
+        "ci_low": lo,
+        "ci_high": hi,
+        "per_run": per_run,
+        "n_runs": len(groups),
+        "n": sum(len(g) for g in groups),
+    }
 
 
 def mean_with_ci(values: Sequence[float], *, seed: int = 0) -> dict:
@@ -125,7 +132,7 @@ def mean_with_ci(values: Sequence[float], *, seed: int = 0) -> dict:
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Unique word n-grams / all word n-grams, across all completions (0 when there are none)."""
-    grams = [tuple(words[i:i + n]) for t in texts for words in [t.split()] for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for t in texts for words in [t.split()] for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -134,7 +141,7 @@ def repeated_ngram_rate(texts: Sequence[str], n: int = 3) -> float:
     rates = []
     for t in texts:
         words = t.split()
-        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
         if grams:
             rates.append(1 - len(set(grams)) / len(grams))
     return sum(rates) / len(rates) if rates else 0.0
@@ -160,11 +167,15 @@ def sequence_logprobs(model, rows: Sequence[dict], pad_token_id: int, batch_size
 
     out: list[float] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="log-probs", unit="batch", disable=len(rows) <= batch_size):
-        chunk = [{"prompt_ids": r["prompt_ids"], "completion_ids": r["completion_ids"][:1]} for r in rows[start:start + batch_size]]
+        chunk = [
+            {"prompt_ids": r["prompt_ids"], "completion_ids": r["completion_ids"][:1]}
+            for r in rows[start : start + batch_size]
+        ]
         batch = {k: v.to(device) for k, v in collate(chunk).items()}
         if fused:
-            hidden, targets, mask = C.completion_hidden(model, lm.get_decoder(), batch["input_ids"], batch["labels"],
-                                                        attention_mask=batch["attention_mask"])
+            hidden, targets, mask = C.completion_hidden(
+                model, lm.get_decoder(), batch["input_ids"], batch["labels"], attention_mask=batch["attention_mask"]
+            )
             total, _ = C.sequence_logps(hidden, head.weight, head.bias, targets, C.row_of_position(mask), len(chunk))
         else:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
@@ -192,6 +203,7 @@ def text_metrics(texts: Sequence[str], num_tokens: Sequence[int], finish_reasons
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A markdown table: columns are (header, key); numbers get 3 decimals."""
+
     def cell(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -202,14 +214,24 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 def summarise(samples, scores: Sequence[float], *, seed: int = 0) -> dict:
     """One side of a comparison: {reward: mean_with_ci, text: text_metrics}."""
-    return {"reward": mean_with_ci(scores, seed=seed),
-            "text": text_metrics([s.completion for s in samples], [s.num_tokens for s in samples],
-                                 [s.finish_reason for s in samples])}
+    return {
+        "reward": mean_with_ci(scores, seed=seed),
+        "text": text_metrics(
+            [s.completion for s in samples], [s.num_tokens for s in samples], [s.finish_reason for s in samples]
+        ),
+    }
 
 
-def compare(policy_samples, policy_scores: Sequence[float], baseline_samples, baseline_scores: Sequence[float], *,
-            policy_logps: Sequence[float] | None = None, reference_logps: Sequence[float] | None = None,
-            seed: int = 0) -> dict:
+def compare(
+    policy_samples,
+    policy_scores: Sequence[float],
+    baseline_samples,
+    baseline_scores: Sequence[float],
+    *,
+    policy_logps: Sequence[float] | None = None,
+    reference_logps: Sequence[float] | None = None,
+    seed: int = 0,
+) -> dict:
     """A policy against a baseline on the same held-out prompts: the one comparison schema.
 
     samples: objects with prompt_id, completion, num_tokens, finish_reason (cringe.generation.Sample); scores: one
@@ -222,16 +244,24 @@ def compare(policy_samples, policy_scores: Sequence[float], baseline_samples, ba
     distinct_1, distinct_2, repeated_3gram_rate}, baseline_text: {...}}.
     """
     outcomes = win_outcomes(policy_samples, policy_scores, baseline_samples, baseline_scores)
-    policy, baseline = summarise(policy_samples, policy_scores, seed=seed), summarise(baseline_samples,
-                                                                                      baseline_scores, seed=seed)
+    policy, baseline = (
+        summarise(policy_samples, policy_scores, seed=seed),
+        summarise(baseline_samples, baseline_scores, seed=seed),
+    )
     kl = None
     if policy_logps is not None:
         if reference_logps is None or not len(policy_logps) == len(reference_logps) == len(policy_samples):
             raise ValueError("compare: KL needs one policy and one reference log-prob per policy sample")
         kl = kl_estimate(policy_logps, reference_logps, seed=seed)
-    return {"n_prompts": len(outcomes), "win_rate": win_rate_from_outcomes(outcomes, seed=seed),
-            "reward": policy["reward"], "baseline_reward": baseline["reward"], "kl": kl,
-            "text": policy["text"], "baseline_text": baseline["text"]}
+    return {
+        "n_prompts": len(outcomes),
+        "win_rate": win_rate_from_outcomes(outcomes, seed=seed),
+        "reward": policy["reward"],
+        "baseline_reward": baseline["reward"],
+        "kl": kl,
+        "text": policy["text"],
+        "baseline_text": baseline["text"],
+    }
 
 
 def comparison_rows(comparisons: list[dict], label_key: str) -> list[dict]:
@@ -239,16 +269,35 @@ def comparison_rows(comparisons: list[dict], label_key: str) -> list[dict]:
     rows = []
     for c in comparisons:
         w, kl = c["win_rate"], c["kl"]
-        rows.append({"label": c[label_key], "win": w["win_rate"], "ci": f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
-                     "reward": c["reward"]["mean"], "baseline": c["baseline_reward"]["mean"],
-                     "kl": kl["mean"] if kl else "", "len": c["text"]["length_tokens"],
-                     "d2": c["text"]["distinct_2"], "rep": c["text"]["repeated_3gram_rate"]})
+        rows.append(
+            {
+                "label": c[label_key],
+                "win": w["win_rate"],
+                "ci": f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
+                "reward": c["reward"]["mean"],
+                "baseline": c["baseline_reward"]["mean"],
+                "kl": kl["mean"] if kl else "",
+                "len": c["text"]["length_tokens"],
+                "d2": c["text"]["distinct_2"],
+                "rep": c["text"]["repeated_3gram_rate"],
+            }
+        )
     return rows
 
 
 def comparison_table(comparisons: list[dict], label_key: str, label_header: str, baseline: str = "baseline") -> str:
     """A markdown table of `compare` results, one row each."""
-    return format_table(comparison_rows(comparisons, label_key),
-                        [(label_header, "label"), (f"win rate vs {baseline}", "win"), ("95% CI", "ci"),
-                         ("reward", "reward"), (f"{baseline} reward", "baseline"), (f"KL(pi||{baseline})", "kl"),
-                         ("length", "len"), ("distinct-2", "d2"), ("repeated 3-grams", "rep")])
+    return format_table(
+        comparison_rows(comparisons, label_key),
+        [
+            (label_header, "label"),
+            (f"win rate vs {baseline}", "win"),
+            ("95% CI", "ci"),
+            ("reward", "reward"),
+            (f"{baseline} reward", "baseline"),
+            (f"KL(pi||{baseline})", "kl"),
+            ("length", "len"),
+            ("distinct-2", "d2"),
+            ("repeated 3-grams", "rep"),
+        ],
+    )

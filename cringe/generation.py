@@ -142,8 +142,10 @@ def _shareable_cache(model) -> dict | None:
     parameters = inspect.signature(model.forward).parameters
     # transformers 5.x renamed generate's and the models' `past_key_values` to `cache` (5.19 has the first, 5.24
     # the second); logits_to_keep spares the prefill a [prompts, tokens, vocabulary] logits tensor nobody reads
-    return {"cache": "cache" if "cache" in parameters else "past_key_values",
-            "logits_to_keep": "logits_to_keep" in parameters}
+    return {
+        "cache": "cache" if "cache" in parameters else "past_key_values",
+        "logits_to_keep": "logits_to_keep" in parameters,
+    }
 
 
 def _shared_prompt_cache(model, input_ids: torch.Tensor, attention: torch.Tensor, n: int, how: dict):
@@ -158,8 +160,14 @@ def _shared_prompt_cache(model, input_ids: torch.Tensor, attention: torch.Tensor
     cache = _empty_cache(model)
     positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
     extra = {"logits_to_keep": 1} if how["logits_to_keep"] else {}
-    model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
-          use_cache=True, **{how["cache"]: cache}, **extra)
+    model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+        **{how["cache"]: cache},
+        **extra,
+    )
     cache.batch_repeat_interleave(n)
     return cache
 
@@ -180,16 +188,26 @@ class TransformersSampler:
         return self.cache_handoff is not None
 
     @torch.no_grad()
-    def sample(self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0,
-               progress: bool = True) -> list[Sample]:
+    def sample(
+        self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0, progress: bool = True
+    ) -> list[Sample]:
 
         tok, model = self.tokenizer, self.model
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         eos = _eos_ids(tok, model)
         settings = dict(
-            do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-            max_new_tokens=config.max_new_tokens, pad_token_id=pad, eos_token_id=sorted(eos), min_p=None,
-            typical_p=1.0, repetition_penalty=1.0, use_cache=True)
+            do_sample=True,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            max_new_tokens=config.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=sorted(eos),
+            min_p=None,
+            typical_p=1.0,
+            repetition_penalty=1.0,
+            use_cache=True,
+        )
         gen_config = GenerationConfig(num_return_sequences=config.n, **settings)
         one_each = GenerationConfig(num_return_sequences=1, **settings)  # prompts already repeated n times
         was_training = model.training
@@ -199,7 +217,7 @@ class TransformersSampler:
         samples: list[Sample] = []
         batches = range(0, len(prompts), prompts_per_batch)
         for b, start in enumerate(tqdm(batches, desc="sampling", disable=not progress, unit="batch")):
-            chunk = prompts[start:start + prompts_per_batch]
+            chunk = prompts[start : start + prompts_per_batch]
             width = max(len(p) for p in chunk)
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
             attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
@@ -208,9 +226,12 @@ class TransformersSampler:
             if how is not None and config.n > 1 and width > 1:
                 cache = _shared_prompt_cache(model, input_ids, attention, config.n, how)
                 torch.manual_seed(batch_seed)  # after the prefill: the same random stream as generate alone
-                out = model.generate(input_ids=input_ids.repeat_interleave(config.n, dim=0),
-                                     attention_mask=attention.repeat_interleave(config.n, dim=0),
-                                     generation_config=one_each, **{how["cache"]: cache})
+                out = model.generate(
+                    input_ids=input_ids.repeat_interleave(config.n, dim=0),
+                    attention_mask=attention.repeat_interleave(config.n, dim=0),
+                    generation_config=one_each,
+                    **{how["cache"]: cache},
+                )
             else:
                 torch.manual_seed(batch_seed)
                 out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gen_config)
@@ -218,10 +239,17 @@ class TransformersSampler:
             for row, ids in enumerate(generated):
                 p_index, s_index = divmod(row, config.n)
                 completion, reason = _split_completion(ids, eos, pad)
-                samples.append(Sample(
-                    prompt_id=prompt_ids_offset + start + p_index, sample_id=s_index, prompt_ids=chunk[p_index],
-                    completion_ids=completion, completion=tok.decode(completion, skip_special_tokens=True),
-                    finish_reason=reason, seed=batch_seed))
+                samples.append(
+                    Sample(
+                        prompt_id=prompt_ids_offset + start + p_index,
+                        sample_id=s_index,
+                        prompt_ids=chunk[p_index],
+                        completion_ids=completion,
+                        completion=tok.decode(completion, skip_special_tokens=True),
+                        finish_reason=reason,
+                        seed=batch_seed,
+                    )
+                )
         if was_training:
             model.train()
         return samples
@@ -254,16 +282,26 @@ class VLLMSampler:
         self.tokenizer = tokenizer
         self.llm = LLM(model=model_path, **engine_options)
 
-    def sample(self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0,
-               progress: bool = True) -> list[Sample]:
+    def sample(
+        self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0, progress: bool = True
+    ) -> list[Sample]:
         from vllm import SamplingParams, TokensPrompt
 
         eos = _eos_ids(self.tokenizer)
         seeds = [request_seed(config.seed, prompt_ids_offset + i, config.n) for i in range(len(prompts))]
-        params = [SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
-                                 top_k=config.top_k if config.top_k > 0 else -1, max_tokens=config.max_new_tokens,
-                                 seed=seed, stop_token_ids=sorted(eos), skip_special_tokens=True)
-                  for seed in seeds]
+        params = [
+            SamplingParams(
+                n=config.n,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                top_k=config.top_k if config.top_k > 0 else -1,
+                max_tokens=config.max_new_tokens,
+                seed=seed,
+                stop_token_ids=sorted(eos),
+                skip_special_tokens=True,
+            )
+            for seed in seeds
+        ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=progress)
         samples = []
         for i, (prompt, out, seed) in enumerate(zip(prompts, outputs, seeds)):
@@ -275,9 +313,17 @@ class VLLMSampler:
                 reason = "stop" if completion.finish_reason == "stop" else "length"
                 if reason == "stop" and (not ids or ids[-1] not in eos):
                     ids.append(self.tokenizer.eos_token_id)
-                samples.append(Sample(prompt_id=prompt_ids_offset + i, sample_id=j, prompt_ids=prompt,
-                                      completion_ids=ids, completion=self.tokenizer.decode(ids, skip_special_tokens=True),
-                                      finish_reason=reason, seed=seed + j))
+                samples.append(
+                    Sample(
+                        prompt_id=prompt_ids_offset + i,
+                        sample_id=j,
+                        prompt_ids=prompt,
+                        completion_ids=ids,
+                        completion=self.tokenizer.decode(ids, skip_special_tokens=True),
+                        finish_reason=reason,
+                        seed=seed + j,
+                    )
+                )
         return samples
 
     def close(self) -> None:

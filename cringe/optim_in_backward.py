@@ -54,14 +54,18 @@ class OptimizerInBackward(torch.optim.Optimizer):
         pass  # every gradient was applied and freed during backward
 
     def state_dict(self) -> dict:
-        return {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
-                "per_parameter": [optimizer.state_dict() for optimizer, _ in self._inner.values()]}
+        return {
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
+            "per_parameter": [optimizer.state_dict() for optimizer, _ in self._inner.values()],
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         saved = state_dict["per_parameter"]
         if len(saved) != len(self._inner) or len(state_dict["param_groups"]) != len(self.param_groups):
-            raise ValueError(f"optimizer state holds {len(saved)} parameters in {len(state_dict['param_groups'])} "
-                             f"groups; this model trains {len(self._inner)} in {len(self.param_groups)}")
+            raise ValueError(
+                f"optimizer state holds {len(saved)} parameters in {len(state_dict['param_groups'])} "
+                f"groups; this model trains {len(self._inner)} in {len(self.param_groups)}"
+            )
         for group, settings in zip(self.param_groups, state_dict["param_groups"]):
             group.update(settings)
         for (optimizer, _), state in zip(self._inner.values(), saved):

@@ -45,8 +45,10 @@ def _source_note(key: str, source: str | None) -> str | None:
     if Path(source).suffix.lower() in (".json", ".jsonl", ".parquet", ".csv"):
         raise UserError(f"{key}: {source}: no such file")
     if split is None:
-        raise UserError(f"{key}: {source!r} is neither a local file nor NAME:SPLIT (a Hub dataset needs its split, "
-                        "e.g. HuggingFaceH4/ultrafeedback_binarized:train_gen)")
+        raise UserError(
+            f"{key}: {source!r} is neither a local file nor NAME:SPLIT (a Hub dataset needs its split, "
+            "e.g. HuggingFaceH4/ultrafeedback_binarized:train_gen)"
+        )
     return f"{key}: Hub dataset {name}, split {split} (not fetched: needs the Hub)"
 
 
@@ -67,13 +69,19 @@ def dry_run(argv: list[str]) -> str:
             unchecked.append(f"{key} model {spec['path']}")
     sampling = {"n": 4, "max_new_tokens": 256, **config.sampling}
     per_round = config.round_prompts or "every"
-    lines = [f"recipe OK: {config.loss}, {config.rounds} rounds of {per_round} prompts x {sampling['n']} samples "
-             f"(<= {sampling['max_new_tokens']} new tokens), backend {config.backend}; reward sources "
-             + ", ".join(f"{k}: {v}" for k, v in kinds.items()),
-             *[n for n in notes if n],
-             "training: " + (f"accelerate launch ({launch_file}, {config.accelerate.get('num_processes', '?')} "
-                             "processes)" if config.accelerate else "in this process"),
-             "not checked offline (needs the Hub): " + "; ".join(unchecked)]
+    lines = [
+        f"recipe OK: {config.loss}, {config.rounds} rounds of {per_round} prompts x {sampling['n']} samples "
+        f"(<= {sampling['max_new_tokens']} new tokens), backend {config.backend}; reward sources "
+        + ", ".join(f"{k}: {v}" for k, v in kinds.items()),
+        *[n for n in notes if n],
+        "training: "
+        + (
+            f"accelerate launch ({launch_file}, {config.accelerate.get('num_processes', '?')} processes)"
+            if config.accelerate
+            else "in this process"
+        ),
+        "not checked offline (needs the Hub): " + "; ".join(unchecked),
+    ]
     return "\n".join(lines)
 
 
@@ -83,7 +91,6 @@ def load_recipe(path) -> dict:
 
 def build_stand_ins(work: Path) -> dict:
     """Tiny local models and data with the recipe's roles; returns their paths."""
-
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -97,21 +104,43 @@ def build_stand_ins(work: Path) -> dict:
     rows[0]["rejected"] = rows[0]["chosen"]
     prompts = work / "ultrafeedback_train_gen.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"policy": str(policy), "reward": str(reward), "prompts": str(prompts),
-            "eval_prompts": str(ROOT / "examples/data/alpaca_farm_evaluation_sample.json")}
+    return {
+        "policy": str(policy),
+        "reward": str(reward),
+        "prompts": str(prompts),
+        "eval_prompts": str(ROOT / "examples/data/alpaca_farm_evaluation_sample.json"),
+    }
 
 
-def swap_in(values: dict, local: dict, work: Path, *, rounds: int = 1, round_prompts: int = 4,
-            eval_prompts: int = 3, steps: int = 2, max_new_tokens: int = 8, on_gpu: bool = False,
-            backend: str = "transformers") -> dict:
+def swap_in(
+    values: dict,
+    local: dict,
+    work: Path,
+    *,
+    rounds: int = 1,
+    round_prompts: int = 4,
+    eval_prompts: int = 3,
+    steps: int = 2,
+    max_new_tokens: int = 8,
+    on_gpu: bool = False,
+    backend: str = "transformers",
+) -> dict:
     """A recipe's values with its Hub pieces replaced by `local` ({policy, reward, prompts, eval_prompts}: paths)
     and its size cut to `rounds` x `round_prompts`, every other key kept: same loss, pairing, sampling temperature
     and n, reward input, reference policy, training settings. On the CPU, GPU-only settings (vLLM options,
     accelerate, bf16, checkpointing) go; on a GPU they stay, but for accelerate (one GPU here)."""
     out = copy.deepcopy(values)
-    out.update(model=local["policy"], prompts=local["prompts"], eval_prompts=local["eval_prompts"],
-               output_dir=str(Path(work) / "run"), rounds=rounds, round_prompts=round_prompts,
-               max_eval_prompts=eval_prompts, backend=backend, report_to=[])
+    out.update(
+        model=local["policy"],
+        prompts=local["prompts"],
+        eval_prompts=local["eval_prompts"],
+        output_dir=str(Path(work) / "run"),
+        rounds=rounds,
+        round_prompts=round_prompts,
+        max_eval_prompts=eval_prompts,
+        backend=backend,
+        report_to=[],
+    )
     # A random policy seldom says EOS: with drop_truncated every sample would be cut and no pair left.
     out["drop_truncated"] = False
     out.pop("accelerate", None)
@@ -125,16 +154,23 @@ def swap_in(values: dict, local: dict, work: Path, *, rounds: int = 1, round_pro
     out["reward"] = {**out["reward"], "path": local["reward"], "dtype": dtype}
     if out.get("eval_reward"):
         out["eval_reward"] = {**out["eval_reward"], "path": local["reward"], "dtype": dtype}
-    out["sampling"] = {**out.get("sampling", {}), "max_new_tokens": max_new_tokens,
-                       **({} if on_gpu else {"batch_size": 32})}
+    out["sampling"] = {
+        **out.get("sampling", {}),
+        "max_new_tokens": max_new_tokens,
+        **({} if on_gpu else {"batch_size": 32}),
+    }
     train = dict(out.get("train", {}))
     if not on_gpu:
         for key in ("bf16", "fp16", "gradient_checkpointing"):
             train.pop(key, None)
-        train.update(per_device_train_batch_size=2, use_cpu=True, max_prompt_length=512, max_completion_length=64,
-                     learning_rate=1e-3)
-    train.update(max_steps=steps, gradient_accumulation_steps=1, save_strategy="no", logging_steps=1,
-                 disable_tqdm=True)
+        train.update(
+            per_device_train_batch_size=2,
+            use_cpu=True,
+            max_prompt_length=512,
+            max_completion_length=64,
+            learning_rate=1e-3,
+        )
+    train.update(max_steps=steps, gradient_accumulation_steps=1, save_strategy="no", logging_steps=1, disable_tqdm=True)
     out["train"] = train
     return out
 

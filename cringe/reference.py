@@ -66,25 +66,45 @@ def read_outputs(path: str) -> list[dict]:
 
 def outputs_rows(instructions: list[dict], outputs: list[str], generator: str) -> list[dict]:
     """AlpacaEval's model-outputs format: {instruction, output, generator, dataset}."""
-    return [{"instruction": instruction_text(r), "output": o, "generator": generator,
-             **({"dataset": r["dataset"]} if "dataset" in r else {})} for r, o in zip(instructions, outputs)]
+    return [
+        {
+            "instruction": instruction_text(r),
+            "output": o,
+            "generator": generator,
+            **({"dataset": r["dataset"]} if "dataset" in r else {}),
+        }
+        for r, o in zip(instructions, outputs)
+    ]
 
 
-def annotation_rows(rows: list[dict], outputs: list[str], outcomes: list[float | None], generator: str,
-                    annotator: str) -> list[dict]:
+def annotation_rows(
+    rows: list[dict], outputs: list[str], outcomes: list[float | None], generator: str, annotator: str
+) -> list[dict]:
     """AlpacaEval's annotation format: output_1 the reference, output_2 the policy's; preference 1 + P(policy
     better), so 1 = reference, 2 = policy, 1.5 = tie; None where the judge gave no verdict."""
-    return [{"index": i, "instruction": instruction_text(r), "output_1": r["output"], "output_2": o,
-             "generator_1": r.get("generator", "reference"), "generator_2": generator, "annotator": annotator,
-             "preference": None if w is None else 1.0 + w}
-            for i, (r, o, w) in enumerate(zip(rows, outputs, outcomes))]
+    return [
+        {
+            "index": i,
+            "instruction": instruction_text(r),
+            "output_1": r["output"],
+            "output_2": o,
+            "generator_1": r.get("generator", "reference"),
+            "generator_2": generator,
+            "annotator": annotator,
+            "preference": None if w is None else 1.0 + w,
+        }
+        for i, (r, o, w) in enumerate(zip(rows, outputs, outcomes))
+    ]
 
 
 def length_controlled(annotations: list[dict], n_reference: int) -> dict:
     """AlpacaEval's length-controlled win rate where it applies (see the module docstring), else the reason."""
     if n_reference != ALPACA_EVAL_SIZE or len(annotations) != ALPACA_EVAL_SIZE:
-        return {"computed": False, "reason": f"AlpacaEval's GLM is fitted to its own {ALPACA_EVAL_SIZE} "
-                                             f"instructions; these are {len(annotations)} of {n_reference}"}
+        return {
+            "computed": False,
+            "reason": f"AlpacaEval's GLM is fitted to its own {ALPACA_EVAL_SIZE} "
+            f"instructions; these are {len(annotations)} of {n_reference}",
+        }
     try:
         from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
     except ImportError:
@@ -96,8 +116,12 @@ def length_controlled(annotations: list[dict], n_reference: int) -> dict:
         metrics = get_length_controlled_winrate(decided, save_weights_dir=None, is_add_glm_preference_inplace=False)
     except Exception as err:  # noqa: BLE001 - its download or fit failing must not lose the raw results
         return {"computed": False, "reason": f"alpaca_eval failed: {type(err).__name__}: {err}"}
-    return {"computed": True, "length_controlled_win_rate": metrics["length_controlled_winrate"] / 100,
-            "lc_standard_error": metrics["lc_standard_error"] / 100, "alpaca_eval_win_rate": metrics["win_rate"] / 100}
+    return {
+        "computed": True,
+        "length_controlled_win_rate": metrics["length_controlled_winrate"] / 100,
+        "lc_standard_error": metrics["lc_standard_error"] / 100,
+        "alpaca_eval_win_rate": metrics["win_rate"] / 100,
+    }
 
 
 def judge_outcomes(reward, prompts: list[str], policy: list[str], reference: list[str]) -> list[float | None]:
@@ -108,13 +132,25 @@ def judge_outcomes(reward, prompts: list[str], policy: list[str], reference: lis
         reward.check_readable()
         return outcomes
     scores = reward.score(prompts + prompts, policy + reference)
-    return [_outcome(p, r) for p, r in zip(scores[:len(policy)], scores[len(policy):])]
+    return [_outcome(p, r) for p, r in zip(scores[: len(policy)], scores[len(policy) :])]
 
 
-def evaluate_against_outputs(policy: str, outputs_path: str, reward_spec: dict, *, max_new_tokens: int = 512,
-                             max_prompts: int | None = None, dtype: str | None = None, device: str = "auto",
-                             seed: int = 0, trust_remote_code: bool = False, generator: str | None = None,
-                             export: str | None = None, temperature: float = 0.7, max_prompt_length: int = 2048):
+def evaluate_against_outputs(
+    policy: str,
+    outputs_path: str,
+    reward_spec: dict,
+    *,
+    max_new_tokens: int = 512,
+    max_prompts: int | None = None,
+    dtype: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    generator: str | None = None,
+    export: str | None = None,
+    temperature: float = 0.7,
+    max_prompt_length: int = 2048,
+):
     """The policy's answer to each instruction of `outputs_path`, judged against the row's output. Returns
     {n_prompts, undecided, win_rate: {...}, length_controlled: {...}, text, reference_text, files}."""
 
@@ -127,10 +163,14 @@ def evaluate_against_outputs(policy: str, outputs_path: str, reward_spec: dict, 
     tokenizer = load_tokenizer(policy, trust_remote_code)
     texts = [instruction_text(r) for r in rows]
     chat = bool(getattr(tokenizer, "chat_template", None))
-    prompts = load_prompts([{"prompt": [{"role": "user", "content": t}] if chat else t} for t in texts], tokenizer,
-                           max_prompt_length=max_prompt_length)
-    sampler = open_sampler("transformers", policy, tokenizer, device=device, dtype=dtype,
-                           trust_remote_code=trust_remote_code)
+    prompts = load_prompts(
+        [{"prompt": [{"role": "user", "content": t}] if chat else t} for t in texts],
+        tokenizer,
+        max_prompt_length=max_prompt_length,
+    )
+    sampler = open_sampler(
+        "transformers", policy, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+    )
     sampling = SamplingConfig(n=1, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     samples = sampler.sample([p.ids for p in prompts], sampling)
     del sampler
@@ -151,22 +191,33 @@ def evaluate_against_outputs(policy: str, outputs_path: str, reward_spec: dict, 
         write_json(annotations_path, annotations)
         files = {"model_outputs": str(export), "annotations": str(annotations_path)}
     reference_tokens = [len(tokenizer(r["output"], add_special_tokens=False)["input_ids"]) for r in rows]
-    return {"n_prompts": len(rows), "undecided": len(outcomes) - len(decided), "generator": generator,
-            "reference": str(outputs_path), "win_rate": win_rate_from_outcomes(decided, seed=seed),
-            "length_controlled": length_controlled(annotations, n_reference),
-            "text": text_metrics(outputs, [s.num_tokens for s in samples], [s.finish_reason for s in samples]),
-            "reference_text": {"length_tokens": sum(reference_tokens) / len(reference_tokens)}, "files": files}
+    return {
+        "n_prompts": len(rows),
+        "undecided": len(outcomes) - len(decided),
+        "generator": generator,
+        "reference": str(outputs_path),
+        "win_rate": win_rate_from_outcomes(decided, seed=seed),
+        "length_controlled": length_controlled(annotations, n_reference),
+        "text": text_metrics(outputs, [s.num_tokens for s in samples], [s.finish_reason for s in samples]),
+        "reference_text": {"length_tokens": sum(reference_tokens) / len(reference_tokens)},
+        "files": files,
+    }
 
 
 def report(result: dict) -> str:
     """A few lines for the terminal."""
     w, lc = result["win_rate"], result["length_controlled"]
-    lines = [f"win rate of {result['generator']} vs the reference outputs of {result['reference']}: "
-             f"{w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}..{w['ci_high']:.3f}, n={w['n']}, "
-             f"undecided {result['undecided']})",
-             f"length: {result['text']['length_tokens']:.1f} tokens (reference "
-             f"{result['reference_text']['length_tokens']:.1f}), truncated {result['text']['truncated_rate']:.1%}",
-             (f"length-controlled win rate (alpaca_eval): {lc['length_controlled_win_rate']:.3f}" if lc["computed"]
-              else f"length-controlled win rate: not computed ({lc['reason']})")]
+    lines = [
+        f"win rate of {result['generator']} vs the reference outputs of {result['reference']}: "
+        f"{w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}..{w['ci_high']:.3f}, n={w['n']}, "
+        f"undecided {result['undecided']})",
+        f"length: {result['text']['length_tokens']:.1f} tokens (reference "
+        f"{result['reference_text']['length_tokens']:.1f}), truncated {result['text']['truncated_rate']:.1%}",
+        (
+            f"length-controlled win rate (alpaca_eval): {lc['length_controlled_win_rate']:.3f}"
+            if lc["computed"]
+            else f"length-controlled win rate: not computed ({lc['reason']})"
+        ),
+    ]
     lines += [f"{name}: {path}" for name, path in result["files"].items()]
     return "\n".join(lines)

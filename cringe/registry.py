@@ -38,28 +38,59 @@ class LossSpec:
 
 
 def _pairwise_stats(s: dict) -> dict:
-    return {"gate": s["gate"], "gate_open": (s["gate"] > 0.5).float(), "delta": s["delta"],
-            "logps/chosen": s["chosen_logps"], "logps/rejected": s["rejected_logps"],
-            "tokens/chosen": s["chosen_tokens"].float(), "tokens/rejected": s["rejected_tokens"].float()}
+    return {
+        "gate": s["gate"],
+        "gate_open": (s["gate"] > 0.5).float(),
+        "delta": s["delta"],
+        "logps/chosen": s["chosen_logps"],
+        "logps/rejected": s["rejected_logps"],
+        "tokens/chosen": s["chosen_tokens"].float(),
+        "tokens/rejected": s["rejected_tokens"].float(),
+    }
 
 
 def _pairwise_cringe_settings(args) -> dict:
-    return dict(alpha=args.alpha, k=args.k, margin=args.margin, temperature=args.temperature,
-                margin_on=args.margin_on, detach_gate=args.detach_gate, detach_positive=args.detach_positive)
+    return dict(
+        alpha=args.alpha,
+        k=args.k,
+        margin=args.margin,
+        temperature=args.temperature,
+        margin_on=args.margin_on,
+        detach_gate=args.detach_gate,
+        detach_positive=args.detach_positive,
+    )
 
 
 def _pairwise_cringe_plain(args, logits, labels, batch, *, generator, num_items, reference):
     half = logits.shape[0] // 2
-    out = L.pairwise_cringe_loss(logits[:half], labels[:half], logits[half:], labels[half:],
-                                 generator=generator, num_items=num_items, **_pairwise_cringe_settings(args))
+    out = L.pairwise_cringe_loss(
+        logits[:half],
+        labels[:half],
+        logits[half:],
+        labels[half:],
+        generator=generator,
+        num_items=num_items,
+        **_pairwise_cringe_settings(args),
+    )
     return out.loss, _pairwise_stats(out.stats)
 
 
-def _pairwise_cringe_chunked(args, hidden, weight, bias, targets, seq_index, batch, *, generator, num_items,
-                             chunk_size, reference):
+def _pairwise_cringe_chunked(
+    args, hidden, weight, bias, targets, seq_index, batch, *, generator, num_items, chunk_size, reference
+):
     pairs = int(batch["num_sequences"]) // 2
-    loss, stats = C.pairwise_cringe_loss(hidden, weight, bias, targets, seq_index, pairs, generator=generator,
-                                         num_items=num_items, chunk_size=chunk_size, **_pairwise_cringe_settings(args))
+    loss, stats = C.pairwise_cringe_loss(
+        hidden,
+        weight,
+        bias,
+        targets,
+        seq_index,
+        pairs,
+        generator=generator,
+        num_items=num_items,
+        chunk_size=chunk_size,
+        **_pairwise_cringe_settings(args),
+    )
     return loss, _pairwise_stats(stats)
 
 
@@ -68,8 +99,16 @@ def _pairwise_cringe_chunked(args, hidden, weight, bias, targets, seq_index, bat
 
 def _binary_cringe_plain(args, logits, labels, batch, *, generator, num_items, reference):
     positive = batch["is_positive"]
-    out = L.binary_cringe_loss(logits, labels, positive, alpha=args.alpha, k=args.k,
-                               detach_positive=args.detach_positive, generator=generator, num_items=num_items)
+    out = L.binary_cringe_loss(
+        logits,
+        labels,
+        positive,
+        alpha=args.alpha,
+        k=args.k,
+        detach_positive=args.detach_positive,
+        generator=generator,
+        num_items=num_items,
+    )
     stats = {"positive_frac": positive.float(), "tokens": out.stats["n_tokens"].float()}
     for name, selected in (("positive", positive), ("negative", ~positive)):
         if selected.any():
@@ -77,12 +116,23 @@ def _binary_cringe_plain(args, logits, labels, batch, *, generator, num_items, r
     return out.loss, stats
 
 
-def _binary_cringe_chunked(args, hidden, weight, bias, targets, seq_index, batch, *, generator, num_items,
-                           chunk_size, reference):
+def _binary_cringe_chunked(
+    args, hidden, weight, bias, targets, seq_index, batch, *, generator, num_items, chunk_size, reference
+):
     positive = batch["is_positive"]
-    loss = C.binary_cringe_loss(hidden, weight, bias, targets, positive[seq_index], alpha=args.alpha, k=args.k,
-                                detach_positive=args.detach_positive, generator=generator, num_items=num_items,
-                                chunk_size=chunk_size)
+    loss = C.binary_cringe_loss(
+        hidden,
+        weight,
+        bias,
+        targets,
+        positive[seq_index],
+        alpha=args.alpha,
+        k=args.k,
+        detach_positive=args.detach_positive,
+        generator=generator,
+        num_items=num_items,
+        chunk_size=chunk_size,
+    )
     tokens = torch.bincount(seq_index, minlength=int(batch["num_sequences"])).float()
     return loss, {"positive_frac": positive.float(), "tokens": tokens}
 
@@ -95,8 +145,7 @@ def _sft_plain(args, logits, labels, batch, *, generator, num_items, reference):
     return out.loss, {"logps": out.stats["logps"], "tokens": out.stats["n_tokens"].float()}
 
 
-def _sft_chunked(args, hidden, weight, bias, targets, seq_index, batch, *, generator, num_items, chunk_size,
-                 reference):
+def _sft_chunked(args, hidden, weight, bias, targets, seq_index, batch, *, generator, num_items, chunk_size, reference):
     loss = C.sft_loss(hidden, weight, bias, targets, num_items=num_items, chunk_size=chunk_size)
     return loss, {"tokens": torch.bincount(seq_index, minlength=int(batch["num_sequences"])).float()}
 
@@ -105,10 +154,14 @@ def _sft_chunked(args, hidden, weight, bias, targets, seq_index, batch, *, gener
 
 
 def _dpo_stats(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> dict:
-    return {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
-            "rewards/margins": chosen_rewards - rejected_rewards,
-            "logps/chosen": chosen_logps, "logps/rejected": rejected_logps}
+    return {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "logps/chosen": chosen_logps,
+        "logps/rejected": rejected_logps,
+    }
 
 
 def _dpo_family(loss_type: str, length_average: bool):
@@ -117,17 +170,28 @@ def _dpo_family(loss_type: str, length_average: bool):
         policy = total / count.clamp_min(1) if length_average else total
         ref = reference()
         half = policy.shape[0] // 2
-        losses, chosen_r, rejected_r = L.dpo_loss(policy[:half], policy[half:], ref[:half], ref[half:],
-                                                  beta=args.beta, loss_type=loss_type)
+        losses, chosen_r, rejected_r = L.dpo_loss(
+            policy[:half], policy[half:], ref[:half], ref[half:], beta=args.beta, loss_type=loss_type
+        )
         loss = losses.sum() / (num_items if num_items is not None else half)
         return loss, _dpo_stats(chosen_r, rejected_r, policy[:half].detach(), policy[half:].detach())
 
-    def chunked(args, hidden, weight, bias, targets, seq_index, batch, *, generator, num_items, chunk_size,
-                reference):
+    def chunked(args, hidden, weight, bias, targets, seq_index, batch, *, generator, num_items, chunk_size, reference):
         pairs = int(batch["num_sequences"]) // 2
         loss, (_, chosen_r, rejected_r, policy) = C.dpo_family_loss(
-            hidden, weight, bias, targets, seq_index, pairs, reference(), beta=args.beta, loss_type=loss_type,
-            length_average=length_average, num_items=num_items, chunk_size=chunk_size)
+            hidden,
+            weight,
+            bias,
+            targets,
+            seq_index,
+            pairs,
+            reference(),
+            beta=args.beta,
+            loss_type=loss_type,
+            length_average=length_average,
+            num_items=num_items,
+            chunk_size=chunk_size,
+        )
         return loss, _dpo_stats(chosen_r, rejected_r, policy[:pairs], policy[pairs:])
 
     return plain, chunked
@@ -135,28 +199,61 @@ def _dpo_family(loss_type: str, length_average: bool):
 
 def _dpo_spec(name: str, loss_type: str, summary: str, length_average: bool = False) -> LossSpec:
     plain, chunked = _dpo_family(loss_type, length_average)
-    return LossSpec(name, "pairwise", needs_reference=True, settings=("beta", "precompute_ref_logps"),
-                    normalised_by="pairs", plain=plain, chunked=chunked, length_average=length_average,
-                    summary=summary)
+    return LossSpec(
+        name,
+        "pairwise",
+        needs_reference=True,
+        settings=("beta", "precompute_ref_logps"),
+        normalised_by="pairs",
+        plain=plain,
+        chunked=chunked,
+        length_average=length_average,
+        summary=summary,
+    )
 
 
-LOSSES: dict[str, LossSpec] = {spec.name: spec for spec in (
-    LossSpec("pairwise_cringe", "pairwise", needs_reference=False,
-             settings=("alpha", "k", "margin", "temperature", "margin_on", "detach_gate", "detach_positive"),
-             normalised_by="tokens", plain=_pairwise_cringe_plain, chunked=_pairwise_cringe_chunked,
-             summary="cross-entropy on the chosen answer plus binary Cringe on the rejected one, gated by how "
-                     "far the model still prefers it (Xu et al. 2023)"),
-    LossSpec("binary_cringe", "binary", needs_reference=False, settings=("alpha", "k", "detach_positive"),
-             normalised_by="tokens", plain=_binary_cringe_plain, chunked=_binary_cringe_chunked,
-             summary="cross-entropy on good answers; on bad ones, each token contrasted with a top-k sample of the "
-                     "model's own (Adolphs et al. 2022)"),
-    _dpo_spec("dpo", "sigmoid", "direct preference optimisation (Rafailov et al. 2023)"),
-    _dpo_spec("ipo", "ipo", "IPO: a squared loss on length-averaged log-ratios (Azar et al. 2023)",
-              length_average=True),
-    _dpo_spec("hinge", "hinge", "the hinge loss on DPO's log-ratio margin (SLiC)"),
-    LossSpec("sft", "sft", needs_reference=False, settings=(), normalised_by="tokens", plain=_sft_plain,
-             chunked=_sft_chunked, summary="cross-entropy on the (chosen or good) completion"),
-)}
+LOSSES: dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in (
+        LossSpec(
+            "pairwise_cringe",
+            "pairwise",
+            needs_reference=False,
+            settings=("alpha", "k", "margin", "temperature", "margin_on", "detach_gate", "detach_positive"),
+            normalised_by="tokens",
+            plain=_pairwise_cringe_plain,
+            chunked=_pairwise_cringe_chunked,
+            summary="cross-entropy on the chosen answer plus binary Cringe on the rejected one, gated by how "
+            "far the model still prefers it (Xu et al. 2023)",
+        ),
+        LossSpec(
+            "binary_cringe",
+            "binary",
+            needs_reference=False,
+            settings=("alpha", "k", "detach_positive"),
+            normalised_by="tokens",
+            plain=_binary_cringe_plain,
+            chunked=_binary_cringe_chunked,
+            summary="cross-entropy on good answers; on bad ones, each token contrasted with a top-k sample of the "
+            "model's own (Adolphs et al. 2022)",
+        ),
+        _dpo_spec("dpo", "sigmoid", "direct preference optimisation (Rafailov et al. 2023)"),
+        _dpo_spec(
+            "ipo", "ipo", "IPO: a squared loss on length-averaged log-ratios (Azar et al. 2023)", length_average=True
+        ),
+        _dpo_spec("hinge", "hinge", "the hinge loss on DPO's log-ratio margin (SLiC)"),
+        LossSpec(
+            "sft",
+            "sft",
+            needs_reference=False,
+            settings=(),
+            normalised_by="tokens",
+            plain=_sft_plain,
+            chunked=_sft_chunked,
+            summary="cross-entropy on the (chosen or good) completion",
+        ),
+    )
+}
 
 
 def loss_spec(name: str) -> LossSpec:

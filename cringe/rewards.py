@@ -88,17 +88,30 @@ class RewardModel:
 
     takes_messages = True  # score() accepts chat-message lists as prompts (cringe.loop.stages.score_samples)
 
-    def __init__(self, model_or_path, tokenizer=None, *, batch_size: int = 32, max_length: int | None = None,
-                 input: str = "auto", system: str | None = None, device: str | None = None,
-                 dtype: str | None = None, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model_or_path,
+        tokenizer=None,
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        input: str = "auto",
+        system: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+    ):
 
         if input not in REWARD_INPUTS:
             raise UserError(f"reward model input must be one of {', '.join(REWARD_INPUTS)}; got {input!r}")
         if isinstance(model_or_path, str):
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_or_path, trust_remote_code=trust_remote_code)
             model_or_path = AutoModelForSequenceClassification.from_pretrained(
-                model_or_path, trust_remote_code=trust_remote_code, use_safetensors=True,
-                dtype=_resolve_dtype(dtype) or "auto")
+                model_or_path,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+                dtype=_resolve_dtype(dtype) or "auto",
+            )
         if tokenizer is None:
             raise UserError("pass the reward model's tokenizer")
         flush_denormals()
@@ -108,8 +121,10 @@ class RewardModel:
         if input == "auto":
             input = "conversation" if getattr(tokenizer, "chat_template", None) else "prompt+completion"
         if input == "conversation" and not getattr(tokenizer, "chat_template", None):
-            raise UserError("reward model input 'conversation' needs a tokenizer with a chat template; this one has "
-                            "none (use input: prompt+completion or completion)")
+            raise UserError(
+                "reward model input 'conversation' needs a tokenizer with a chat template; this one has "
+                "none (use input: prompt+completion or completion)"
+            )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
             raise UserError("the reward model's tokenizer has neither a pad nor an eos token")
@@ -145,7 +160,7 @@ class RewardModel:
         if len(ids) > self.max_length:
             self.truncated += 1
             head = [ids[0]] if bos is not None and ids[0] == bos else []
-            ids = head + ids[len(ids) - self.max_length + len(head):]
+            ids = head + ids[len(ids) - self.max_length + len(head) :]
         return ids
 
     @torch.no_grad()
@@ -156,20 +171,28 @@ class RewardModel:
         truncated_before = self.truncated
         encoded = [self.token_ids(p, c) for p, c in zip(prompts, completions)]
         if self.truncated > truncated_before:
-            logger.warning("reward model: %d of %d inputs were longer than max_length %d; their start was cut",
-                           self.truncated - truncated_before, len(encoded), self.max_length)
+            logger.warning(
+                "reward model: %d of %d inputs were longer than max_length %d; their start was cut",
+                self.truncated - truncated_before,
+                len(encoded),
+                self.max_length,
+            )
         # Longest first: batches of similar lengths pad less; scores go back to their positions.
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         out = [0.0] * len(encoded)
-        for start in tqdm(range(0, len(order), self.batch_size), desc="reward model", unit="batch",
-                          disable=len(order) <= self.batch_size):
-            index = order[start:start + self.batch_size]
+        for start in tqdm(
+            range(0, len(order), self.batch_size),
+            desc="reward model",
+            unit="batch",
+            disable=len(order) <= self.batch_size,
+        ):
+            index = order[start : start + self.batch_size]
             width = max(len(encoded[i]) for i in index)
             ids = torch.full((len(index), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(index), width), dtype=torch.long)
             for row, i in enumerate(index):
-                ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, :len(encoded[i])] = 1
+                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, : len(encoded[i])] = 1
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             values = (logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]).tolist()
             for i, v in zip(index, values):
@@ -227,8 +250,19 @@ class JudgeStats:
                 setattr(self, k, getattr(self, k) + v)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("answers", "requests", "retries", "invalid_answers", "failed_requests",
-                                              "undecided_pairs", "cached", "skipped")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "answers",
+                "requests",
+                "retries",
+                "invalid_answers",
+                "failed_requests",
+                "undecided_pairs",
+                "cached",
+                "skipped",
+            )
+        }
 
 
 class JudgeError(RuntimeError):
@@ -267,9 +301,21 @@ class PairwiseJudge:
     ones (the loop keeps them beside the step's output: cringe.durable.answerlog).
     """
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-                 timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0, template: str = JUDGE_TEMPLATE,
-                 max_tokens: int = 4, verdict: str = "text", max_invalid: float = 0.5):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        template: str = JUDGE_TEMPLATE,
+        max_tokens: int = 4,
+        verdict: str = "text",
+        max_invalid: float = 0.5,
+    ):
         if verdict not in VERDICTS:
             raise UserError(f"judge verdict must be one of {', '.join(VERDICTS)}; got {verdict!r}")
         if not 0 <= max_invalid <= 1:
@@ -296,8 +342,12 @@ class PairwiseJudge:
             self.answers = None
 
     def _request_body(self, prompt: str, a: str, b: str) -> str:
-        request = {"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
-                   "messages": [{"role": "user", "content": self.template.format(prompt=prompt, a=a, b=b)}]}
+        request = {
+            "model": self.model,
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+            "messages": [{"role": "user", "content": self.template.format(prompt=prompt, a=a, b=b)}],
+        }
         if self.verdict == "choice":
             request["structured_outputs"] = {"choice": ["A", "B"]}
         elif self.verdict == "logprobs":
@@ -402,14 +452,15 @@ class PairwiseJudge:
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
             groups.setdefault(p, []).append(i)
-        jobs = [(p, i, j) for p, idx in groups.items() for a, i in enumerate(idx) for j in idx[a + 1:]]
+        jobs = [(p, i, j) for p, idx in groups.items() for a, i in enumerate(idx) for j in idx[a + 1 :]]
         results: list[float | None] = []
         chunk = 4 * self.concurrency  # a failing server stops the scoring after one chunk, not after every job
         failed_before = self.stats.failed_requests
         for start in range(0, len(jobs), chunk):
-            part = jobs[start:start + chunk]
-            results += self.compare([p for p, _, _ in part], [completions[i] for _, i, _ in part],
-                                    [completions[j] for _, _, j in part])
+            part = jobs[start : start + chunk]
+            results += self.compare(
+                [p for p, _, _ in part], [completions[i] for _, i, _ in part], [completions[j] for _, _, j in part]
+            )
             if self.stats.failed_requests > failed_before:
                 raise JudgeUnavailableError(self._failure_message(self.stats.failed_requests - failed_before))
         self.check_readable()
@@ -427,21 +478,37 @@ class PairwiseJudge:
     def check_readable(self) -> None:
         """Log what the judge answered; refuse when most answers named neither response."""
         s = self.stats
-        logger.info("judge %s (verdict: %s): %d answers, %d unreadable, %d pairs undecided, %d from the answer log",
-                    self.model, self.verdict, s.answers, s.invalid_answers, s.undecided_pairs, s.cached)
+        logger.info(
+            "judge %s (verdict: %s): %d answers, %d unreadable, %d pairs undecided, %d from the answer log",
+            self.model,
+            self.verdict,
+            s.answers,
+            s.invalid_answers,
+            s.undecided_pairs,
+            s.cached,
+        )
         if s.answers and s.invalid_answers > self.max_invalid * s.answers:
-            hint = ("verdict: choice (the server constrains the answer to A or B) or verdict: logprobs"
-                    if self.verdict == "text" else "a stronger judge model, or another verdict")
+            hint = (
+                "verdict: choice (the server constrains the answer to A or B) or verdict: logprobs"
+                if self.verdict == "text"
+                else "a stronger judge model, or another verdict"
+            )
             raise JudgeUnreadableError(
                 f"the judge {self.model} at {self.url} named neither response in {s.invalid_answers} of {s.answers} "
-                f"answers (more than max_invalid {self.max_invalid:.0%}; e.g. {self.unreadable}); try {hint}")
+                f"answers (more than max_invalid {self.max_invalid:.0%}; e.g. {self.unreadable}); try {hint}"
+            )
 
     def _failure_message(self, failed: int) -> str:
-        kept = (f"the {len(self.answers.answers)} answers received are kept in {self.answers.path}; rerun the "
-                "same command once it answers again: only the missing ones are asked" if self.answers is not None
-                else "no scores were written")
-        return (f"the judge at {self.url} failed {failed} request(s) after {self.max_retries + 1} attempts each "
-                f"(last: {self._last_failure}); {kept}")
+        kept = (
+            f"the {len(self.answers.answers)} answers received are kept in {self.answers.path}; rerun the "
+            "same command once it answers again: only the missing ones are asked"
+            if self.answers is not None
+            else "no scores were written"
+        )
+        return (
+            f"the judge at {self.url} failed {failed} request(s) after {self.max_retries + 1} attempts each "
+            f"(last: {self._last_failure}); {kept}"
+        )
 
 
 VERDICTS = ("text", "choice", "logprobs")
@@ -478,7 +545,8 @@ def _failure_reason(err: BaseException) -> str:
 REWARD_TYPES = ("callable", "model", "judge")
 # A spec's keys are its class's constructor parameters (read once here, so they cannot drift from the code).
 _SPEC_KEYS = {
-    "model": {"path"} | set(inspect.signature(RewardModel.__init__).parameters) - {"self", "model_or_path", "tokenizer"},
+    "model": {"path"}
+    | set(inspect.signature(RewardModel.__init__).parameters) - {"self", "model_or_path", "tokenizer"},
     "judge": set(inspect.signature(PairwiseJudge.__init__).parameters) - {"self"},
 }
 
@@ -502,8 +570,12 @@ def check_reward_spec(spec, where: str = "reward") -> str:
         required, known = {"base_url", "model"}, _SPEC_KEYS["judge"]
     missing = sorted(required - keys)
     if missing:
-        hints = {"path": "the reward model's folder or hub id", "base_url": "the server's /v1 URL",
-                 "model": "the served model's name", "function": "'module:function'"}
+        hints = {
+            "path": "the reward model's folder or hub id",
+            "base_url": "the server's /v1 URL",
+            "model": "the served model's name",
+            "function": "'module:function'",
+        }
         raise UserError(f"{where} ({kind}): missing {', '.join(f'{k} ({hints[k]})' for k in missing)}")
     unknown = sorted(keys - known)
     if unknown:
@@ -542,9 +614,20 @@ def load_reward_source(spec: dict, device: str | None = None):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def train_reward_model(rows: Sequence[dict], base_model: str, output_dir: str, *, epochs: float = 1.0,
-                       learning_rate: float = 5e-5, batch_size: int = 32, max_length: int = 256, seed: int = 0,
-                       truncation_side: str = "right", trust_remote_code: bool = False, **training_kwargs) -> str:
+def train_reward_model(
+    rows: Sequence[dict],
+    base_model: str,
+    output_dir: str,
+    *,
+    epochs: float = 1.0,
+    learning_rate: float = 5e-5,
+    batch_size: int = 32,
+    max_length: int = 256,
+    seed: int = 0,
+    truncation_side: str = "right",
+    trust_remote_code: bool = False,
+    **training_kwargs,
+) -> str:
     """Fine-tune a one-logit sequence classifier as a reward model and save it to `output_dir`.
 
     rows: {"text", "label": bool} (binary cross-entropy on the logit) or {"chosen", "rejected"} texts
@@ -565,8 +648,9 @@ def train_reward_model(rows: Sequence[dict], base_model: str, output_dir: str, *
             raise UserError(f"row {i}, field 'label': expected a boolean, got {row['label']!r}")
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
     tokenizer.truncation_side = truncation_side
-    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, use_safetensors=True,
-                                                               trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_model, num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -576,8 +660,9 @@ def train_reward_model(rows: Sequence[dict], base_model: str, output_dir: str, *
             texts = [r["chosen"] for r in batch] + [r["rejected"] for r in batch]
             enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             return dict(enc)
-        enc = tokenizer([r["text"] for r in batch], truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt")
+        enc = tokenizer(
+            [r["text"] for r in batch], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
         return {**enc, "labels": torch.tensor([float(r["label"]) for r in batch])}
 
     class RewardTrainer(Trainer):
@@ -591,10 +676,18 @@ def train_reward_model(rows: Sequence[dict], base_model: str, output_dir: str, *
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(rewards, labels.float())
             return (loss, {"rewards": rewards}) if return_outputs else loss
 
-    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, learning_rate=learning_rate,
-                             per_device_train_batch_size=batch_size, remove_unused_columns=False, seed=seed,
-                             save_strategy="no", report_to="none", logging_steps=20,
-                             **training_kwargs)
+    args = TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        remove_unused_columns=False,
+        seed=seed,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=20,
+        **training_kwargs,
+    )
     trainer = RewardTrainer(model=model, args=args, train_dataset=list(rows), data_collator=collate)
     trainer.train()
     trainer.save_model(output_dir)

@@ -28,6 +28,7 @@ from cringe.registry import LOSSES, loss_spec
 
 logger = logging.getLogger(__name__)
 
+
 class NonFiniteLossError(UserError):
     """Training diverged (a nan or inf loss or weight): stopped at that step, before anything is saved from it."""
 
@@ -42,13 +43,19 @@ PAIRWISE_CRINGE_ALPHA = 0.2
 class CringeConfig(TrainingArguments):
     """Training arguments plus the loss and its hyper-parameters (formulas: README, "What is computed")."""
 
-    loss: str = field(default="pairwise_cringe", metadata={"help": f"one of {', '.join(LOSSES)}",
-                                                           "choices": tuple(LOSSES)})
-    alpha: float | None = field(
-        default=None, metadata={"help": "weight of the Cringe term. Default: 1.0 for binary_cringe (ParlAI's), "
-                                        "0.2 for pairwise_cringe (chosen by bench/sweep_pairwise_cringe.py; README)"}
+    loss: str = field(
+        default="pairwise_cringe", metadata={"help": f"one of {', '.join(LOSSES)}", "choices": tuple(LOSSES)}
     )
-    k: int = field(default=1, metadata={"help": "Cringe: sample the positive from the model's top-k (ParlAI default 1)"})
+    alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "weight of the Cringe term. Default: 1.0 for binary_cringe (ParlAI's), "
+            "0.2 for pairwise_cringe (chosen by bench/sweep_pairwise_cringe.py; README)"
+        },
+    )
+    k: int = field(
+        default=1, metadata={"help": "Cringe: sample the positive from the model's top-k (ParlAI default 1)"}
+    )
     margin: float = field(default=1.0, metadata={"help": "Pairwise Cringe gate margin b (nats)"})
     temperature: float = field(default=1.0, metadata={"help": "Pairwise Cringe gate temperature tau"})
     margin_on: str = field(default="sum", metadata={"help": "Delta on sequence log-prob 'sum' or per-token 'mean'"})
@@ -58,28 +65,41 @@ class CringeConfig(TrainingArguments):
     max_prompt_length: int | None = field(default=512, metadata={"help": "longer prompts are an error (or skipped)"})
     max_completion_length: int | None = field(default=512, metadata={"help": "longer completions are cut, without EOS"})
     chunked_loss: bool | None = field(
-        default=None, metadata={"help": "fuse the LM head into the loss and chunk over tokens (cringe.chunked): "
-                                        "no [tokens, vocab] logits tensor; same values and gradients. "
-                                        "Default (unset): on wherever the model supports it"}
+        default=None,
+        metadata={
+            "help": "fuse the LM head into the loss and chunk over tokens (cringe.chunked): "
+            "no [tokens, vocab] logits tensor; same values and gradients. "
+            "Default (unset): on wherever the model supports it"
+        },
     )
     chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk with chunked_loss"})
     padding_free: bool = field(
-        default=False, metadata={"help": "pack each batch into one row with position_ids (no pad tokens); "
-                                         "needs chunked_loss and a model whose attention honours packed position_ids"}
+        default=False,
+        metadata={
+            "help": "pack each batch into one row with position_ids (no pad tokens); "
+            "needs chunked_loss and a model whose attention honours packed position_ids"
+        },
     )
     precompute_ref_logps: bool = field(
-        default=False, metadata={"help": "DPO family: one pass of the reference before training, then no reference model in memory"}
+        default=False,
+        metadata={"help": "DPO family: one pass of the reference before training, then no reference model in memory"},
     )
     optimizer_in_backward: bool = field(
-        default=False, metadata={"help": "experimental: step each parameter inside backward as soon as its gradient "
-                                         "exists and free it (cringe.optim_in_backward). Needs max_grad_norm=0, "
-                                         "gradient_accumulation_steps=1 and one process. Lowered no peak measured so "
-                                         "far (README, Performance)"}
+        default=False,
+        metadata={
+            "help": "experimental: step each parameter inside backward as soon as its gradient "
+            "exists and free it (cringe.optim_in_backward). Needs max_grad_norm=0, "
+            "gradient_accumulation_steps=1 and one process. Lowered no peak measured so "
+            "far (README, Performance)"
+        },
     )
     on_invalid: str = field(default="error", metadata={"help": "bad data rows: 'error' stops, 'skip' drops and counts"})
     dataset_num_proc: int | None = field(
-        default=None, metadata={"help": "processes that validate and tokenise a datasets.Dataset (TRL's name); "
-                                        "default: one per CPU, at most 8, for 2,000 rows or more (cringe.data)"}
+        default=None,
+        metadata={
+            "help": "processes that validate and tokenise a datasets.Dataset (TRL's name); "
+            "default: one per CPU, at most 8, for 2,000 rows or more (cringe.data)"
+        },
     )
     logging_steps: float = field(default=10, metadata={"help": "log every N optimiser steps"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: rows carry token ids"})
@@ -114,7 +134,9 @@ class LoraArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
     lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "default: peft's choice for the model"})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "default: peft's choice for the model"}
+    )
 
     def peft_config(self):
         """peft's LoraConfig for a causal LM, or None without use_peft."""
@@ -124,21 +146,32 @@ class LoraArguments:
             from peft import LoraConfig
         except ImportError:
             raise UserError("use_peft needs peft: pip install peft") from None
-        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules=self.lora_target_modules, task_type="CAUSAL_LM")
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.lora_target_modules,
+            task_type="CAUSAL_LM",
+        )
 
 
 def _check_optimizer_in_backward(args) -> None:
     # Each of these needs every gradient at once, which optimizer_in_backward never has.
     if args.max_grad_norm:
-        raise UserError(f"optimizer_in_backward cannot clip the global gradient norm (each parameter is stepped "
-                         f"before the others' gradients exist): set max_grad_norm=0 (got {args.max_grad_norm})")
+        raise UserError(
+            f"optimizer_in_backward cannot clip the global gradient norm (each parameter is stepped "
+            f"before the others' gradients exist): set max_grad_norm=0 (got {args.max_grad_norm})"
+        )
     if args.gradient_accumulation_steps != 1:
-        raise UserError(f"optimizer_in_backward steps on every backward pass, so it cannot accumulate gradients: "
-                         f"set gradient_accumulation_steps=1 (got {args.gradient_accumulation_steps})")
+        raise UserError(
+            f"optimizer_in_backward steps on every backward pass, so it cannot accumulate gradients: "
+            f"set gradient_accumulation_steps=1 (got {args.gradient_accumulation_steps})"
+        )
     if args.fp16:
-        raise UserError("optimizer_in_backward does not work with fp16 loss scaling (the gradients would be "
-                         "applied before they are unscaled): use bf16")
+        raise UserError(
+            "optimizer_in_backward does not work with fp16 loss scaling (the gradients would be "
+            "applied before they are unscaled): use bf16"
+        )
     if args.deepspeed or args.fsdp:
         raise UserError("optimizer_in_backward does not work with DeepSpeed or FSDP, which own the optimiser step")
 
@@ -151,14 +184,15 @@ def whole_head_weight(model, head) -> torch.Tensor:
 
     weight = head.weight
     if isinstance(weight, DTensor):
-        owners = [m for m in model.modules() if isinstance(m, FSDPModule)
-                  and any(p is weight for p in m.parameters())]
+        owners = [m for m in model.modules() if isinstance(m, FSDPModule) and any(p is weight for p in m.parameters())]
         for owner in owners:
             owner.unshard()
         weight = head.weight
     if isinstance(weight, DTensor) or hasattr(weight, "ds_id") or weight.numel() == 0:
-        raise UserError("the LM head weight is sharded (FSDP DTensor or DeepSpeed ZeRO-3) where the chunked loss "
-                        "reads it: set chunked_loss=False")
+        raise UserError(
+            "the LM head weight is sharded (FSDP DTensor or DeepSpeed ZeRO-3) where the chunked loss "
+            "reads it: set chunked_loss=False"
+        )
     return weight
 
 
@@ -174,8 +208,17 @@ class CringeTrainer(Trainer):
     # compute_loss divides by the global item count itself (see `_get_num_items_in_batch`).
     loss_is_scaled_for_ga = True
 
-    def __init__(self, model, args: CringeConfig, train_dataset=None, eval_dataset=None, processing_class=None,
-                 ref_model=None, peft_config=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        args: CringeConfig,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        ref_model=None,
+        peft_config=None,
+        **kwargs,
+    ):
         if processing_class is None:
             raise ValueError("CringeTrainer needs the tokenizer as processing_class")
         flush_denormals()
@@ -184,9 +227,13 @@ class CringeTrainer(Trainer):
 
             model = get_peft_model(model, peft_config)
         self.loss_spec = loss_spec(args.loss)
-        prep = dict(kind=self.loss_spec.data_kind, max_prompt_length=args.max_prompt_length,
-                    max_completion_length=args.max_completion_length, on_invalid=args.on_invalid,
-                    num_proc=args.dataset_num_proc)
+        prep = dict(
+            kind=self.loss_spec.data_kind,
+            max_prompt_length=args.max_prompt_length,
+            max_completion_length=args.max_completion_length,
+            on_invalid=args.on_invalid,
+            num_proc=args.dataset_num_proc,
+        )
         if train_dataset is not None and not isinstance(train_dataset, PreparedData):
             train_dataset = prepare(train_dataset, processing_class, **prep)
         if eval_dataset is not None and not isinstance(eval_dataset, PreparedData):
@@ -194,8 +241,14 @@ class CringeTrainer(Trainer):
         if processing_class.pad_token_id is None:
             raise UserError("the tokenizer has no pad token; set tokenizer.pad_token (EOS is fine)")
         kwargs.setdefault("data_collator", Collator(processing_class.pad_token_id, padding_free=args.padding_free))
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=processing_class, **kwargs)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         model_reason, engine_reason = C.chunked_unsupported_reason(self.model), self._sharded_head_engine()
         unsupported = model_reason or engine_reason
@@ -209,8 +262,10 @@ class CringeTrainer(Trainer):
         if args.padding_free and not self.use_chunked:
             raise UserError(f"padding_free needs the chunked loss, which this model cannot use: {unsupported}")
         if args.optimizer_in_backward and args.world_size > 1:
-            raise UserError("optimizer_in_backward needs a single process: DDP averages gradients after backward, "
-                             "after this optimiser has already applied them")
+            raise UserError(
+                "optimizer_in_backward needs a single process: DDP averages gradients after backward, "
+                "after this optimiser has already applied them"
+            )
         self._micro = (-1, 0)  # (global_step, micro-batch index within it): seeds the Cringe sampling
         self.ref_model = None
         if self.loss_spec.needs_reference:
@@ -236,7 +291,8 @@ class CringeTrainer(Trainer):
         if bad.item() > 0:
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.state.global_step + 1}: training diverged; lower "
-                "the learning rate (or check the data and the loss settings); nothing from this step is saved")
+                "the learning rate (or check the data and the loss settings); nothing from this step is saved"
+            )
         return loss
 
     def train(self, *args, **kwargs):
@@ -244,8 +300,10 @@ class CringeTrainer(Trainer):
         output = super().train(*args, **kwargs)
         bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            raise NonFiniteLossError(f"after {self.state.global_step} steps {len(bad)} weight tensors hold nan or "
-                                     f"inf (e.g. {bad[0]}): training diverged; lower the learning rate")
+            raise NonFiniteLossError(
+                f"after {self.state.global_step} steps {len(bad)} weight tensors hold nan or "
+                f"inf (e.g. {bad[0]}): training diverged; lower the learning rate"
+            )
         return output
 
     # ----- reference log-probs (DPO family) ------------------------------------------------------------------
@@ -284,9 +342,10 @@ class CringeTrainer(Trainer):
             was_training = model.training
             model.eval()
         batch_size = self.args.per_device_eval_batch_size
-        for start in tqdm(range(0, len(dataset), batch_size), desc="reference log-probs",
-                          disable=not self.is_world_process_zero()):
-            rows = dataset.rows[start:start + batch_size]
+        for start in tqdm(
+            range(0, len(dataset), batch_size), desc="reference log-probs", disable=not self.is_world_process_zero()
+        ):
+            rows = dataset.rows[start : start + batch_size]
             batch = {k: v.to(self.args.device) for k, v in self.data_collator(rows).items()}
             logps = self._reference_logps(batch, model).view(2, -1).T.tolist()
             for row, pair in zip(rows, logps):
@@ -311,9 +370,10 @@ class CringeTrainer(Trainer):
         lm = C.causal_lm(self.accelerator.unwrap_model(model))
         head = lm.get_output_embeddings()
         packed = "position_ids" in batch
-        inputs = ({"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]})
-        hidden, targets, mask = C.completion_hidden(model, lm.get_decoder(), batch["input_ids"], batch["labels"],
-                                                    **inputs)
+        inputs = {"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]}
+        hidden, targets, mask = C.completion_hidden(
+            model, lm.get_decoder(), batch["input_ids"], batch["labels"], **inputs
+        )
         if packed:
             seq_index = batch["seq_id"][:, 1:][mask]
         else:
@@ -338,8 +398,9 @@ class CringeTrainer(Trainer):
     def _sequence_logps(self, model, batch) -> torch.Tensor:
         if self.use_chunked:
             hidden, targets, seq_index, weight, bias = self._forward_hidden(model, batch)
-            total, count = C.sequence_logps(hidden, weight, bias, targets, seq_index, int(batch["num_sequences"]),
-                                            chunk_size=self.args.chunk_size)
+            total, count = C.sequence_logps(
+                hidden, weight, bias, targets, seq_index, int(batch["num_sequences"]), chunk_size=self.args.chunk_size
+            )
         else:
             logits, labels = self._forward(model, batch)
             total, count = L.sequence_logps(logits, labels)
@@ -373,14 +434,24 @@ class CringeTrainer(Trainer):
         common = dict(num_items=num_items_in_batch, reference=lambda: self._batch_reference_logps(inputs))
         if self.use_chunked:
             hidden, targets, seq_index, weight, bias = self._forward_hidden(model, inputs)
-            loss, stats = spec.chunked(args, hidden, weight, bias, targets, seq_index, inputs,
-                                       generator=self._generator(hidden.device) if training else None,
-                                       chunk_size=args.chunk_size, **common)
+            loss, stats = spec.chunked(
+                args,
+                hidden,
+                weight,
+                bias,
+                targets,
+                seq_index,
+                inputs,
+                generator=self._generator(hidden.device) if training else None,
+                chunk_size=args.chunk_size,
+                **common,
+            )
             outputs = {}
         else:
             logits, labels = self._forward(model, inputs)
-            loss, stats = spec.plain(args, logits, labels, inputs,
-                                     generator=self._generator(logits.device) if training else None, **common)
+            loss, stats = spec.plain(
+                args, logits, labels, inputs, generator=self._generator(logits.device) if training else None, **common
+            )
             outputs = {"logits": logits}
         self._record("train" if training else "eval", stats)
         if num_items_in_batch is not None:

@@ -18,8 +18,17 @@ import tempfile
 import zlib
 from pathlib import Path
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 def find_chromium(given: str | None = None) -> str | None:
@@ -32,8 +41,14 @@ def find_chromium(given: str | None = None) -> str | None:
 
 def screenshot(page: Path, png: Path, chromium: str, size: str = "1280,2000", timeout: float = 120) -> None:
     with tempfile.TemporaryDirectory() as profile:
-        cmd = [chromium, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={size}",
-               page.resolve().as_uri()]
+        cmd = [
+            chromium,
+            *FLAGS,
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            f"--window-size={size}",
+            page.resolve().as_uri(),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if not png.exists():
         raise RuntimeError(f"chromium wrote no screenshot of {page} (exit {done.returncode}): {done.stderr[-500:]}")
@@ -44,8 +59,8 @@ def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, header = 8, b"", None
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
@@ -57,7 +72,7 @@ def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
     bpp = 3 if colour == 2 else 4
     raw, stride, rows, prev = zlib.decompress(idat), width * bpp, [], bytearray(width * bpp)
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for i in range(stride):  # undo the row filter (PNG spec, section 9)
             a = line[i - bpp] if i >= bpp else 0
             b, c = prev[i], prev[i - bpp] if i >= bpp else 0
@@ -81,7 +96,7 @@ def distinct_colours(png: Path, step: int = 2) -> int:
     a blank one, and fast in pure Python)."""
     width, height, rows = png_pixels(png.read_bytes())
     bpp = len(rows[0]) // width
-    return len({row[x * bpp:x * bpp + 3] for row in rows[::step] for x in range(0, width, step)})
+    return len({row[x * bpp : x * bpp + 3] for row in rows[::step] for x in range(0, width, step)})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,10 +25,17 @@ def main(out_path: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     tokenizer = build_tiny_tokenizer()
-    answers = [(" yes", " no, not at all"), (" great, really great stuff", " bad"), (" fine", " awful, awful"),
-               (" good", " terrible and long answer")]
-    rows = prepare([{"prompt": f"Q{i}?", "chosen": c, "rejected": r} for i, (c, r) in enumerate(answers)],
-                   tokenizer, kind="pairwise").rows
+    answers = [
+        (" yes", " no, not at all"),
+        (" great, really great stuff", " bad"),
+        (" fine", " awful, awful"),
+        (" good", " terrible and long answer"),
+    ]
+    rows = prepare(
+        [{"prompt": f"Q{i}?", "chosen": c, "rejected": r} for i, (c, r) in enumerate(answers)],
+        tokenizer,
+        kind="pairwise",
+    ).rows
     collate = Collator(tokenizer.pad_token_id)
     full_batch = collate(rows)
     num_items = (full_batch["labels"][:, 1:] != L.IGNORE_INDEX).sum()  # every rank divides by the global count
@@ -38,22 +45,43 @@ def main(out_path: str) -> None:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         half = logits.shape[0] // 2
-        return L.pairwise_cringe_loss(logits[:half], labels[:half], logits[half:], labels[half:], alpha=0.5, k=1,
-                                      margin=100.0, num_items=num_items).loss
+        return L.pairwise_cringe_loss(
+            logits[:half],
+            labels[:half],
+            logits[half:],
+            labels[half:],
+            alpha=0.5,
+            k=1,
+            margin=100.0,
+            num_items=num_items,
+        ).loss
 
     def chunked(model, batch):
         captured = {}
         handle = model.model.register_forward_hook(lambda m, a, out: captured.update(h=out.last_hidden_state))
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-              logits_to_keep=torch.empty(0, dtype=torch.long))
+        model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=torch.empty(0, dtype=torch.long),
+        )
         handle.remove()
         labels = batch["labels"][:, 1:]
         mask = labels != L.IGNORE_INDEX
         seq = torch.arange(labels.shape[0]).unsqueeze(-1).expand_as(labels)[mask]
         head_seen.append(type(model.lm_head.weight).__name__)  # before whole_head_weight
         weight = whole_head_weight(model, model.lm_head)
-        loss, _ = C.pairwise_cringe_loss(captured["h"][:, :-1][mask], weight, None, labels[mask], seq,
-                                         labels.shape[0] // 2, alpha=0.5, k=1, margin=100.0, num_items=num_items)
+        loss, _ = C.pairwise_cringe_loss(
+            captured["h"][:, :-1][mask],
+            weight,
+            None,
+            labels[mask],
+            seq,
+            labels.shape[0] // 2,
+            alpha=0.5,
+            k=1,
+            margin=100.0,
+            num_items=num_items,
+        )
         return loss
 
     def build(tied: bool):
@@ -86,9 +114,12 @@ def main(out_path: str) -> None:
         dist.all_reduce(total)
         grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
         key = f"{name}, {'tied' if tied else 'untied'} head, root {'resharded' if reshard else 'kept whole'} after forward"
-        result[key] = {"sharded": sharded, "loss_diff": abs(total.item() - ref_loss.item()),
-                        "grad_diff": max((grads[n] - ref_grads[n]).abs().max().item() for n in ref_grads),
-                        "grad_scale": max(ref_grads[n].abs().max().item() for n in ref_grads)}
+        result[key] = {
+            "sharded": sharded,
+            "loss_diff": abs(total.item() - ref_loss.item()),
+            "grad_diff": max((grads[n] - ref_grads[n]).abs().max().item() for n in ref_grads),
+            "grad_scale": max(ref_grads[n].abs().max().item() for n in ref_grads),
+        }
     result["head_types_seen_by_the_chunked_loss"] = head_seen
     if rank == 0:
         with open(out_path, "w") as f:

@@ -61,8 +61,16 @@ def test_pairwise_cringe_parity(detach_gate, margin_on, detach_positive, chunk):
     hidden, weight, bias, labels = setup(b=b)
     n_rej = int((labels[b:] != IGNORE).sum())
     uniforms = torch.rand(n_rej, generator=torch.Generator().manual_seed(9))
-    kw = dict(alpha=0.7, k=3, margin=2.0, temperature=4.0, margin_on=margin_on, detach_gate=detach_gate,
-              detach_positive=detach_positive, uniforms=uniforms)
+    kw = dict(
+        alpha=0.7,
+        k=3,
+        margin=2.0,
+        temperature=4.0,
+        margin_on=margin_on,
+        detach_gate=detach_gate,
+        detach_positive=detach_positive,
+        uniforms=uniforms,
+    )
     h1, w1, b1 = leaves(hidden, weight, bias)
     logits = torch.nn.functional.linear(h1, w1, b1)
     ref = L.pairwise_cringe_loss(logits[:b], labels[:b], logits[b:], labels[b:], **kw)
@@ -98,16 +106,24 @@ def test_binary_cringe_parity(detach_positive):
     n_neg = int((labels[~positive] != IGNORE).sum())
     uniforms = torch.rand(n_neg, generator=torch.Generator().manual_seed(1))
     h1, w1, b1 = leaves(hidden, weight, bias)
-    ref = L.binary_cringe_loss(torch.nn.functional.linear(h1, w1, b1), labels, positive, alpha=0.4, k=2,
-                               detach_positive=detach_positive, uniforms=uniforms).loss
+    ref = L.binary_cringe_loss(
+        torch.nn.functional.linear(h1, w1, b1),
+        labels,
+        positive,
+        alpha=0.4,
+        k=2,
+        detach_positive=detach_positive,
+        uniforms=uniforms,
+    ).loss
     ref.backward()
     h2, w2, b2 = leaves(hidden, weight, bias)
     # The plain path orders negative tokens by negative sequence, then position: match that order.
     order = torch.cat([(~positive).nonzero().squeeze(-1), positive.nonzero().squeeze(-1)])
     x, y, seq = flat(h2[order], labels[order])
     token_positive = positive[order][seq]
-    got = C.binary_cringe_loss(x, w2, b2, y, token_positive, alpha=0.4, k=2, detach_positive=detach_positive,
-                               uniforms=uniforms, chunk_size=4)
+    got = C.binary_cringe_loss(
+        x, w2, b2, y, token_positive, alpha=0.4, k=2, detach_positive=detach_positive, uniforms=uniforms, chunk_size=4
+    )
     got.backward()
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     for a, r in zip(grads(h2, w2, b2), grads(h1, w1, b1)):
@@ -127,8 +143,9 @@ def test_dpo_family_parity(loss_type, length_average):
     ref.backward()
     h2, w2, b2 = leaves(hidden, weight, bias)
     x, y, seq = flat(h2, labels)
-    got, _ = C.dpo_family_loss(x, w2, b2, y, seq, b, ref_logps, beta=0.2, loss_type=loss_type,
-                               length_average=length_average, chunk_size=4)
+    got, _ = C.dpo_family_loss(
+        x, w2, b2, y, seq, b, ref_logps, beta=0.2, loss_type=loss_type, length_average=length_average, chunk_size=4
+    )
     got.backward()
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     for a, r in zip(grads(h2, w2, b2), grads(h1, w1, b1)):
@@ -151,8 +168,9 @@ def test_custom_functions_gradcheck_float64():
         # Recompute cr and sig from the live inputs so gradcheck sees the function the backward claims.
         z = torch.nn.functional.linear(h, w, b_)
         margin = z.gather(-1, y[:, None]).squeeze(-1) - z.gather(-1, j[:, None]).squeeze(-1)
-        value = C.SparseCringe.apply(h, w, b_, y, j, a, torch.nn.functional.softplus(margin).detach(),
-                                     torch.sigmoid(margin).detach(), False)
+        value = C.SparseCringe.apply(
+            h, w, b_, y, j, a, torch.nn.functional.softplus(margin).detach(), torch.sigmoid(margin).detach(), False
+        )
         return value + 0 * margin.sum()
 
     assert torch.autograd.gradcheck(sparse, tuple(leaves(x, weight, bias)))

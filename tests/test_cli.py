@@ -104,14 +104,14 @@ def test_bad_data_stops_before_training_and_names_the_row(tmp_path, capsys):
     rows = [json.loads(line) for line in (DATA / "pairs.jsonl").read_text().splitlines()]
     rows[5]["rejected"] = rows[5]["chosen"]
     bad.write_text("\n".join(json.dumps(r) for r in rows))
-    err = cli_error(capsys, ["train", "--config", str(CONFIG), "--dataset", str(bad), "--output_dir",
-                             str(tmp_path / "model")])
+    err = cli_error(
+        capsys, ["train", "--config", str(CONFIG), "--dataset", str(bad), "--output_dir", str(tmp_path / "model")]
+    )
     assert err == "cringe train: error: row 5, field 'rejected': identical to chosen"
     assert not (tmp_path / "model").exists()
     # --debug shows the traceback instead: the exception propagates
     with pytest.raises(ValueError, match=r"row 5, field 'rejected'"):
-        main(["train", "--config", str(CONFIG), "--dataset", str(bad), "--output_dir", str(tmp_path / "m"),
-              "--debug"])
+        main(["train", "--config", str(CONFIG), "--dataset", str(bad), "--output_dir", str(tmp_path / "m"), "--debug"])
 
 
 def test_only_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
@@ -126,8 +126,10 @@ def test_only_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(FileNotFoundError):
         main(["env"])
     for spec in (str(tmp_path / "no-model"), "./no-model", "runs/a/model"):
-        err = cli_error(capsys, ["train", "--config", str(CONFIG), "--model_name_or_path", spec, "--output_dir",
-                                 str(tmp_path / "out")])
+        err = cli_error(
+            capsys,
+            ["train", "--config", str(CONFIG), "--model_name_or_path", spec, "--output_dir", str(tmp_path / "out")],
+        )
         assert err == f"cringe train: error: {spec}: no such model folder", err
 
 
@@ -139,8 +141,9 @@ def test_token_ids_in_a_text_dataset_are_refused_naming_row_and_field(tmp_path, 
     rows = [json.loads(line) for line in (DATA / "pairs.jsonl").read_text().splitlines()]
     rows[3][field_name] = [1, 2, 3, 4]
     bad.write_text("\n".join(json.dumps(r) for r in rows))
-    err = cli_error(capsys, ["train", "--config", str(CONFIG), "--dataset", str(bad), "--output_dir",
-                             str(tmp_path / "model")])
+    err = cli_error(
+        capsys, ["train", "--config", str(CONFIG), "--dataset", str(bad), "--output_dir", str(tmp_path / "model")]
+    )
     assert err.startswith(f"cringe train: error: row 3, field '{field_name}': a list of token ids"), err
     assert "prompt_ids" in err
     assert not (tmp_path / "model").exists()
@@ -162,10 +165,15 @@ def test_iterate_help_lists_the_sections(capsys):
     assert "--train.learning_rate" in out and "sampling" in out and "--output_dir OUTPUT_DIR, --output-dir" in out
 
 
-@pytest.mark.parametrize("verb, flags", [
-    ("train", ["--output_dir", "--output-dir"]), ("evaluate", ["--max_new_tokens", "--max-new-tokens"]),
-    ("demo", ["--output_dir", "--output-dir"]), ("iterate", ["--round_prompts", "--round-prompts"]),
-])
+@pytest.mark.parametrize(
+    "verb, flags",
+    [
+        ("train", ["--output_dir", "--output-dir"]),
+        ("evaluate", ["--max_new_tokens", "--max-new-tokens"]),
+        ("demo", ["--output_dir", "--output-dir"]),
+        ("iterate", ["--round_prompts", "--round-prompts"]),
+    ],
+)
 def test_both_flag_spellings_everywhere(capsys, verb, flags):
     with pytest.raises(SystemExit):
         main([verb, "--help"])
@@ -200,22 +208,65 @@ def _weights(path):
 @pytest.mark.slow  # about 10-40 s (subprocesses); make test-slow runs it
 def test_two_process_ddp_matches_single_process(tmp_path):
     """accelerate launch, 2 CPU processes (gloo), per-device batch 4 == 1 process, batch 8."""
-    common = ["train", "--config", str(CONFIG), "--loss", "pairwise_cringe", "--k", "1", "--optim", "sgd",
-              "--learning_rate", "0.5", "--max_steps", "2", "--max_grad_norm", "0", "--disable_tqdm", "true",
-              "--dataloader_num_workers", "0"]
+    common = [
+        "train",
+        "--config",
+        str(CONFIG),
+        "--loss",
+        "pairwise_cringe",
+        "--k",
+        "1",
+        "--optim",
+        "sgd",
+        "--learning_rate",
+        "0.5",
+        "--max_steps",
+        "2",
+        "--max_grad_norm",
+        "0",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "cringe", *common, "--per_device_train_batch_size", "8",
-                    "--output_dir", str(single)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "cringe", *common, "--per_device_train_batch_size", "8", "--output_dir", str(single)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     ddp = tmp_path / "ddp"
     result = subprocess.run(
         # accelerate's `--cpu` launcher starts one process; the multi-process (torchrun) launcher with the
         # config's use_cpu=true gives CPU DDP over gloo.
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-         "-m", "cringe", *common,
-         "--per_device_train_batch_size", "4", "--output_dir", str(ddp)],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "cringe",
+            *common,
+            "--per_device_train_batch_size",
+            "4",
+            "--output_dir",
+            str(ddp),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     a, b = _weights(single), _weights(ddp)
@@ -248,7 +299,16 @@ def test_free_form_sections_keep_the_files_strings_and_read_flags_as_yaml(tmp_pa
     config = tmp_path / "c.yaml"
     config.write_text('reward: {type: judge, template: "Pick one.\\nA: {a}\\nB: {b}", retries: "3"}\n')
     parser = make_parser([], prog="t")
-    _, sections = parse_with_sections(parser, ["--config", str(config), "--reward.concurrency", "4",
-                                               "--reward.note", "Pick. {p}\nA: {a}"], 0, {"reward": None})
-    assert sections["reward"] == {"type": "judge", "template": "Pick one.\nA: {a}\nB: {b}", "retries": "3",
-                                  "concurrency": 4, "note": "Pick. {p}\nA: {a}"}  # not YAML: as given
+    _, sections = parse_with_sections(
+        parser,
+        ["--config", str(config), "--reward.concurrency", "4", "--reward.note", "Pick. {p}\nA: {a}"],
+        0,
+        {"reward": None},
+    )
+    assert sections["reward"] == {
+        "type": "judge",
+        "template": "Pick one.\nA: {a}\nB: {b}",
+        "retries": "3",
+        "concurrency": 4,
+        "note": "Pick. {p}\nA: {a}",
+    }  # not YAML: as given

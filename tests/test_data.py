@@ -82,9 +82,13 @@ def test_conversational_pairwise_uses_chat_template_and_one_eos(tokenizer):
 
 
 def test_implicit_prompt_is_the_shared_prefix(tokenizer):
-    rows = [{"chosen": "The film was great", "rejected": "The film was awful"},
-            {"chosen": [chat("user", "Hi"), chat("assistant", "Hello")],
-             "rejected": [chat("user", "Hi"), chat("assistant", "Bye")]}]
+    rows = [
+        {"chosen": "The film was great", "rejected": "The film was awful"},
+        {
+            "chosen": [chat("user", "Hi"), chat("assistant", "Hello")],
+            "rejected": [chat("user", "Hi"), chat("assistant", "Bye")],
+        },
+    ]
     data = prepare(rows[:1], tokenizer, kind="pairwise")
     assert tokenizer.decode(data[0]["prompt_ids"]) == "The film was"
     assert tokenizer.decode(data[0]["completion_ids"][0]) == " great<|im_end|>"
@@ -106,8 +110,10 @@ def test_binary_format_and_conversion_from_pairs(tokenizer):
 
 
 def test_alpacafarm_adapter(tokenizer):
-    rows = [{"instruction": "Name a fruit.", "input": "", "output_1": "Rock", "output_2": "Apple", "preference": 2},
-            {"instruction": "Add", "input": "2+2", "output_1": "4", "output_2": "5", "preference": 1}]
+    rows = [
+        {"instruction": "Name a fruit.", "input": "", "output_1": "Rock", "output_2": "Apple", "preference": 2},
+        {"instruction": "Add", "input": "2+2", "output_1": "4", "output_2": "5", "preference": 1},
+    ]
     examples, report = validate(load_rows(rows))
     assert report.format == "alpacafarm"
     assert examples[0].completions == ("Apple", "Rock") and examples[0].prompt == "Name a fruit."
@@ -121,8 +127,12 @@ def test_local_files(tmp_path, tokenizer, suffix):
     rows = [dict(PAIR, prompt=f"Hello {i}") for i in range(3)]
     path = tmp_path / f"data{suffix}"
     ds = datasets.Dataset.from_list(rows)
-    {".jsonl": lambda: ds.to_json(path), ".json": lambda: path.write_text(json.dumps(rows)),
-     ".parquet": lambda: ds.to_parquet(path), ".csv": lambda: ds.to_csv(path, index=False)}[suffix]()
+    {
+        ".jsonl": lambda: ds.to_json(path),
+        ".json": lambda: path.write_text(json.dumps(rows)),
+        ".parquet": lambda: ds.to_parquet(path),
+        ".csv": lambda: ds.to_csv(path, index=False),
+    }[suffix]()
     assert len(prepare(str(path), tokenizer, kind="pairwise")) == 3
 
 
@@ -175,7 +185,9 @@ def test_broken_jsonl_names_the_line(tmp_path, tokenizer):
 
 def test_prompt_longer_than_max_is_an_error_with_row(tokenizer):
     rows = [PAIR, dict(PAIR, prompt="x" * 100)]
-    with pytest.raises(DataValidationError, match=r"row 1, field 'prompt': 100 tokens, longer than max_prompt_length=50"):
+    with pytest.raises(
+        DataValidationError, match=r"row 1, field 'prompt': 100 tokens, longer than max_prompt_length=50"
+    ):
         prepare(rows, tokenizer, kind="pairwise", max_prompt_length=50)
 
 
@@ -198,8 +210,10 @@ def test_collator_pads_right_and_masks(tokenizer):
     assert (batch["input_ids"][padded] == tokenizer.pad_token_id).all()
     n_completion = sum(len(c) for r in data.rows for c in r["completion_ids"])
     assert int((batch["labels"] != IGNORE_INDEX).sum()) == n_completion
-    assert torch.equal(batch["attention_mask"].sum(1), torch.tensor(
-        [len(r["prompt_ids"]) + len(r["completion_ids"][j]) for j in range(2) for r in data.rows]))
+    assert torch.equal(
+        batch["attention_mask"].sum(1),
+        torch.tensor([len(r["prompt_ids"]) + len(r["completion_ids"][j]) for j in range(2) for r in data.rows]),
+    )
 
 
 def test_data_errors_are_user_errors(tmp_path, tokenizer):
@@ -240,11 +254,15 @@ def ultrafeedback_row(i, answer=None):
     that repeat the user turn, and the dataset's extra columns."""
     question = f"Question {i}: what is {i} + {i}?"
     good, bad = answer or f"It is {2 * i}.", f"Maybe {i}?"
-    return {"prompt": question, "prompt_id": f"{i:064x}",
-            "chosen": [chat("user", question), chat("assistant", good)],
-            "rejected": [chat("user", question), chat("assistant", bad)],
-            "messages": [chat("user", question), chat("assistant", good)],
-            "score_chosen": 8.5, "score_rejected": 3.0}
+    return {
+        "prompt": question,
+        "prompt_id": f"{i:064x}",
+        "chosen": [chat("user", question), chat("assistant", good)],
+        "rejected": [chat("user", question), chat("assistant", bad)],
+        "messages": [chat("user", question), chat("assistant", good)],
+        "score_chosen": 8.5,
+        "score_rejected": 3.0,
+    }
 
 
 def explicit_row(i, answer=None):
@@ -270,13 +288,16 @@ def test_ultrafeedback_format_tokenises_like_its_explicit_form(tmp_path, tokeniz
     data = prepare(str(path), tokenizer, kind="pairwise")
     expected = prepare([explicit_row(i) for i in range(4)], tokenizer, kind="pairwise")
     assert ids(data) == ids(expected)
-    assert tokenizer.decode(data[0]["prompt_ids"]) == \
-        "<|im_start|>user\nQuestion 0: what is 0 + 0?<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        tokenizer.decode(data[0]["prompt_ids"])
+        == "<|im_start|>user\nQuestion 0: what is 0 + 0?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert tokenizer.decode(data[0]["completion_ids"][0]) == "It is 0.<|im_end|>"
     assert data.report.format == "pairwise" and data.report.conversational
     # SFT on ultrafeedback trains on chosen, not on the extra `messages` column taken as SFT data
-    assert [r["completion_ids"] for r in prepare(str(path), tokenizer, kind="sft").rows] == \
-        [r["completion_ids"][:1] for r in expected.rows]
+    assert [r["completion_ids"] for r in prepare(str(path), tokenizer, kind="sft").rows] == [
+        r["completion_ids"][:1] for r in expected.rows
+    ]
 
 
 def test_prompt_rule_matches_trl_maybe_extract_prompt():
@@ -286,8 +307,11 @@ def test_prompt_rule_matches_trl_maybe_extract_prompt():
         explicit_row(1),  # both conversational: kept
         PAIR,  # both strings: kept
         {"prompt": [chat("user", "ignored")], "chosen": "The film was great", "rejected": "The film was awful"},
-        {"prompt": [chat("user", "Q")], "chosen": [chat("user", "Q"), chat("assistant", "A")],
-         "rejected": [chat("user", "Q"), chat("assistant", "B")]},  # kept, and chosen repeats the prompt, as in TRL
+        {
+            "prompt": [chat("user", "Q")],
+            "chosen": [chat("user", "Q"), chat("assistant", "A")],
+            "rejected": [chat("user", "Q"), chat("assistant", "B")],
+        },  # kept, and chosen repeats the prompt, as in TRL
     ]
     for i, row in enumerate(rows):
         (ex,), _ = validate([row])
@@ -296,8 +320,13 @@ def test_prompt_rule_matches_trl_maybe_extract_prompt():
 
 
 def test_messages_sft_trains_the_last_assistant_turn(tokenizer):
-    conversation = [chat("system", "Be brief."), chat("user", "Hi"), chat("assistant", "Hello"),
-                    chat("user", "Bye?"), chat("assistant", "Bye!")]
+    conversation = [
+        chat("system", "Be brief."),
+        chat("user", "Hi"),
+        chat("assistant", "Hello"),
+        chat("user", "Bye?"),
+        chat("assistant", "Bye!"),
+    ]
     data = prepare([{"messages": conversation}], tokenizer, kind="sft")
     same = prepare([{"prompt": conversation[:-1], "completion": conversation[-1:]}], tokenizer, kind="sft")
     assert ids(data) == ids(same)
@@ -332,8 +361,9 @@ def test_prompt_completion_sft_standard_and_conversational(tokenizer):
     assert [p.text for p in prompts] == ["Hi"]
 
 
-@pytest.mark.parametrize("rows", [[{"prompt": "p", "completion": "c"}], [{"messages": [chat("assistant", "a")]}],
-                                  [{"text": "t"}]])
+@pytest.mark.parametrize(
+    "rows", [[{"prompt": "p", "completion": "c"}], [{"messages": [chat("assistant", "a")]}], [{"text": "t"}]]
+)
 def test_sft_data_cannot_serve_pairwise_or_binary_losses(tokenizer, rows):
     with pytest.raises(UserError, match="needs pairs"):
         prepare(rows, tokenizer, kind="pairwise")
@@ -344,8 +374,12 @@ def test_sft_data_cannot_serve_pairwise_or_binary_losses(tokenizer, rows):
 # ----- message fields beyond role and content --------------------------------------------------------------------
 
 TOOL_CALL = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 2}}}
-TOOL_CHAT = [chat("user", "What is 2+2?"), {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
-             {"role": "tool", "content": "4", "tool_call_id": "call_0"}, chat("assistant", "4.")]
+TOOL_CHAT = [
+    chat("user", "What is 2+2?"),
+    {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
+    {"role": "tool", "content": "4", "tool_call_id": "call_0"},
+    chat("assistant", "4."),
+]
 
 # ChatML that also renders tool calls and tool results' ids, as tool-aware templates do
 TOOL_TEMPLATE = (
@@ -377,25 +411,36 @@ def test_tool_calls_are_passed_to_a_template_that_renders_them(tool_tokenizer):
     assert tool_tokenizer.decode(data[0]["completion_ids"][0]).startswith("<tool_call>")
 
 
-@pytest.mark.parametrize("rows, fld, index, key", [
-    ([{"messages": TOOL_CHAT}], "messages", 1, "tool_calls"),  # in the prompt part of the conversation
-    ([{"prompt": TOOL_CHAT[:1], "completion": TOOL_CHAT[1:2]}], "completion", 0, "tool_calls"),
-    ([{"chosen": TOOL_CHAT[:2], "rejected": TOOL_CHAT[:1] + [chat("assistant", "5")]}], "chosen", 1, "tool_calls"),
-    ([{"messages": [{"role": "user", "content": "Hi", "name": "Ann"}, chat("assistant", "Hi Ann")]}],
-     "messages", 0, "name"),
-])
+@pytest.mark.parametrize(
+    "rows, fld, index, key",
+    [
+        ([{"messages": TOOL_CHAT}], "messages", 1, "tool_calls"),  # in the prompt part of the conversation
+        ([{"prompt": TOOL_CHAT[:1], "completion": TOOL_CHAT[1:2]}], "completion", 0, "tool_calls"),
+        ([{"chosen": TOOL_CHAT[:2], "rejected": TOOL_CHAT[:1] + [chat("assistant", "5")]}], "chosen", 1, "tool_calls"),
+        (
+            [{"messages": [{"role": "user", "content": "Hi", "name": "Ann"}, chat("assistant", "Hi Ann")]}],
+            "messages",
+            0,
+            "name",
+        ),
+    ],
+)
 def test_a_field_the_template_does_not_render_is_refused_not_dropped(tokenizer, rows, fld, index, key):
     kind = "sft" if "chosen" not in rows[0] else "pairwise"
-    with pytest.raises(DataValidationError, match=rf"row 0, field '{fld}': message {index} has a '{key}' field that "
-                                                  "the tokenizer's chat template does not render"):
+    with pytest.raises(
+        DataValidationError,
+        match=rf"row 0, field '{fld}': message {index} has a '{key}' field that "
+        "the tokenizer's chat template does not render",
+    ):
         prepare(rows, tokenizer, kind=kind)
 
 
 def test_none_valued_message_fields_are_absent(tokenizer):
     # Arrow gives every message each key any message of the column has, with None where it had none
     padded = [dict(m, name=None, tool_calls=None) for m in CONV_PAIR["prompt"]]
-    assert ids(prepare([dict(CONV_PAIR, prompt=padded)], tokenizer, kind="pairwise")) == \
-        ids(prepare([CONV_PAIR], tokenizer, kind="pairwise"))
+    assert ids(prepare([dict(CONV_PAIR, prompt=padded)], tokenizer, kind="pairwise")) == ids(
+        prepare([CONV_PAIR], tokenizer, kind="pairwise")
+    )
     with pytest.raises(DataValidationError, match=r"row 0, field 'chosen': message 0 content is not a string"):
         prepare([dict(CONV_PAIR, chosen=[{"role": "assistant", "content": None}])], tokenizer, kind="pairwise")
 
@@ -416,8 +461,10 @@ MAP_CASES = {
     "ultrafeedback-pairwise": ([ultrafeedback_row(i, LONG if i % 5 == 0 else None) for i in range(30)], "pairwise"),
     "ultrafeedback-binary": ([ultrafeedback_row(i) for i in range(30)], "binary"),
     "plain-sft": ([dict(PAIR, prompt=f"Hello {i}") for i in range(30)], "sft"),
-    "messages-sft": ([{"messages": [chat("user", f"Hi {i}"), chat("assistant", "Hello" * (i % 4 + 1))]}
-                      for i in range(30)], "sft"),
+    "messages-sft": (
+        [{"messages": [chat("user", f"Hi {i}"), chat("assistant", "Hello" * (i % 4 + 1))]} for i in range(30)],
+        "sft",
+    ),
     "text-sft": ([{"text": f"Line {i}. " * (i % 3 + 1)} for i in range(30)], "sft"),
     "binary-sft": ([{"prompt": f"p{i}", "completion": f" c{i}", "label": i % 3 > 0} for i in range(30)], "sft"),
 }
@@ -427,8 +474,13 @@ MAP_CASES = {
 def test_map_path_gives_the_per_row_token_ids(tmp_path, tokenizer, case):
     rows, kind = MAP_CASES[case]
     expected = prepare(rows, tokenizer, kind=kind, max_completion_length=40)
-    data = prepare(on_disk(tmp_path, rows), tokenizer, kind=kind, max_completion_length=40,
-                   num_proc=2 if case == "ultrafeedback-pairwise" else 1)
+    data = prepare(
+        on_disk(tmp_path, rows),
+        tokenizer,
+        kind=kind,
+        max_completion_length=40,
+        num_proc=2 if case == "ultrafeedback-pairwise" else 1,
+    )
     assert data.rows == expected.rows and data.kind == expected.kind
     assert (data.report.kept, data.report.format) == (expected.report.kept, expected.report.format)
 
@@ -508,11 +560,20 @@ def test_trainer_tokenises_with_dataset_num_proc_and_trains_on_messages(tmp_path
     real = T._prepare_with_map
     monkeypatch.setattr(T, "_prepare_with_map", lambda *a, **k: seen.append(k["num_proc"]) or real(*a, **k))
     rows = MAP_CASES["messages-sft"][0][:8]
-    args = CringeConfig(output_dir=str(tmp_path / "out"), loss="sft", dataset_num_proc=1, max_steps=1,
-                        per_device_train_batch_size=4, save_strategy="no", report_to="none", disable_tqdm=True,
-                        use_cpu=True)
-    trainer = CringeTrainer(model=build_tiny_model(tokenizer), args=args, train_dataset=on_disk(tmp_path, rows),
-                            processing_class=tokenizer)
+    args = CringeConfig(
+        output_dir=str(tmp_path / "out"),
+        loss="sft",
+        dataset_num_proc=1,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    trainer = CringeTrainer(
+        model=build_tiny_model(tokenizer), args=args, train_dataset=on_disk(tmp_path, rows), processing_class=tokenizer
+    )
     assert seen == [1] and trainer.train_dataset.rows == prepare(rows, tokenizer, kind="sft").rows
     trainer.train()
     assert trainer.state.global_step == 1
@@ -523,12 +584,16 @@ def test_a_tools_column_is_passed_to_the_template_or_refused(tokenizer):
 
     tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
     row = {"messages": TOOL_CHAT[:1] + [chat("assistant", "4")], "tools": json.dumps(tools)}  # TRL allows JSON text
-    with pytest.raises(DataValidationError, match=r"row 0, field 'tools': the tokenizer's chat template does not "
-                                                  "render tool definitions"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"row 0, field 'tools': the tokenizer's chat template does not "
+        "render tool definitions",
+    ):
         prepare([row], tokenizer, kind="sft")
     aware = build_tiny_tokenizer()
-    aware.chat_template = "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}" + \
-        aware.chat_template
+    aware.chat_template = (
+        "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}" + aware.chat_template
+    )
     prompt = aware.decode(prepare([row, dict(row, tools=None)], aware, kind="sft")[0]["prompt_ids"])
     assert prompt.startswith('<|im_start|>system\nTools: [{"type": "function"')
 
@@ -538,8 +603,10 @@ def test_reward_sources_see_a_conversations_system_turn(tokenizer):
     from cringe.loop.stages import score_samples
     from cringe.rewards import CallableReward
 
-    rows = [{"prompt": [chat("system", "Answer in French."), chat("user", "Say hello.")]},
-            {"prompt": [chat("user", "Say goodbye.")]}]
+    rows = [
+        {"prompt": [chat("system", "Answer in French."), chat("user", "Say hello.")]},
+        {"prompt": [chat("user", "Say goodbye.")]},
+    ]
     prompts = load_prompts(rows, tokenizer)
     assert "Answer in French." in prompts[0].text and "Say hello." in prompts[0].text
     assert prompts[1].text == "Say goodbye."  # a lone user turn reads as it always did

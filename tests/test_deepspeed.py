@@ -14,8 +14,18 @@ import yaml
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--config", str(ROOT / "examples" / "train_tiny.yaml"), "--use_cpu", "true", "--logging_steps", "3",
-          "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+COMMON = [
+    "--config",
+    str(ROOT / "examples" / "train_tiny.yaml"),
+    "--use_cpu",
+    "true",
+    "--logging_steps",
+    "3",
+    "--disable_tqdm",
+    "true",
+    "--dataloader_num_workers",
+    "0",
+]
 
 
 def cpu_config(tmp_path, stage: int) -> Path:
@@ -28,11 +38,15 @@ def cpu_config(tmp_path, stage: int) -> Path:
 
 
 def train(tmp_path, name, launcher=(), extra=()):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "CRINGE_CACHE": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CRINGE_CACHE": str(tmp_path / "cache"),
+    }
     out_dir = tmp_path / name
-    command = [*(launcher or [sys.executable]), "-m", "cringe", "train", *COMMON, "--output_dir", str(out_dir),
-               *extra]
+    command = [*(launcher or [sys.executable]), "-m", "cringe", "train", *COMMON, "--output_dir", str(out_dir), *extra]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     return result, out_dir
 
@@ -60,13 +74,17 @@ def test_zero2_and_zero3_train_as_one_process_does(tmp_path):
     assert plain.returncode == 0, plain.stderr[-3000:]
     reference = weights(plain_dir)
     for stage, tolerance in ((2, 1e-5), (3, 1e-4)):
-        run, out_dir = train(tmp_path, f"zero{stage}", launcher(tmp_path, stage),
-                             ["--per_device_train_batch_size", "4"])
+        run, out_dir = train(
+            tmp_path, f"zero{stage}", launcher(tmp_path, stage), ["--per_device_train_batch_size", "4"]
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         # Evidence that the engine ran: ZeRO-2 saves its consolidated state dict, tied head included (written
         # once by cringe.models); ZeRO-3 partitions the LM head, so the chunked loss steps aside.
-        evidence = ("saved the tied lm_head.weight once" if stage == 2 else
-                    "chunked loss off, the plain path is used: the LM head is partitioned by DeepSpeed ZeRO-3")
+        evidence = (
+            "saved the tied lm_head.weight once"
+            if stage == 2
+            else "chunked loss off, the plain path is used: the LM head is partitioned by DeepSpeed ZeRO-3"
+        )
         assert evidence in run.stderr, run.stderr[-2000:]
         for step, loss in losses(plain_dir).items():
             assert losses(out_dir)[step] == pytest.approx(loss, abs=2e-3), (stage, step)
@@ -74,7 +92,11 @@ def test_zero2_and_zero3_train_as_one_process_does(tmp_path):
         assert sorted(trained) == sorted(reference), stage  # the same keys: a tied head saved once
         largest = max((trained[k].float() - reference[k].float()).abs().max().item() for k in reference)
         assert largest < tolerance, (stage, largest)
-    refused, _ = train(tmp_path, "zero3-chunked", launcher(tmp_path, 3),
-                       ["--per_device_train_batch_size", "4", "--chunked_loss", "true"])
+    refused, _ = train(
+        tmp_path,
+        "zero3-chunked",
+        launcher(tmp_path, 3),
+        ["--per_device_train_batch_size", "4", "--chunked_loss", "true"],
+    )
     assert refused.returncode != 0
     assert "cringe train: error: chunked_loss:" in refused.stderr

@@ -37,14 +37,22 @@ def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatc
     assert 0 < results["meta"]["reward_models"]["gold_judge"]["accuracy"] <= 1
     # where the time went, stage by stage (bench/demo_time.py reads it)
     stages = results["meta"]["stage_seconds"]
-    assert {"proxy reward model", "M0 samples", "M0 held-out", "iterative_pairwise_cringe round 2: samples.jsonl",
-            "iterative_pairwise_cringe round 2: model", "dpo round 1: eval.json"} <= set(stages)
+    assert {
+        "proxy reward model",
+        "M0 samples",
+        "M0 held-out",
+        "iterative_pairwise_cringe round 2: samples.jsonl",
+        "iterative_pairwise_cringe round 2: model",
+        "dpo round 1: eval.json",
+    } <= set(stages)
     assert all(v >= 0 for v in stages.values())
     md = (out / "report.md").read_text()
     assert "| Iterative Pairwise Cringe |" in md and "gold win rate vs SFT" in md
     # example completions: the start model and every method on each of the first 3 held-out prompts
     assert len(results["examples"]) == 3 and "## Example completions" in md
-    assert [r["label"] for r in results["examples"][0]["rows"]] == [rows["sft"]["label"]] + [rows[m]["label"] for m in METHODS]
+    assert [r["label"] for r in results["examples"][0]["rows"]] == [rows["sft"]["label"]] + [
+        rows[m]["label"] for m in METHODS
+    ]
     assert all(0 <= r["gold"] <= 1 for e in results["examples"] for r in e["rows"])
     page = (out / "report.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page
@@ -91,13 +99,17 @@ def test_the_demos_proxy_scores_are_checked_against_the_samples_they_score(tmp_p
 
     samples = [Sample(p, s, [1, 2], [3, 4], "text", "stop").to_dict() for p in range(2) for s in range(2)]
     write_jsonl(tmp_path / rundir.EVAL_SAMPLES, samples)
-    write_jsonl(tmp_path / rundir.EVAL_PROXY_SCORES,
-                [{"prompt_id": r["prompt_id"], "sample_id": r["sample_id"], "score": 0.5} for r in samples[:3]])
+    write_jsonl(
+        tmp_path / rundir.EVAL_PROXY_SCORES,
+        [{"prompt_id": r["prompt_id"], "sample_id": r["sample_id"], "score": 0.5} for r in samples[:3]],
+    )
     demo = Demo(PRESETS["smoke"], str(tmp_path / "demo"))
     with pytest.raises(DamagedFileError, match="3 scores do not match the 4 samples of eval_samples.jsonl"):
         demo.proxy_scores(tmp_path / rundir.EVAL_SAMPLES, tmp_path / rundir.EVAL_PROXY_SCORES)
-    write_jsonl(tmp_path / rundir.EVAL_PROXY_SCORES,
-                [{"prompt_id": r["prompt_id"], "sample_id": r["sample_id"], "score": 0.5} for r in samples])
+    write_jsonl(
+        tmp_path / rundir.EVAL_PROXY_SCORES,
+        [{"prompt_id": r["prompt_id"], "sample_id": r["sample_id"], "score": 0.5} for r in samples],
+    )
     assert demo.proxy_scores(tmp_path / rundir.EVAL_SAMPLES, tmp_path / rundir.EVAL_PROXY_SCORES) == [0.5] * 4
 
 

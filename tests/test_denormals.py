@@ -40,13 +40,15 @@ def loss_and_grads(kind, flush):
     h.requires_grad_(True)
     w.requires_grad_(True)
     if kind == "chunked":
-        loss, _ = C.pairwise_cringe_loss(h, w, None, targets, seq_index, pairs, alpha=1.0, margin=1.0,
-                                         uniforms=uniforms, chunk_size=7)
+        loss, _ = C.pairwise_cringe_loss(
+            h, w, None, targets, seq_index, pairs, alpha=1.0, margin=1.0, uniforms=uniforms, chunk_size=7
+        )
     else:
         logits = (h @ w.T).view(2 * pairs, -1, w.shape[0])
         labels = targets.view(2 * pairs, -1)
-        loss = L.pairwise_cringe_loss(logits[:pairs], labels[:pairs], logits[pairs:], labels[pairs:], alpha=1.0,
-                                      margin=1.0, uniforms=uniforms).loss
+        loss = L.pairwise_cringe_loss(
+            logits[:pairs], labels[:pairs], logits[pairs:], labels[pairs:], alpha=1.0, margin=1.0, uniforms=uniforms
+        ).loss
     gh, gw = torch.autograd.grad(loss, (h, w))
     return loss.detach(), gh, gw
 
@@ -84,8 +86,14 @@ def test_flushing_reaches_a_thread_pool_that_started_before_it(restore_flushing)
 
 def cringe_env(extra_env=None, launcher=()):
     env = {**os.environ, **(extra_env or {})}
-    out = subprocess.run([*launcher, "-m", "cringe", "env"] if launcher else [sys.executable, "-m", "cringe", "env"],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    out = subprocess.run(
+        [*launcher, "-m", "cringe", "env"] if launcher else [sys.executable, "-m", "cringe", "env"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     return [line for line in out.stdout.splitlines() if "denormal" in line]
 
@@ -94,17 +102,20 @@ def test_every_cringe_process_flushes_unless_turned_off():
     """Every stage subprocess runs `python -m cringe VERB` (cringe.loop.processes.run_stage_process), which flushes
     before the verb; CRINGE_FLUSH_DENORMAL=0 reaches the child and turns it off."""
     threads = {"OMP_NUM_THREADS": "2"}
-    assert cringe_env(threads) == ["- CPU denormal floats: flushed to zero on all 2 CPU threads "
-                                   "(CRINGE_FLUSH_DENORMAL=0 turns it off)"]
+    assert cringe_env(threads) == [
+        "- CPU denormal floats: flushed to zero on all 2 CPU threads (CRINGE_FLUSH_DENORMAL=0 turns it off)"
+    ]
     assert cringe_env({**threads, "CRINGE_FLUSH_DENORMAL": "0"}) == [
-        "- CPU denormal floats: off (CRINGE_FLUSH_DENORMAL=0)"]
+        "- CPU denormal floats: off (CRINGE_FLUSH_DENORMAL=0)"
+    ]
 
 
 def test_every_accelerate_launched_rank_flushes():
     from cringe.loop.processes import launch_command
 
-    command = launch_command({"config_file": str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"),
-                              "num_processes": 2})
+    command = launch_command({"config_file": str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "num_processes": 2})
     lines = cringe_env({"OMP_NUM_THREADS": "1"}, launcher=command[:-2])
-    assert lines == ["- CPU denormal floats: flushed to zero on all 1 CPU threads "
-                     "(CRINGE_FLUSH_DENORMAL=0 turns it off)"] * 2
+    assert (
+        lines
+        == ["- CPU denormal floats: flushed to zero on all 1 CPU threads (CRINGE_FLUSH_DENORMAL=0 turns it off)"] * 2
+    )

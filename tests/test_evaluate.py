@@ -93,14 +93,28 @@ def test_compare_averages_samples_per_prompt_and_is_seeded():
     policy = [S(0), S(0), S(1), S(1)]
     baseline = [S(0), S(1)]
     # prompt 0: policy mean 0.5 vs 0.4 (win); prompt 1: mean 0.2 vs 0.2 (tie)
-    result = compare(policy, [0.2, 0.8, 0.1, 0.3], baseline, [0.4, 0.2], policy_logps=[-1.0, -2.0, -3.0, -4.0],
-                     reference_logps=[-2.0, -2.0, -3.0, -5.0], seed=3)
+    result = compare(
+        policy,
+        [0.2, 0.8, 0.1, 0.3],
+        baseline,
+        [0.4, 0.2],
+        policy_logps=[-1.0, -2.0, -3.0, -4.0],
+        reference_logps=[-2.0, -2.0, -3.0, -5.0],
+        seed=3,
+    )
     assert result["n_prompts"] == 2 and result["win_rate"]["win_rate"] == pytest.approx(0.75)
     assert result["reward"]["mean"] == pytest.approx(0.35) and result["baseline_reward"]["n"] == 2
     assert result["kl"]["mean"] == pytest.approx(0.5) and result["text"]["length_tokens"] == 3
     assert compare(policy, [0.2, 0.8, 0.1, 0.3], baseline, [0.4, 0.2], seed=3)["kl"] is None
-    again = compare(policy, [0.2, 0.8, 0.1, 0.3], baseline, [0.4, 0.2], policy_logps=[-1.0, -2.0, -3.0, -4.0],
-                    reference_logps=[-2.0, -2.0, -3.0, -5.0], seed=3)
+    again = compare(
+        policy,
+        [0.2, 0.8, 0.1, 0.3],
+        baseline,
+        [0.4, 0.2],
+        policy_logps=[-1.0, -2.0, -3.0, -4.0],
+        reference_logps=[-2.0, -2.0, -3.0, -5.0],
+        seed=3,
+    )
     assert again == result
 
 
@@ -124,9 +138,25 @@ def test_cringe_evaluate_compares_a_trained_round_with_the_start(tmp_path, capsy
     reward = tmp_path / "reward.yaml"
     reward.write_text('type: callable\nfunction: "cringe.testbeds.toy:vowel_share"\n')
     out = tmp_path / "eval.json"
-    main(["evaluate", "--policy", str(tmp_path / "run" / "round-1" / "model"), "--baseline", "tiny-random-llama",
-          "--prompts", str(tmp_path / "prompts.jsonl"), "--reward", str(reward), "--samples", "2",
-          "--max-new-tokens", "8", "--output", str(out)])
+    main(
+        [
+            "evaluate",
+            "--policy",
+            str(tmp_path / "run" / "round-1" / "model"),
+            "--baseline",
+            "tiny-random-llama",
+            "--prompts",
+            str(tmp_path / "prompts.jsonl"),
+            "--reward",
+            str(reward),
+            "--samples",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--output",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert result["win_rate"]["n"] == 12 and 0 <= result["win_rate"]["win_rate"] <= 1
     assert result["kl"]["n"] == 24 and result["kl"]["mean"] > 0
@@ -135,9 +165,23 @@ def test_cringe_evaluate_compares_a_trained_round_with_the_start(tmp_path, capsy
     assert set(loop_eval) - {"round"} == set(result)
     assert "win rate of policy vs baseline" in capsys.readouterr().out
     # One evaluation pipeline: with the loop's settings, `cringe evaluate` computes the loop's own eval.json.
-    main(["evaluate", "--policy", str(tmp_path / "run" / "round-1" / "model"), "--baseline", "tiny-random-llama",
-          "--prompts", str(tmp_path / "prompts.jsonl"), "--reward", str(reward), "--max-new-tokens", "12",
-          "--output", str(out)])
+    main(
+        [
+            "evaluate",
+            "--policy",
+            str(tmp_path / "run" / "round-1" / "model"),
+            "--baseline",
+            "tiny-random-llama",
+            "--prompts",
+            str(tmp_path / "prompts.jsonl"),
+            "--reward",
+            str(reward),
+            "--max-new-tokens",
+            "12",
+            "--output",
+            str(out),
+        ]
+    )
     same = json.loads(out.read_text())
     assert same["win_rate"] == loop_eval["win_rate"] and same["kl"] == loop_eval["kl"]
 
@@ -151,12 +195,17 @@ def test_completion_log_probs_never_form_the_full_logits_and_match_a_plain_forwa
     model = build_tiny_model(tokenizer)
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
-    rows = [{"prompt_ids": torch.randint(3, vocab, (p,), generator=g).tolist(),
-             "completion_ids": [torch.randint(3, vocab, (c,), generator=g).tolist()]}
-            for p, c in [(3, 5), (7, 1), (2, 9), (5, 4), (4, 4)]]
+    rows = [
+        {
+            "prompt_ids": torch.randint(3, vocab, (p,), generator=g).tolist(),
+            "completion_ids": [torch.randint(3, vocab, (c,), generator=g).tolist()],
+        }
+        for p, c in [(3, 5), (7, 1), (2, 9), (5, 4), (4, 4)]
+    ]
     head_positions = []
     handle = model.get_output_embeddings().register_forward_hook(
-        lambda module, args, output: head_positions.append(args[0].shape[-2]))
+        lambda module, args, output: head_positions.append(args[0].shape[-2])
+    )
     fused = sequence_logprobs(model, rows, tokenizer.pad_token_id, batch_size=3)
     handle.remove()
     assert head_positions and max(head_positions) == 0  # the LM head module never saw a position

@@ -39,10 +39,12 @@ def test_a_killed_writer_never_exposes_a_partial_file(tmp_path):
     target = tmp_path / "big.jsonl"
     write_jsonl(target, [{"old": True}])
     # The child stops between writing the new bytes and renaming them into place, and is killed there.
-    code = ("import os, time\nfrom cringe.durable.files import write_atomic\n"
-            "def stall(fd):\n    print('writing', flush=True)\n    time.sleep(60)\n"
-            "os.fsync = stall\n"
-            f"write_atomic({str(target)!r}, 'x' * 10_000_000)\n")
+    code = (
+        "import os, time\nfrom cringe.durable.files import write_atomic\n"
+        "def stall(fd):\n    print('writing', flush=True)\n    time.sleep(60)\n"
+        "os.fsync = stall\n"
+        f"write_atomic({str(target)!r}, 'x' * 10_000_000)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"  # the new bytes are written, not yet renamed
     os.kill(proc.pid, signal.SIGKILL)

@@ -25,9 +25,23 @@ def test_fsdp2_sharded_model_gives_the_unsharded_loss_and_gradients(tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "fsdp2.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(port), str(Path(__file__).parent / "fsdp2_worker.py"), str(out)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(Path(__file__).parent / "fsdp2_worker.py"),
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # whether the cases finished says if a failure came in the computation or only in the teardown
     assert result.returncode == 0, (f"results written: {out.exists()}", result.stderr[-3000:])
     cases = json.loads(out.read_text())
@@ -51,12 +65,15 @@ def fake_engine(**state):
     return SimpleNamespace(accelerator=SimpleNamespace(state=SimpleNamespace(**state)))
 
 
-@pytest.mark.parametrize("engine, refused", [
-    (dict(is_deepspeed_enabled=True, state=dict(deepspeed_plugin=SimpleNamespace(zero_stage=3))), True),
-    (dict(is_deepspeed_enabled=True, state=dict(deepspeed_plugin=SimpleNamespace(zero_stage=2))), False),
-    (dict(is_fsdp_enabled=True, state=dict(fsdp_plugin=SimpleNamespace(fsdp_version=1))), True),
-    (dict(is_fsdp_enabled=True, state=dict(fsdp_plugin=SimpleNamespace(fsdp_version=2))), False),
-])
+@pytest.mark.parametrize(
+    "engine, refused",
+    [
+        (dict(is_deepspeed_enabled=True, state=dict(deepspeed_plugin=SimpleNamespace(zero_stage=3))), True),
+        (dict(is_deepspeed_enabled=True, state=dict(deepspeed_plugin=SimpleNamespace(zero_stage=2))), False),
+        (dict(is_fsdp_enabled=True, state=dict(fsdp_plugin=SimpleNamespace(fsdp_version=1))), True),
+        (dict(is_fsdp_enabled=True, state=dict(fsdp_plugin=SimpleNamespace(fsdp_version=2))), False),
+    ],
+)
 def test_engines_that_shard_the_head_are_detected(engine, refused):
     trainer = fake_engine(**engine["state"])
     for key in ("is_deepspeed_enabled", "is_fsdp_enabled"):
@@ -73,9 +90,14 @@ def test_a_sharded_head_engine_falls_back_to_the_plain_path_loudly(tmp_path, tok
         return CringeConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1, **kw)
 
     with caplog.at_level(logging.WARNING, logger="cringe.trainer"):
-        trainer = CringeTrainer(model=build_tiny_model(tokenizer), args=args(), train_dataset=pair_rows(4),
-                                processing_class=tokenizer)
+        trainer = CringeTrainer(
+            model=build_tiny_model(tokenizer), args=args(), train_dataset=pair_rows(4), processing_class=tokenizer
+        )
     assert not trainer.use_chunked and "chunked loss off, the plain path is used" in caplog.text
     with pytest.raises(UserError, match="chunked_loss: the LM head is partitioned"):
-        CringeTrainer(model=build_tiny_model(tokenizer), args=args(chunked_loss=True), train_dataset=pair_rows(4),
-                      processing_class=tokenizer)
+        CringeTrainer(
+            model=build_tiny_model(tokenizer),
+            args=args(chunked_loss=True),
+            train_dataset=pair_rows(4),
+            processing_class=tokenizer,
+        )

@@ -12,7 +12,8 @@ def prompts(tokenizer, n=3):
 
 def test_n_samples_per_prompt_with_ids_and_reasons(tokenizer, tiny_model):
     samples = TransformersSampler(tiny_model, tokenizer).sample(
-        prompts(tokenizer), SamplingConfig(n=4, max_new_tokens=8, batch_size=8), progress=False)
+        prompts(tokenizer), SamplingConfig(n=4, max_new_tokens=8, batch_size=8), progress=False
+    )
     assert len(samples) == 12
     assert sorted({(s.prompt_id, s.sample_id) for s in samples}) == [(p, j) for p in range(3) for j in range(4)]
     for s in samples:
@@ -26,8 +27,12 @@ def test_n_samples_per_prompt_with_ids_and_reasons(tokenizer, tiny_model):
 
 def test_seeded_and_reproducible(tokenizer, tiny_model):
     sampler = TransformersSampler(tiny_model, tokenizer)
-    run = lambda seed: [s.completion_ids for s in sampler.sample(  # noqa: E731
-        prompts(tokenizer), SamplingConfig(n=2, max_new_tokens=6, seed=seed), progress=False)]
+    run = lambda seed: [
+        s.completion_ids
+        for s in sampler.sample(  # noqa: E731
+            prompts(tokenizer), SamplingConfig(n=2, max_new_tokens=6, seed=seed), progress=False
+        )
+    ]
     assert run(1) == run(1)
     assert run(1) != run(2)
 
@@ -37,7 +42,8 @@ def test_model_generation_defaults_do_not_leak_in(tokenizer, tiny_model):
     tiny_model.generation_config.top_k = 1
     tiny_model.generation_config.do_sample = False
     samples = TransformersSampler(tiny_model, tokenizer).sample(
-        prompts(tokenizer, 1), SamplingConfig(n=8, max_new_tokens=6), progress=False)
+        prompts(tokenizer, 1), SamplingConfig(n=8, max_new_tokens=6), progress=False
+    )
     assert len({tuple(s.completion_ids) for s in samples}) > 1
 
 
@@ -68,12 +74,16 @@ def test_shared_prompt_cache_samples_what_generate_alone_samples(tokenizer, tiny
     sample, as generate's own n-fold prefill, over prompts of different lengths (left padding) and a one-token
     prompt; and fewer token positions through the model."""
     model = tiny_model.double()
-    batch = [tokenizer("A much longer prompt, with padding for the others:")["input_ids"],
-             tokenizer("Short:")["input_ids"], [tokenizer.bos_token_id or 1]]
+    batch = [
+        tokenizer("A much longer prompt, with padding for the others:")["input_ids"],
+        tokenizer("Short:")["input_ids"],
+        [tokenizer.bos_token_id or 1],
+    ]
     config = SamplingConfig(n=3, max_new_tokens=7, batch_size=9, seed=4)
     seen = []
-    hook = model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"].numel()),
-                                           with_kwargs=True)
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
     runs = {}
     for share in (True, False):
         seen.clear()
@@ -93,16 +103,27 @@ def test_shared_prompt_cache_with_sliding_windows_and_equal_lengths(tokenizer):
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
-    model = MistralForCausalLM(MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                             sliding_window=4)).double()
+    model = MistralForCausalLM(
+        MistralConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            sliding_window=4,
+        )
+    ).double()
     config = SamplingConfig(n=3, max_new_tokens=6, batch_size=6, seed=1)
-    for batch in ([tokenizer("A much longer prompt here:")["input_ids"], tokenizer("Short:")["input_ids"]],
-                  [tokenizer("Same length")["input_ids"]] * 2):
+    for batch in (
+        [tokenizer("A much longer prompt here:")["input_ids"], tokenizer("Short:")["input_ids"]],
+        [tokenizer("Same length")["input_ids"]] * 2,
+    ):
         shared, plain = (TransformersSampler(model, tokenizer, share_prompt_cache=share) for share in (True, False))
         assert shared.share_prompt_cache
-        assert ([s.completion_ids for s in shared.sample(batch, config, progress=False)]
-                == [s.completion_ids for s in plain.sample(batch, config, progress=False)])
+        assert [s.completion_ids for s in shared.sample(batch, config, progress=False)] == [
+            s.completion_ids for s in plain.sample(batch, config, progress=False)
+        ]
 
 
 def test_prompt_cache_is_not_shared_where_it_cannot_be(tokenizer, tiny_model):
@@ -113,13 +134,29 @@ def test_prompt_cache_is_not_shared_where_it_cannot_be(tokenizer, tiny_model):
     tiny_model.generation_config.cache_implementation = "static"
     assert not TransformersSampler(tiny_model, tokenizer).share_prompt_cache
     # linear-attention layers carry a recurrent state that a repeat along the batch would not copy
-    hybrid = Qwen3NextForCausalLM(Qwen3NextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, linear_num_value_heads=2, linear_num_key_heads=1, linear_key_head_dim=16,
-        linear_value_head_dim=16, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
-        shared_expert_intermediate_size=32, full_attention_interval=2))
+    hybrid = Qwen3NextForCausalLM(
+        Qwen3NextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            linear_num_value_heads=2,
+            linear_num_key_heads=1,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            num_experts=2,
+            num_experts_per_tok=1,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+            full_attention_interval=2,
+        )
+    )
     sampler = TransformersSampler(hybrid, tokenizer)
     assert not sampler.share_prompt_cache
-    samples = sampler.sample([tokenizer("A prompt:")["input_ids"]], SamplingConfig(n=2, max_new_tokens=3),
-                             progress=False)
+    samples = sampler.sample(
+        [tokenizer("A prompt:")["input_ids"]], SamplingConfig(n=2, max_new_tokens=3), progress=False
+    )
     assert len(samples) == 2

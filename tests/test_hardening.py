@@ -62,11 +62,23 @@ def base(tmp_path_factory):
 def write_config(base: Path, out: Path, **overrides) -> Path:
     """tests/test_loop.py's config on this module's 4 prompts, with a judge that can be held, checkpoints every
     epoch (the loop's default), so an interrupted training resumes from one."""
-    train = {"per_device_train_batch_size": 2, "num_train_epochs": 2, "learning_rate": 3e-3, "use_cpu": True,
-             "disable_tqdm": True, "save_strategy": "epoch", "logging_steps": 1}
-    defaults = {"prompts": str(base / "prompts.jsonl"), "eval_prompts": str(base / "prompts.jsonl"),
-                "max_eval_prompts": 2, "reward": {"type": "callable", "function": "tests.test_hardening:gated_vowel_share"},
-                "sampling": {"n": 4, "max_new_tokens": 8, "batch_size": 16}, "train": train}
+    train = {
+        "per_device_train_batch_size": 2,
+        "num_train_epochs": 2,
+        "learning_rate": 3e-3,
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "save_strategy": "epoch",
+        "logging_steps": 1,
+    }
+    defaults = {
+        "prompts": str(base / "prompts.jsonl"),
+        "eval_prompts": str(base / "prompts.jsonl"),
+        "max_eval_prompts": 2,
+        "reward": {"type": "callable", "function": "tests.test_hardening:gated_vowel_share"},
+        "sampling": {"n": 4, "max_new_tokens": 8, "batch_size": 16},
+        "train": train,
+    }
     return loop_config(base, out, **{**defaults, **overrides})
 
 
@@ -84,8 +96,9 @@ COMPARED = ("samples.jsonl", "scores.jsonl", "pairs.jsonl", "eval.json")
 def assert_same_as(reference: Path, out: Path, rounds: int = 2):
     for k in range(1, rounds + 1):
         for name in COMPARED:
-            assert (out / f"round-{k}" / name).read_text() == (reference / f"round-{k}" / name).read_text(), \
+            assert (out / f"round-{k}" / name).read_text() == (reference / f"round-{k}" / name).read_text(), (
                 f"round-{k}/{name}"
+            )
         assert (out / f"round-{k}" / "model" / "model.safetensors").exists()
     assert json.loads((out / "state.json").read_text())["finished_rounds"] == rounds
     assert leftovers(out) == []
@@ -93,8 +106,11 @@ def assert_same_as(reference: Path, out: Path, rounds: int = 2):
 
 def leftovers(out: Path) -> list[str]:
     """Temporary files and folders that must not outlive a run (shard folders may: they are resumable)."""
-    return sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                  if ".tmp-" in p.name or p.name == ".model.tmp" or p.name.endswith("-partial.jsonl"))
+    return sorted(
+        str(p.relative_to(out))
+        for p in out.rglob("*")
+        if ".tmp-" in p.name or p.name == ".model.tmp" or p.name.endswith("-partial.jsonl")
+    )
 
 
 def cli(config: Path, capsys) -> tuple[int, str]:
@@ -109,15 +125,23 @@ def cli(config: Path, capsys) -> tuple[int, str]:
 
 def cringe_process(config: Path, **env) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env)
-    return subprocess.Popen([sys.executable, "-m", "cringe", "iterate", "--config", str(config)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cringe", "iterate", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 120):
     deadline = time.time() + timeout
     while not path.exists():
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the process ended ({proc.returncode}) before {path.name} appeared: {proc.stderr.read()[-2000:]}")
+            pytest.fail(
+                f"the process ended ({proc.returncode}) before {path.name} appeared: {proc.stderr.read()[-2000:]}"
+            )
         assert time.time() < deadline, f"{path} never appeared"
         time.sleep(0.05)
 
@@ -133,13 +157,19 @@ def test_a_second_process_is_refused_and_sigint_stops_the_first_which_then_resum
     first = cringe_process(config, **{GATE: str(gate)})
     try:
         wait_for(gate / "waiting", first)  # the first holds the run and is in round 1's scoring step
-        second = subprocess.run([sys.executable, "-m", "cringe", "iterate", "--config", str(config)], cwd=ROOT,
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "cringe", "iterate", "--config", str(config)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2, second.stderr[-2000:]
         assert "Traceback" not in second.stderr
         line = second.stderr.strip().splitlines()[-1]
-        assert line.startswith(f"cringe iterate: error: {out} is in use by process {first.pid} on "
-                               f"{socket.gethostname()} "), line
+        assert line.startswith(
+            f"cringe iterate: error: {out} is in use by process {first.pid} on {socket.gethostname()} "
+        ), line
 
         first.send_signal(signal.SIGINT)
         _, err = first.communicate(timeout=60)
@@ -159,8 +189,10 @@ def test_a_second_process_is_refused_and_sigint_stops_the_first_which_then_resum
 def test_a_dead_holders_lock_is_taken_over(tmp_path):
     from cringe.durable.runlock import RunLock, RunLockedError
 
-    code = ("import sys, time\nfrom cringe.durable.runlock import RunLock\n"
-            f"RunLock({str(tmp_path)!r}).acquire()\nprint('locked', flush=True)\ntime.sleep(60)\n")
+    code = (
+        "import sys, time\nfrom cringe.durable.runlock import RunLock\n"
+        f"RunLock({str(tmp_path)!r}).acquire()\nprint('locked', flush=True)\ntime.sleep(60)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -189,8 +221,12 @@ def test_sigterm_mid_training_step_then_resume_equals_the_uninterrupted_run(base
     def terminated_after_forward(self, model, inputs, *args, **kwargs):
         loss = compute_loss(self, model, inputs, *args, **kwargs)
         # Round 2, once its first epoch's checkpoint exists: between this step's forward and its backward.
-        if "round-2" in self.args.output_dir and self.model.training and not sent \
-                and list(Path(self.args.output_dir).glob("checkpoint-*")):
+        if (
+            "round-2" in self.args.output_dir
+            and self.model.training
+            and not sent
+            and list(Path(self.args.output_dir).glob("checkpoint-*"))
+        ):
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # else it would end pytest
             sent.append(self.state.global_step)
             os.kill(os.getpid(), signal.SIGTERM)
@@ -241,12 +277,15 @@ def test_a_damaged_scores_file_is_named_never_paired(base, reference, capsys):
     (round2 / "scores.jsonl").write_text("".join(lines[:2]) + '{"prompt_id": 0, "sc\n' + "".join(lines[3:]))
     code, line = cli(config, capsys)
     assert code == 2 and line.startswith(
-        f"cringe iterate: error: {round2 / 'scores.jsonl'}: line 3 is not valid JSON"), line
+        f"cringe iterate: error: {round2 / 'scores.jsonl'}: line 3 is not valid JSON"
+    ), line
     # Cut at a line boundary: every line parses, one score is missing.
     (round2 / "scores.jsonl").write_text("".join(lines[:-1]))
     code, line = cli(config, capsys)
-    assert code == 2 and line.startswith(f"cringe iterate: error: {round2 / 'scores.jsonl'}: {len(lines) - 1} "
-                                         f"scores do not match the {len(lines)} samples"), line
+    assert code == 2 and line.startswith(
+        f"cringe iterate: error: {round2 / 'scores.jsonl'}: {len(lines) - 1} "
+        f"scores do not match the {len(lines)} samples"
+    ), line
     assert not (round2 / "pairs.jsonl").exists()
 
 
@@ -261,7 +300,7 @@ def test_a_model_folder_without_whole_weights_is_named(base, reference, capsys, 
         expected = f"{weights.parent}: no weights (no *.safetensors file); delete {weights.parent} and rerun"
     else:
         data = weights.read_bytes()
-        weights.write_bytes(data[:len(data) // 2])
+        weights.write_bytes(data[: len(data) // 2])
         expected = f"{weights}: truncated safetensors file"
     code, line = cli(config, capsys)
     assert code == 2 and line.startswith(f"cringe iterate: error: {expected}"), line
@@ -273,7 +312,7 @@ def test_a_damaged_sampling_shard_is_sampled_again(base, reference, caplog):
     shards = out / "round-1" / ".samples-shards"  # as a killed sampling step leaves them, one shard since cut
     shards.mkdir(parents=True)
     text = (reference / "round-1" / "samples.jsonl").read_text()
-    (shards / "shard-0000000.jsonl").write_text(text[:len(text) // 2])
+    (shards / "shard-0000000.jsonl").write_text(text[: len(text) // 2])
     IterativeRun(load_config(str(config), [])).run()
     assert "shard-0000000.jsonl is damaged" in caplog.text
     assert_same_as(reference, out, rounds=1)
@@ -353,8 +392,11 @@ def test_disk_full_is_recognised_in_the_forms_libraries_raise():
     assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
     # safetensors raises its own exception type with the OS message inside
-    assert is_disk_full(RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
-                                     "message: \"No space left on device\" })"))
+    assert is_disk_full(
+        RuntimeError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+    )
     try:
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -418,12 +460,21 @@ def test_a_judge_that_dies_mid_round_keeps_its_answers_and_the_rerun_asks_only_t
 
     out = base / "judge"
     dying = JudgeServer(limit=20)
-    judge = {"type": "judge", "base_url": dying.url, "model": "test-judge", "concurrency": 2, "max_retries": 1,
-             "backoff": 0.01, "timeout": 2}
+    judge = {
+        "type": "judge",
+        "base_url": dying.url,
+        "model": "test-judge",
+        "concurrency": 2,
+        "max_retries": 1,
+        "backoff": 0.01,
+        "timeout": 2,
+    }
     config = write_config(base, out, rounds=1, eval_prompts=None, max_prompts=3, reward=judge)
     code, line = cli(config, capsys)
     partial = out / "round-1" / ".scores-partial.jsonl"
-    assert code == 2 and line.startswith(f"cringe iterate: error: the judge at {dying.url}/chat/completions failed "), line
+    assert code == 2 and line.startswith(f"cringe iterate: error: the judge at {dying.url}/chat/completions failed "), (
+        line
+    )
     assert f"the 20 answers received are kept in {partial}; rerun the same command once it answers again" in line
     assert dying.answered == 20 and len(partial.read_text().splitlines()) == 20
     assert (out / "round-1" / "samples.jsonl").exists() and not (out / "round-1" / "scores.jsonl").exists()
@@ -439,8 +490,9 @@ def test_a_judge_that_dies_mid_round_keeps_its_answers_and_the_rerun_asks_only_t
     samples = [json.loads(s) for s in (out / "round-1" / "samples.jsonl").read_text().splitlines()]
     whole = JudgeServer()
     try:
-        scores = PairwiseJudge(whole.url, "test-judge", concurrency=2).score([s["prompt"] for s in samples],
-                                                                             [s["completion"] for s in samples])
+        scores = PairwiseJudge(whole.url, "test-judge", concurrency=2).score(
+            [s["prompt"] for s in samples], [s["completion"] for s in samples]
+        )
     finally:
         whole.stop()
     assert whole.answered == 3 * 6 * 2  # 3 prompts, 6 pairs of 4 samples each, both orders
@@ -482,12 +534,23 @@ def nan_at(step: int):
 def test_a_nan_loss_stops_training_at_its_step(tmp_path, tokenizer, tiny_model, monkeypatch):
     from cringe.trainer import CringeConfig, CringeTrainer, NonFiniteLossError
 
-    args = CringeConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=6,
-                        learning_rate=1e-3, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True)
+    args = CringeConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        max_steps=6,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
     monkeypatch.setattr(CringeTrainer, "compute_loss", nan_at(3))
     trainer = CringeTrainer(model=tiny_model, args=args, train_dataset=pair_rows(12), processing_class=tokenizer)
-    with pytest.raises(NonFiniteLossError, match=r"^training loss is nan at step 3: training diverged; lower the "
-                                                 r"learning rate"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"^training loss is nan at step 3: training diverged; lower the "
+        r"learning rate",
+    ):
         trainer.train()
     assert trainer.state.global_step == 2  # the nan step never reached the optimiser
 
@@ -496,9 +559,18 @@ def test_diverged_weights_are_never_kept(tmp_path, tokenizer, tiny_model):
     from cringe.trainer import CringeConfig, CringeTrainer, NonFiniteLossError
 
     # A learning rate no float32 weight survives: the first update makes them inf, the next loss nan.
-    args = CringeConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=3,
-                        learning_rate=1e39, max_grad_norm=0, save_strategy="no", report_to="none", disable_tqdm=True,
-                        use_cpu=True, loss="sft")
+    args = CringeConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        max_steps=3,
+        learning_rate=1e39,
+        max_grad_norm=0,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        loss="sft",
+    )
     rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in pair_rows(8)]
     trainer = CringeTrainer(model=tiny_model, args=args, train_dataset=rows, processing_class=tokenizer)
     with pytest.raises(NonFiniteLossError, match=r"nan|inf"):
@@ -509,13 +581,25 @@ def test_a_nan_loss_in_the_loop_leaves_no_model(base, capsys, monkeypatch):
     from cringe.trainer import CringeTrainer
 
     out = base / "nan"
-    config = write_config(base, out, rounds=1, eval_prompts=None, train={
-        "per_device_train_batch_size": 2, "num_train_epochs": 2, "learning_rate": 3e-3, "use_cpu": True,
-        "disable_tqdm": True, "save_strategy": "no"})
+    config = write_config(
+        base,
+        out,
+        rounds=1,
+        eval_prompts=None,
+        train={
+            "per_device_train_batch_size": 2,
+            "num_train_epochs": 2,
+            "learning_rate": 3e-3,
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "save_strategy": "no",
+        },
+    )
     monkeypatch.setattr(CringeTrainer, "compute_loss", nan_at(2))
     code, line = cli(config, capsys)
-    assert code == 2 and line.startswith("cringe iterate: error: training loss is nan at step 2: training diverged; "
-                                         "lower the learning rate"), line
+    assert code == 2 and line.startswith(
+        "cringe iterate: error: training loss is nan at step 2: training diverged; lower the learning rate"
+    ), line
     assert not (out / "round-1" / "model").exists() and leftovers(out) == []
 
 
@@ -534,6 +618,7 @@ def test_models_load_without_remote_code_and_from_safetensors_only(tmp_path, mon
         def from_pretrained(path, *args, **kwargs):
             calls[name] = kwargs
             return result
+
         return from_pretrained
 
     class Loaded:
@@ -556,8 +641,11 @@ def test_models_load_without_remote_code_and_from_safetensors_only(tmp_path, mon
     calls.clear()
     (folder / "model.safetensors").unlink()
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
-    with pytest.raises(UserError, match=r"model: weights only as pickle files \(pytorch_model.bin\); cringe loads "
-                                        r"safetensors only"):
+    with pytest.raises(
+        UserError,
+        match=r"model: weights only as pickle files \(pytorch_model.bin\); cringe loads "
+        r"safetensors only",
+    ):
         load_model(str(folder))
     assert calls == {}  # refused before transformers saw it
 
@@ -590,8 +678,12 @@ def test_the_package_never_unpickles():
                 offenders.append(f"{where}:{node.lineno}: torch.load without weights_only=True")
             if node.func.attr == "load" and owner in ("np", "numpy") and kw.get("allow_pickle") is not False:
                 offenders.append(f"{where}:{node.lineno}: np.load without allow_pickle=False")
-            if node.func.attr == "from_pretrained" and owner.startswith("AutoModel") and "gguf_file" not in kw \
-                    and kw.get("use_safetensors") is not True:
+            if (
+                node.func.attr == "from_pretrained"
+                and owner.startswith("AutoModel")
+                and "gguf_file" not in kw
+                and kw.get("use_safetensors") is not True
+            ):
                 offenders.append(f"{where}:{node.lineno}: {owner}.from_pretrained without use_safetensors=True")
             if kw.get("trust_remote_code") is True:
                 offenders.append(f"{where}:{node.lineno}: trust_remote_code=True")

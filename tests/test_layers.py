@@ -22,7 +22,7 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 root = ".".join(base + ([node.module] if node.module else []))
             else:
                 root = node.module or ""
@@ -49,7 +49,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -84,23 +84,35 @@ def test_the_package_has_no_import_cycle():
 
 
 def test_nothing_imports_the_cli():
-    importers = sorted(m for m, deps in import_graph().items() if not m.startswith("cringe.cli")
-                       and m != "cringe.__main__" and any(d == "cringe.cli" or d.startswith("cringe.cli.") for d in deps))
+    importers = sorted(
+        m
+        for m, deps in import_graph().items()
+        if not m.startswith("cringe.cli")
+        and m != "cringe.__main__"
+        and any(d == "cringe.cli" or d.startswith("cringe.cli.") for d in deps)
+    )
     assert importers == []
 
 
 def test_the_project_points_only_inside_itself():
     root = PACKAGE.parent
     texts = [root / "README.md", *root.glob("docs/*.md"), *PACKAGE.rglob("*.py"), *root.glob("bench/*.py")]
-    offenders = [str(p.relative_to(root)) for p in texts
-                 if "../shared" in p.read_text() or "DESIGN §" in p.read_text() or "DESIGN.md" in p.read_text()]
+    offenders = [
+        str(p.relative_to(root))
+        for p in texts
+        if "../shared" in p.read_text() or "DESIGN §" in p.read_text() or "DESIGN.md" in p.read_text()
+    ]
     assert offenders == []
 
 
 def test_no_runtime_check_is_an_assert():
     # `python -O` strips assert statements: an invariant the package relies on must raise for real.
-    offenders = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for path in sorted(PACKAGE.rglob("*.py"))
-                 for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Assert)]
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Assert)
+    ]
     assert offenders == []
 
 
@@ -109,15 +121,32 @@ def test_optional_dependencies_are_imported_where_they_are_used():
     # has no tensorboard, and the sampling stage imported the loop's trackers at start-up.
     import sys
 
-    core = {"torch", "transformers", "datasets", "accelerate", "safetensors", "yaml", "tqdm", "tokenizers", "jinja2", "numpy",
-            "cringe", "__future__"}
+    core = {
+        "torch",
+        "transformers",
+        "datasets",
+        "accelerate",
+        "safetensors",
+        "yaml",
+        "tqdm",
+        "tokenizers",
+        "jinja2",
+        "numpy",
+        "cringe",
+        "__future__",
+    }
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.ImportFrom) and node.level:
                 continue
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 optional = name.split(".")[0] not in core | set(sys.stdlib_module_names)
                 if optional or name.startswith("torch.utils.tensorboard"):

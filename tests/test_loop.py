@@ -22,12 +22,23 @@ def write_config(tmp_path, out, **overrides):
     if "prompts" not in overrides:
         prompts.write_text("".join(json.dumps(r) + "\n" for r in toy_prompts(12)))
     config = {
-        "model": "tiny-random-llama", "prompts": str(prompts), "eval_prompts": str(prompts), "output_dir": str(out),
-        "rounds": 2, "loss": "pairwise_cringe",
+        "model": "tiny-random-llama",
+        "prompts": str(prompts),
+        "eval_prompts": str(prompts),
+        "output_dir": str(out),
+        "rounds": 2,
+        "loss": "pairwise_cringe",
         "reward": {"type": "callable", "function": "cringe.testbeds.toy:vowel_share"},
         "sampling": {"n": 4, "max_new_tokens": 12, "batch_size": 16},
-        "train": {"per_device_train_batch_size": 4, "num_train_epochs": 2, "learning_rate": 3e-3, "use_cpu": True,
-                  "disable_tqdm": True, "save_strategy": "no", "logging_steps": 1},
+        "train": {
+            "per_device_train_batch_size": 4,
+            "num_train_epochs": 2,
+            "learning_rate": 3e-3,
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "save_strategy": "no",
+            "logging_steps": 1,
+        },
     }
     config.update(overrides)
     path = tmp_path / f"{Path(out).name}.yaml"
@@ -75,8 +86,11 @@ def test_two_rounds_complete_with_evaluation(tmp_path, loss):
 def test_resume_refuses_a_changed_config_but_allows_more_rounds(tmp_path):
     path = write_config(tmp_path, tmp_path / "run", rounds=1)
     IterativeRun(load_config(str(path), [])).run()
-    with pytest.raises(ValueError, match=r"round 1's training rows were paired with min_gap=0.0; this config says "
-                                         r"min_gap=0.5"):
+    with pytest.raises(
+        ValueError,
+        match=r"round 1's training rows were paired with min_gap=0.0; this config says "
+        r"min_gap=0.5",
+    ):
         IterativeRun(load_config(str(path), ["--min_gap", "0.5"])).run()
     with pytest.raises(ValueError, match=r"keys that differ: \['train'\]"):
         IterativeRun(load_config(str(path), ["--train.learning_rate", "0.1"])).run()
@@ -95,7 +109,9 @@ def test_what_the_machine_resolves_is_part_of_a_resume_check(tmp_path, monkeypat
 
     path = write_config(tmp_path, tmp_path / "run", rounds=1, eval_prompts=None)
     IterativeRun(load_config(str(path), [])).run()
-    with pytest.raises(ValueError, match=r"keys that differ: \['backend', 'backend \(resolved here: vllm, was transformers\)'\]"):
+    with pytest.raises(
+        ValueError, match=r"keys that differ: \['backend', 'backend \(resolved here: vllm, was transformers\)'\]"
+    ):
         IterativeRun(load_config(str(path), ["--backend", "vllm"])).check_state()
     with pytest.raises(ValueError, match=r"training_processes \(resolved here: 2, was 1\)"):
         IterativeRun(load_config(str(path), ["--accelerate.num_processes", "2"])).check_state()
@@ -131,8 +147,10 @@ def test_a_round_whose_pairing_kept_nothing_reruns_with_other_settings(tmp_path,
         main(["iterate", "--config", str(path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("cringe iterate: error: round-1: pairing kept no training rows of 12 prompts") and \
-        "lower min_gap" in err, err
+    assert (
+        err.startswith("cringe iterate: error: round-1: pairing kept no training rows of 12 prompts")
+        and "lower min_gap" in err
+    ), err
     assert not (out / "round-1" / "pairs.jsonl").exists() and (out / "round-1" / "scores.jsonl").exists()
     samples = (out / "round-1" / "samples.jsonl").read_text()
     main(["iterate", "--config", str(path), "--min_gap", "0"])
@@ -141,12 +159,18 @@ def test_a_round_whose_pairing_kept_nothing_reruns_with_other_settings(tmp_path,
     assert json.loads((out / "round-1" / "pairing.json").read_text())["settings"]["min_gap"] == 0
 
 
-@pytest.mark.parametrize("section, reward, message", [
-    ("reward", {"type": "judge", "model": "m"}, "reward (judge): missing base_url (the server's /v1 URL)"),
-    ("reward", {"type": "model", "path": "rm", "max_lenght": 512},
-     "reward (model): unknown keys ['max_lenght'] (did you mean 'max_length'?)"),
-    ("eval_reward", {"type": "modle", "path": "rm"}, "eval_reward: type must be callable, model or judge"),
-])
+@pytest.mark.parametrize(
+    "section, reward, message",
+    [
+        ("reward", {"type": "judge", "model": "m"}, "reward (judge): missing base_url (the server's /v1 URL)"),
+        (
+            "reward",
+            {"type": "model", "path": "rm", "max_lenght": 512},
+            "reward (model): unknown keys ['max_lenght'] (did you mean 'max_length'?)",
+        ),
+        ("eval_reward", {"type": "modle", "path": "rm"}, "eval_reward: type must be callable, model or judge"),
+    ],
+)
 def test_the_reward_sections_are_checked_when_the_config_is_read(tmp_path, capsys, section, reward, message):
     # They were checked when a round first scored: a KeyError or TypeError traceback after sampling.
     from cringe.cli import main
@@ -180,8 +204,20 @@ def test_nested_values_are_typed_from_flags_and_yaml(tmp_path):
     config = load_config(str(path), ["--sampling.temperature", "0.7", "--rounds=4"])
     assert config.train["learning_rate"] == 1e-5 and isinstance(config.train["learning_rate"], float)
     assert config.sampling["temperature"] == 0.7 and config.rounds == 4
-    config = load_config(None, [f"--config={path}", "--train.learning_rate", "2e-5", "--train.use_peft", "true",
-                                "--train.lora_r", "4", "--reward.kwargs.scale", "2"])
+    config = load_config(
+        None,
+        [
+            f"--config={path}",
+            "--train.learning_rate",
+            "2e-5",
+            "--train.use_peft",
+            "true",
+            "--train.lora_r",
+            "4",
+            "--reward.kwargs.scale",
+            "2",
+        ],
+    )
     assert config.train["learning_rate"] == 2e-5 and config.train["use_peft"] is True and config.train["lora_r"] == 4
     assert config.reward["kwargs"] == {"scale": 2} and config.reward["type"] == "callable"
 
@@ -195,15 +231,20 @@ def test_a_typo_in_the_train_section_stops_before_any_work(tmp_path, capsys):
         main(["iterate", "--config", str(path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"cringe iterate: error: {path}: train: unknown key 'learning_rat' "
-                   "(did you mean 'learning_rate'?)")
+    assert err == (f"cringe iterate: error: {path}: train: unknown key 'learning_rat' (did you mean 'learning_rate'?)")
     assert not out.exists()
 
 
 def _run_cli(config_path, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "cringe", "iterate", "--config", str(config_path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cringe", "iterate", "--config", str(config_path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.mark.slow  # about 10-40 s (subprocesses); make test-slow runs it
@@ -237,8 +278,10 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path):
 
 def test_round_prompts_gives_each_round_fresh_prompts_wrapping_around(tmp_path):
     out = tmp_path / "run"
-    config = load_config(str(write_config(tmp_path, out, rounds=3, round_prompts=5, eval_prompts=None,
-                                          eval_every=1)), ["--train.max_steps", "1"])  # which prompts, not training
+    config = load_config(
+        str(write_config(tmp_path, out, rounds=3, round_prompts=5, eval_prompts=None, eval_every=1)),
+        ["--train.max_steps", "1"],
+    )  # which prompts, not training
     IterativeRun(config).run()
     seen = []
     for k in (1, 2, 3):
@@ -251,8 +294,10 @@ def test_round_prompts_gives_each_round_fresh_prompts_wrapping_around(tmp_path):
 
 def test_eval_every_skips_intermediate_rounds_but_never_the_last(tmp_path):
     out = tmp_path / "run"
-    config = load_config(str(write_config(tmp_path, out, rounds=3, eval_every=2, max_prompts=4,
-                                          max_eval_prompts=4)), ["--train.max_steps", "1"])
+    config = load_config(
+        str(write_config(tmp_path, out, rounds=3, eval_every=2, max_prompts=4, max_eval_prompts=4)),
+        ["--train.max_steps", "1"],
+    )
     evaluations = IterativeRun(config).run()
     assert [e["round"] for e in evaluations] == [2, 3]
     assert not (out / "round-1" / "eval.json").exists()

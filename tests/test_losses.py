@@ -142,8 +142,9 @@ def test_extreme_logits_stay_finite():
     loss.sum().backward()
     assert torch.isfinite(logits.grad).all()
     labels = torch.tensor([[0, 1]])
-    out = L.pairwise_cringe_loss(logits.unsqueeze(0), labels, logits.unsqueeze(0) * -1, labels,
-                                 generator=torch.Generator().manual_seed(0))
+    out = L.pairwise_cringe_loss(
+        logits.unsqueeze(0), labels, logits.unsqueeze(0) * -1, labels, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.isfinite(out.loss)
 
 
@@ -226,8 +227,9 @@ def test_pairwise_cringe_gradcheck_float64():
     uniforms = torch.rand(int((rl != IGNORE).sum()), dtype=torch.float64)
 
     def f(c, r):
-        return L.pairwise_cringe_loss(c, cl, r, rl, k=2, margin=1.0, temperature=3.0, uniforms=uniforms,
-                                      detach_gate=False).loss
+        return L.pairwise_cringe_loss(
+            c, cl, r, rl, k=2, margin=1.0, temperature=3.0, uniforms=uniforms, detach_gate=False
+        ).loss
 
     assert torch.autograd.gradcheck(f, (chosen, rejected))
 
@@ -261,8 +263,9 @@ def test_detached_gate_gradient_treats_the_gate_as_a_constant_weight():
 
 def test_closed_gate_leaves_only_cross_entropy():
     chosen, cl, rejected, rl = make_pair_batch()
-    out = L.pairwise_cringe_loss(chosen, cl, rejected, rl, margin=-1e6, temperature=1.0,
-                                 generator=torch.Generator().manual_seed(0))
+    out = L.pairwise_cringe_loss(
+        chosen, cl, rejected, rl, margin=-1e6, temperature=1.0, generator=torch.Generator().manual_seed(0)
+    )
     n = int((cl != IGNORE).sum() + (rl != IGNORE).sum())
     assert out.loss.item() == pytest.approx(out.stats["ce_sum"].item() / n, rel=1e-9)
     assert out.stats["gate"].max() < 1e-6

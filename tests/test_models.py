@@ -16,8 +16,17 @@ def params(model):
 
 
 def training_args(tmp_path, **kw):
-    return CringeConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=1e-2,
-                        max_steps=3, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, **kw)
+    return CringeConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        max_steps=3,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        **kw,
+    )
 
 
 def test_lora_model_is_saved_merged_with_adapters_and_a_card(tmp_path, tokenizer):
@@ -27,8 +36,13 @@ def test_lora_model_is_saved_merged_with_adapters_and_a_card(tmp_path, tokenizer
     model = build_tiny_model(tokenizer)
     start = params(model).clone()
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = CringeTrainer(model=model, args=training_args(tmp_path, loss="dpo", beta=0.2),
-                            train_dataset=pair_rows(8), processing_class=tokenizer, peft_config=lora)
+    trainer = CringeTrainer(
+        model=model,
+        args=training_args(tmp_path, loss="dpo", beta=0.2),
+        train_dataset=pair_rows(8),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
     trainer.train()
     out = tmp_path / "merged"
     save_for_inference(trainer, str(out), base_model="tiny-random-llama", data="pairs.jsonl")

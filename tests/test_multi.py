@@ -36,12 +36,15 @@ def test_data_parallel_sampling_writes_what_one_process_writes(tmp_path, tokeniz
     sampling = SamplingConfig(n=2, max_new_tokens=5, batch_size=4, seed=3)
     sampler = TransformersSampler(tiny_model, tokenizer)
     single = sample_to_file(prompts, sampling, tmp_path / "one.jsonl", lambda: sampler, shard_prompts=2)
-    assert sample_to_file(prompts, sampling, tmp_path / "two.jsonl", lambda: sampler, shard_prompts=2,
-                          rank=1, world=2) == []
+    assert (
+        sample_to_file(prompts, sampling, tmp_path / "two.jsonl", lambda: sampler, shard_prompts=2, rank=1, world=2)
+        == []
+    )
     shards = sorted(p.name for p in (tmp_path / ".two-shards").iterdir())
     assert shards == ["shard-0000002.jsonl", "shard-0000006.jsonl"]  # rank 1: shards 1 and 3
-    joined = sample_to_file(prompts, sampling, tmp_path / "two.jsonl", lambda: sampler, shard_prompts=2,
-                            rank=0, world=2)
+    joined = sample_to_file(
+        prompts, sampling, tmp_path / "two.jsonl", lambda: sampler, shard_prompts=2, rank=0, world=2
+    )
     assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text() and joined == single
 
 
@@ -49,15 +52,39 @@ def test_cringe_train_takes_the_loops_token_id_rows(tmp_path, tokenizer):
     from cringe.cli import main
 
     ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    rows = [{"row": i, "prompt_ids": ids(f"Q{i}?"), "label": None,
-             "completion_ids": [ids(" yes") + [tokenizer.eos_token_id], ids(" no!") + [tokenizer.eos_token_id]]}
-            for i in range(8)]
+    rows = [
+        {
+            "row": i,
+            "prompt_ids": ids(f"Q{i}?"),
+            "label": None,
+            "completion_ids": [ids(" yes") + [tokenizer.eos_token_id], ids(" no!") + [tokenizer.eos_token_id]],
+        }
+        for i in range(8)
+    ]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "model"
-    main(["train", "--dataset", str(data), "--output_dir", str(tmp_path / "ckpt"), "--save_model_to", str(out),
-          "--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "true", "--disable_tqdm", "true",
-          "--report_to", "none"])
+    main(
+        [
+            "train",
+            "--dataset",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "ckpt"),
+            "--save_model_to",
+            str(out),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--use_cpu",
+            "true",
+            "--disable_tqdm",
+            "true",
+            "--report_to",
+            "none",
+        ]
+    )
     assert (out / "model.safetensors").exists() and json.loads((out / "train_log.json").read_text())[-1]["step"] == 2
 
 
@@ -76,15 +103,39 @@ def test_two_process_iterate_matches_the_in_process_run(tmp_path):
     env_backup = dict(os.environ)
     os.environ.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     try:
-        common = {"optim": "sgd", "learning_rate": 0.5, "max_grad_norm": 0.0, "max_steps": 2, "use_cpu": True,
-                  "disable_tqdm": True, "save_strategy": "no", "logging_steps": 1, "dataloader_num_workers": 0}
+        common = {
+            "optim": "sgd",
+            "learning_rate": 0.5,
+            "max_grad_norm": 0.0,
+            "max_steps": 2,
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "save_strategy": "no",
+            "logging_steps": 1,
+            "dataloader_num_workers": 0,
+        }
         reward = {"type": "callable", "function": "cringe.testbeds.toy:mean_codepoint"}
-        single = write_config(tmp_path, tmp_path / "single", eval_prompts=None, max_prompts=8, reward=reward,
-                              train={**common, "per_device_train_batch_size": 8})
-        launched = write_config(tmp_path, tmp_path / "launched", eval_prompts=None, max_prompts=8, reward=reward,
-                                train={**common, "per_device_train_batch_size": 4},
-                                accelerate={"config_file": str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"),
-                                            "num_processes": 2, "sample": True})
+        single = write_config(
+            tmp_path,
+            tmp_path / "single",
+            eval_prompts=None,
+            max_prompts=8,
+            reward=reward,
+            train={**common, "per_device_train_batch_size": 8},
+        )
+        launched = write_config(
+            tmp_path,
+            tmp_path / "launched",
+            eval_prompts=None,
+            max_prompts=8,
+            reward=reward,
+            train={**common, "per_device_train_batch_size": 4},
+            accelerate={
+                "config_file": str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"),
+                "num_processes": 2,
+                "sample": True,
+            },
+        )
         IterativeRun(load_config(str(single), [])).run()
         IterativeRun(load_config(str(launched), [])).run()
     finally:
@@ -96,8 +147,9 @@ def test_two_process_iterate_matches_the_in_process_run(tmp_path):
         # (even_batches), which a run whose row count does not fill the batches would not match.
         assert len((tmp_path / "single" / f"round-{k}" / "pairs.jsonl").read_text().splitlines()) == 8
         for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl"):
-            assert (tmp_path / "launched" / f"round-{k}" / name).read_text() == \
-                (tmp_path / "single" / f"round-{k}" / name).read_text(), (k, name)
+            assert (tmp_path / "launched" / f"round-{k}" / name).read_text() == (
+                tmp_path / "single" / f"round-{k}" / name
+            ).read_text(), (k, name)
         a = load_file(str(tmp_path / "single" / f"round-{k}" / "model" / "model.safetensors"))
         b = load_file(str(tmp_path / "launched" / f"round-{k}" / "model" / "model.safetensors"))
         for key in a:

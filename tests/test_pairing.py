@@ -5,13 +5,20 @@ from cringe.loop.pairing import as_training_data, best_only, best_vs_worst, by_t
 
 
 def sample(p, j, ids, reason="stop"):
-    return Sample(prompt_id=p, sample_id=j, prompt_ids=[1, 2], completion_ids=ids, completion=str(ids),
-                  finish_reason=reason)
+    return Sample(
+        prompt_id=p, sample_id=j, prompt_ids=[1, 2], completion_ids=ids, completion=str(ids), finish_reason=reason
+    )
 
 
-SAMPLES = [sample(0, 0, [5]), sample(0, 1, [6]), sample(0, 2, [7]),   # clear best (6) and worst (7)
-           sample(1, 0, [5]), sample(1, 1, [6]),                      # a tie
-           sample(2, 0, [5]), sample(2, 1, [6], "length")]            # gap 0.5, one truncated
+SAMPLES = [
+    sample(0, 0, [5]),
+    sample(0, 1, [6]),
+    sample(0, 2, [7]),  # clear best (6) and worst (7)
+    sample(1, 0, [5]),
+    sample(1, 1, [6]),  # a tie
+    sample(2, 0, [5]),
+    sample(2, 1, [6], "length"),
+]  # gap 0.5, one truncated
 SCORES = [0.5, 0.9, 0.1, 0.3, 0.3, 0.8, 0.3]
 
 

@@ -14,7 +14,9 @@ RECIPES = recipe_paths()
 
 def test_the_recipes_are_there():
     names = {p.name for p in RECIPES}
-    assert {f"ultrafeedback_{loss}_{size}.yaml" for loss in ("pairwise_cringe", "dpo") for size in ("1b", "8b")} <= names
+    assert {
+        f"ultrafeedback_{loss}_{size}.yaml" for loss in ("pairwise_cringe", "dpo") for size in ("1b", "8b")
+    } <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -87,9 +89,11 @@ def test_real_shape_stand_ins_have_the_published_sizes():
     from cringe.standins import build_model, build_reward_tokenizer
 
     sizes = {}
-    for shape, tok, classifier in (("llama-3.2-1b", build_tiny_tokenizer(), False),
-                                   ("llama-3.1-8b", build_tiny_tokenizer(), False),
-                                   ("qwen3-0.6b", build_reward_tokenizer(), True)):
+    for shape, tok, classifier in (
+        ("llama-3.2-1b", build_tiny_tokenizer(), False),
+        ("llama-3.1-8b", build_tiny_tokenizer(), False),
+        ("qwen3-0.6b", build_reward_tokenizer(), True),
+    ):
         model = build_model(shape, tok, classifier=classifier, device="meta")
         sizes[shape] = sum(p.numel() for p in model.parameters())
         assert model.config.pad_token_id == tok.pad_token_id
@@ -107,10 +111,31 @@ def test_gpu_recipe_script_smoke_on_cpu(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "bench" / "gpu_recipe.py"), "--smoke", "--device", "cpu",
-                          "--prompts", "8", "--eval-prompts", "4", "--new-tokens", "8", "--train-steps", "2",
-                          "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(root / "bench" / "gpu_recipe.py"),
+            "--smoke",
+            "--device",
+            "cpu",
+            "--prompts",
+            "8",
+            "--eval-prompts",
+            "4",
+            "--new-tokens",
+            "8",
+            "--train-steps",
+            "2",
+            "--work",
+            str(tmp_path / "work"),
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     table = next((tmp_path / "results").glob("gpu_recipe-*-smoke-cpu.md")).read_text()
     assert table.count("| samples.jsonl |") == 2 and table.count("| eval.json |") == 2

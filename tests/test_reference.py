@@ -53,9 +53,27 @@ def test_cli_evaluate_against_reference_outputs(tmp_path, capsys):
         reward = tmp_path / "judge.yaml"
         reward.write_text(f"type: judge\nbase_url: {url}\nmodel: ref-judge\nconcurrency: 2\n")
         export = tmp_path / "tiny_outputs.json"
-        main(["evaluate", "--policy", "tiny-random-llama", "--baseline", FARM, "--reward", str(reward),
-              "--max_new_tokens", "6", "--device", "cpu", "--export_outputs", str(export), "--generator", "tiny",
-              "--output", str(tmp_path / "result.json")])
+        main(
+            [
+                "evaluate",
+                "--policy",
+                "tiny-random-llama",
+                "--baseline",
+                FARM,
+                "--reward",
+                str(reward),
+                "--max_new_tokens",
+                "6",
+                "--device",
+                "cpu",
+                "--export_outputs",
+                str(export),
+                "--generator",
+                "tiny",
+                "--output",
+                str(tmp_path / "result.json"),
+            ]
+        )
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["n_prompts"] == 6 and result["undecided"] == 0
     assert result["win_rate"]["win_rate"] == 0.0  # the reference won every comparison, in both orders
@@ -88,12 +106,35 @@ def test_evaluate_refuses_prompts_with_outputs_baseline(tmp_path):
     reward = tmp_path / "r.yaml"
     reward.write_text("type: callable\nfunction: cringe.testbeds.toy:vowel_share\n")
     with pytest.raises(SystemExit) as stop:
-        main(["evaluate", "--policy", "tiny-random-llama", "--baseline", FARM, "--reward", str(reward),
-              "--prompts", FARM])
+        main(
+            [
+                "evaluate",
+                "--policy",
+                "tiny-random-llama",
+                "--baseline",
+                FARM,
+                "--reward",
+                str(reward),
+                "--prompts",
+                FARM,
+            ]
+        )
     assert stop.value.code == 2
     with pytest.raises(UserError, match="answers each instruction once"):
-        main(["evaluate", "--policy", "tiny-random-llama", "--baseline", FARM, "--reward", str(reward),
-              "--samples", "4", "--debug"])
+        main(
+            [
+                "evaluate",
+                "--policy",
+                "tiny-random-llama",
+                "--baseline",
+                FARM,
+                "--reward",
+                str(reward),
+                "--samples",
+                "4",
+                "--debug",
+            ]
+        )
 
 
 def test_length_controlled_goes_through_alpaca_evals_own_glm(tmp_path, monkeypatch):
@@ -108,9 +149,20 @@ def test_length_controlled_goes_through_alpaca_evals_own_glm(tmp_path, monkeypat
 
     rng = random.Random(0)
     n = 805
-    gamed = pd.DataFrame([{"model": m, "index": i, "preference": rng.random(), "std_delta_len": rng.gauss(0, 1),
-                           "instruction_difficulty": rng.gauss(0, 1), "not_gamed_baseline": False}
-                          for m in ("verbose", "concise") for i in range(n)])
+    gamed = pd.DataFrame(
+        [
+            {
+                "model": m,
+                "index": i,
+                "preference": rng.random(),
+                "std_delta_len": rng.gauss(0, 1),
+                "instruction_difficulty": rng.gauss(0, 1),
+                "not_gamed_baseline": False,
+            }
+            for m in ("verbose", "concise")
+            for i in range(n)
+        ]
+    )
     csv = tmp_path / "df_gamed.csv"
     gamed.to_csv(csv, index=False)
     monkeypatch.setattr(glm, "hf_hub_download", lambda **kwargs: str(csv))

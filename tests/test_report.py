@@ -86,10 +86,13 @@ def test_html_renders_inline_markdown_and_keeps_model_text_literal():
     # A completion may contain markdown; it must show as written, not as bold or code.
     cell = _one_line("say **hi** to `x` <b> [a](b) |\x07")
     assert _inline(cell) == "say **hi** to `x` &lt;b&gt; [a](b) /\ufffd"
-    assert _inline("run `cringe demo` **now** [docs](index.md)") == \
-        'run <code>cringe demo</code> <strong>now</strong> <a href="index.md">docs</a>'
-    table = _md_table_to_html("| policy | completion | reward |\n|---|---|---|\n| SFT | It was 1 fine day | 0.5 |\n"
-                              "| DPO | 12 | 0.1 ± 0.2 |")
+    assert (
+        _inline("run `cringe demo` **now** [docs](index.md)")
+        == 'run <code>cringe demo</code> <strong>now</strong> <a href="index.md">docs</a>'
+    )
+    table = _md_table_to_html(
+        "| policy | completion | reward |\n|---|---|---|\n| SFT | It was 1 fine day | 0.5 |\n| DPO | 12 | 0.1 ± 0.2 |"
+    )
     # text columns left-aligned (the default), numbers right-aligned
     assert "<th>completion</th>" in table and "<td>It was 1 fine day</td>" in table
     assert '<td class="num">0.1 ± 0.2</td>' in table

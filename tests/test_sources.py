@@ -11,7 +11,9 @@ from cringe.errors import UserError
 
 def test_split_source():
     assert split_source("HuggingFaceH4/ultrafeedback_binarized:train_gen") == (
-        "HuggingFaceH4/ultrafeedback_binarized", "train_gen")
+        "HuggingFaceH4/ultrafeedback_binarized",
+        "train_gen",
+    )
     assert split_source("org/name:test_gen[:500]") == ("org/name", "test_gen[:500]")
     assert split_source("org/name") == ("org/name", None)
     assert split_source("data/prompts.jsonl") == ("data/prompts.jsonl", None)
@@ -20,11 +22,21 @@ def test_split_source():
 
 def test_prompt_rows_take_chosen_before_the_answer():
     user = {"role": "user", "content": "Q?"}
-    uf = [{"prompt": "Q?", "chosen": [user, {"role": "assistant", "content": "A"}],
-           "rejected": [user, {"role": "assistant", "content": "A"}]}]  # tied: no shared-prefix prompt
+    uf = [
+        {
+            "prompt": "Q?",
+            "chosen": [user, {"role": "assistant", "content": "A"}],
+            "rejected": [user, {"role": "assistant", "content": "A"}],
+        }
+    ]  # tied: no shared-prefix prompt
     assert prompt_rows(uf) == [{"prompt": [user]}]
-    explicit = [{"prompt": [user], "chosen": [{"role": "assistant", "content": "A"}],
-                 "rejected": [{"role": "assistant", "content": "B"}]}]
+    explicit = [
+        {
+            "prompt": [user],
+            "chosen": [{"role": "assistant", "content": "A"}],
+            "rejected": [{"role": "assistant", "content": "B"}],
+        }
+    ]
     assert prompt_rows(explicit) is explicit  # a conversational prompt column is the prompt (TRL's rule)
     plain = [{"prompt": "Q?", "chosen": "A", "rejected": "B"}]
     assert prompt_rows(plain) is plain
@@ -41,11 +53,16 @@ def test_loop_skips_long_prompts_when_asked_and_old_runs_still_resume(tmp_path, 
     from cringe.loop import IterateConfig, IterativeRun
 
     path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": "x" * n}]}) + "\n"
-                            for n in (5, 400, 6)))
-    common = dict(model="tiny-random-llama", prompts=str(path), output_dir=str(tmp_path / "run"),
-                  reward={"type": "callable", "function": "cringe.testbeds.toy:vowel_share"}, max_prompt_length=64,
-                  device="cpu", train={"use_cpu": True})
+    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": "x" * n}]}) + "\n" for n in (5, 400, 6)))
+    common = dict(
+        model="tiny-random-llama",
+        prompts=str(path),
+        output_dir=str(tmp_path / "run"),
+        reward={"type": "callable", "function": "cringe.testbeds.toy:vowel_share"},
+        max_prompt_length=64,
+        device="cpu",
+        train={"use_cpu": True},
+    )
     strict = IterateConfig(**common)
     with pytest.raises(UserError, match="row 1, field 'prompt'"):
         IterativeRun(strict).prompts()

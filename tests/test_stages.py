@@ -22,8 +22,25 @@ def read(path):
 def test_sample_and_score_verbs_alone(tmp_path, capsys):
     prompts = prompts_file(tmp_path)
     samples = tmp_path / "samples.jsonl"
-    main(["sample", "--model", "tiny-random-llama", "--prompts", str(prompts), "--output", str(samples),
-          "--n", "3", "--max-new-tokens", "5", "--seed", "7", "--device", "cpu"])
+    main(
+        [
+            "sample",
+            "--model",
+            "tiny-random-llama",
+            "--prompts",
+            str(prompts),
+            "--output",
+            str(samples),
+            "--n",
+            "3",
+            "--max-new-tokens",
+            "5",
+            "--seed",
+            "7",
+            "--device",
+            "cpu",
+        ]
+    )
     rows = read(samples)
     assert len(rows) == 18 and {r["sample_id"] for r in rows} == {0, 1, 2}
     assert all(r["prompt"] and r["seed"] is not None and r["finish_reason"] in ("stop", "length") for r in rows)
@@ -44,8 +61,19 @@ def test_sample_resumes_from_finished_shards(tmp_path, monkeypatch):
     from cringe.loop import stages
 
     prompts = prompts_file(tmp_path, 5)
-    args = ["sample", "--model", "tiny-random-llama", "--prompts", str(prompts), "--n", "2",
-            "--max_new_tokens", "4", "--device", "cpu"]
+    args = [
+        "sample",
+        "--model",
+        "tiny-random-llama",
+        "--prompts",
+        str(prompts),
+        "--n",
+        "2",
+        "--max_new_tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]
     monkeypatch.setattr(stages, "SHARD_PROMPTS", 2)
     monkeypatch.setattr(stages.sample_to_file, "__kwdefaults__", {"shard_prompts": 2})
     main(args + ["--output", str(tmp_path / "full.jsonl")])
@@ -55,7 +83,8 @@ def test_sample_resumes_from_finished_shards(tmp_path, monkeypatch):
     full = read(tmp_path / "full.jsonl")
     for start in (0, 2):
         (shards / f"shard-{start:07d}.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in full if start <= r["prompt_id"] < start + 2))
+            "".join(json.dumps(r) + "\n" for r in full if start <= r["prompt_id"] < start + 2)
+        )
     import cringe.cli.sample
 
     opened = []
@@ -67,8 +96,19 @@ def test_sample_resumes_from_finished_shards(tmp_path, monkeypatch):
 
 def test_score_refuses_samples_without_prompt_text(tmp_path, capsys):
     samples = tmp_path / "old.jsonl"
-    samples.write_text(json.dumps({"prompt_id": 0, "sample_id": 0, "prompt_ids": [1], "completion_ids": [2],
-                                   "completion": "x", "finish_reason": "stop"}) + "\n")
+    samples.write_text(
+        json.dumps(
+            {
+                "prompt_id": 0,
+                "sample_id": 0,
+                "prompt_ids": [1],
+                "completion_ids": [2],
+                "completion": "x",
+                "finish_reason": "stop",
+            }
+        )
+        + "\n"
+    )
     reward = tmp_path / "reward.yaml"
     reward.write_text('type: callable\nfunction: "cringe.testbeds.toy:vowel_share"\n')
     with pytest.raises(SystemExit) as exit_info:
@@ -95,9 +135,14 @@ def test_device_and_dtype_placement_rules(monkeypatch):
 def iterate_config(tmp_path, **overrides):
     from cringe.loop.run import IterateConfig
 
-    base = dict(model="tiny-random-llama", prompts=str(prompts_file(tmp_path)), output_dir=str(tmp_path / "run"),
-                reward={"type": "callable", "function": "cringe.testbeds.toy:vowel_share"}, rounds=1,
-                backend="transformers")
+    base = dict(
+        model="tiny-random-llama",
+        prompts=str(prompts_file(tmp_path)),
+        output_dir=str(tmp_path / "run"),
+        reward={"type": "callable", "function": "cringe.testbeds.toy:vowel_share"},
+        rounds=1,
+        backend="transformers",
+    )
     return IterateConfig(**{**base, **overrides})
 
 
@@ -143,9 +188,10 @@ def test_stage_subprocesses_write_what_the_in_process_run_writes(tmp_path):
     """The same round with sampling and scoring as `cringe sample` / `cringe score` subprocesses."""
     from cringe.loop.run import IterativeRun
 
-    common = dict(sampling={"n": 3, "max_new_tokens": 6, "batch_size": 8},
-                  train={"max_steps": 1, "per_device_train_batch_size": 4, "disable_tqdm": True,
-                         "save_strategy": "no"})
+    common = dict(
+        sampling={"n": 3, "max_new_tokens": 6, "batch_size": 8},
+        train={"max_steps": 1, "per_device_train_batch_size": 4, "disable_tqdm": True, "save_strategy": "no"},
+    )
     runs = {}
     for mode in (False, True):
         config = iterate_config(tmp_path, output_dir=str(tmp_path / f"run-{mode}"), stage_processes=mode, **common)

@@ -22,11 +22,26 @@ def test_two_round_lora_iterate_logs_to_tensorboard(tmp_path, loss):
     from cringe.loop.run import IterativeRun, load_config
 
     out = tmp_path / "run"
-    path = write_config(tmp_path, out, loss=loss, report_to=["tensorboard"],
-                        train={"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj", "v_proj"],
-                               "per_device_train_batch_size": 4, "num_train_epochs": 1, "learning_rate": 1e-2,
-                               "use_cpu": True, "disable_tqdm": True, "save_strategy": "steps", "save_steps": 1,
-                               "logging_steps": 1})
+    path = write_config(
+        tmp_path,
+        out,
+        loss=loss,
+        report_to=["tensorboard"],
+        train={
+            "use_peft": True,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_target_modules": ["q_proj", "v_proj"],
+            "per_device_train_batch_size": 4,
+            "num_train_epochs": 1,
+            "learning_rate": 1e-2,
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "save_strategy": "steps",
+            "save_steps": 1,
+            "logging_steps": 1,
+        },
+    )
     evaluations = IterativeRun(load_config(str(path), [])).run()
     assert [e["round"] for e in evaluations] == [1, 2]
     for k in (1, 2):
@@ -34,8 +49,14 @@ def test_two_round_lora_iterate_logs_to_tensorboard(tmp_path, loss):
         assert not (out / f"round-{k}" / "checkpoints").exists()  # deleted; the logs live elsewhere
     tags = scalars(out / "logs")
     assert [step for step, _ in tags["eval/win_rate"]] == [1, 2]
-    for tag in ("eval/win_rate_ci_low", "eval/kl", "eval/reward", "eval/length_tokens", "eval/distinct_2",
-                "pairs/kept"):
+    for tag in (
+        "eval/win_rate_ci_low",
+        "eval/kl",
+        "eval/reward",
+        "eval/length_tokens",
+        "eval/distinct_2",
+        "pairs/kept",
+    ):
         assert [step for step, _ in tags[tag]] == [1, 2], tag
     if loss == "pairwise_cringe":
         assert [step for step, _ in tags["train/mean_gate"]] == [1, 2]

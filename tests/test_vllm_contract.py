@@ -60,7 +60,10 @@ def test_on_a_cpu_engine_chunked_prefill_is_off_unless_the_user_says(fake_vllm, 
     monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cuda")
     VLLMSampler("some/model", tokenizer)
     assert [c["options"] for c in calls(fake_vllm)] == [
-        {"enable_chunked_prefill": False, "enforce_eager": True}, {"enable_chunked_prefill": True}, {}]
+        {"enable_chunked_prefill": False, "enforce_eager": True},
+        {"enable_chunked_prefill": True},
+        {},
+    ]
 
 
 @pytest.mark.slow  # about 10-40 s (subprocesses); make test-slow runs it
@@ -73,20 +76,48 @@ def test_loop_runs_one_engine_per_sampling_stage_in_its_own_process(fake_vllm, t
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in toy_prompts(70)))  # two shards of 64
     config = tmp_path / "iterate.yaml"
-    config.write_text(json.dumps({
-        "model": "tiny-random-llama", "prompts": str(prompts), "output_dir": str(tmp_path / "run"), "rounds": 2,
-        "backend": "vllm", "device": "cpu", "reward": {"type": "callable", "function": "cringe.testbeds.toy:vowel_share"},
-        "sampling": {"n": 2, "max_new_tokens": 6},
-        "vllm": {"gpu_memory_utilization": 0.6, "max_model_len": 512, "enforce_eager": True},
-        "train": {"max_steps": 1, "per_device_train_batch_size": 4, "disable_tqdm": True, "save_strategy": "no"}}))
+    config.write_text(
+        json.dumps(
+            {
+                "model": "tiny-random-llama",
+                "prompts": str(prompts),
+                "output_dir": str(tmp_path / "run"),
+                "rounds": 2,
+                "backend": "vllm",
+                "device": "cpu",
+                "reward": {"type": "callable", "function": "cringe.testbeds.toy:vowel_share"},
+                "sampling": {"n": 2, "max_new_tokens": 6},
+                "vllm": {"gpu_memory_utilization": 0.6, "max_model_len": 512, "enforce_eager": True},
+                "train": {
+                    "max_steps": 1,
+                    "per_device_train_batch_size": 4,
+                    "disable_tqdm": True,
+                    "save_strategy": "no",
+                },
+            }
+        )
+    )
     run = IterativeRun(load_config(str(config), []))
     run.run()
     recorded = calls(fake_vllm)
     engines = [c for c in recorded if c["event"] == "LLM"]
-    assert len(engines) == 2 and len({c["pid"] for c in engines}) == 2 and os.getpid() not in {c["pid"] for c in engines}
-    assert engines[0]["model"].endswith("tiny-random-llama") and engines[1]["model"] == str(tmp_path / "run" / "round-1" / "model")
-    assert all(c["options"] == {"dtype": "float32", "trust_remote_code": False, "gpu_memory_utilization": 0.6,
-                                "max_model_len": 512, "enforce_eager": True} for c in engines)
+    assert (
+        len(engines) == 2 and len({c["pid"] for c in engines}) == 2 and os.getpid() not in {c["pid"] for c in engines}
+    )
+    assert engines[0]["model"].endswith("tiny-random-llama") and engines[1]["model"] == str(
+        tmp_path / "run" / "round-1" / "model"
+    )
+    assert all(
+        c["options"]
+        == {
+            "dtype": "float32",
+            "trust_remote_code": False,
+            "gpu_memory_utilization": 0.6,
+            "max_model_len": 512,
+            "enforce_eager": True,
+        }
+        for c in engines
+    )
     generates = [c for c in recorded if c["event"] == "generate"]
     assert sum(len(c["prompts"]) for c in generates) == 140  # no prompt dropped, each round
     seeds = [p["seed"] + j for c in generates for p in c["params"] for j in range(p["n"])]
@@ -109,7 +140,6 @@ def test_auto_backend_weighs_vllm_start_up_on_a_cpu(monkeypatch):
 
     from cringe import generation
     from cringe.generation import CPU_VLLM_MIN_NEW_TOKENS, resolve_backend
-
 
     big, small = CPU_VLLM_MIN_NEW_TOKENS, CPU_VLLM_MIN_NEW_TOKENS - 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -38,10 +38,18 @@ def engine_model(tmp_path_factory):
     from cringe.models import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("engine") / "model"
     LlamaForCausalLM(config).save_pretrained(path)
@@ -112,13 +120,18 @@ def test_sample_verb_on_the_real_engine_matches_the_transformers_files(vllm_pyth
 
     from cringe.cli import main
 
-    main(["sample", "--backend", "transformers", *common, "--output", str(tmp_path / "hf.jsonl"),
-          "--max_prompts", "2"])
+    main(["sample", "--backend", "transformers", *common, "--output", str(tmp_path / "hf.jsonl"), "--max_prompts", "2"])
     assert set(read(tmp_path / "hf.jsonl")[0]) == set(rows[0])  # the same fields, whichever engine
 
     # Killed once its first shard is on disk (engine processes included), then rerun: the same file.
-    killed = cringe_sample(vllm_python, *common, "--output", str(tmp_path / "b.jsonl"),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = cringe_sample(
+        vllm_python,
+        *common,
+        "--output",
+        str(tmp_path / "b.jsonl"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     shard = tmp_path / ".b-shards" / "shard-0000000.jsonl"
     deadline = time.time() + 300
     while not shard.exists() and killed.poll() is None and time.time() < deadline:
@@ -142,13 +155,22 @@ def test_two_rounds_of_iterate_sample_with_vllm_in_its_own_environment(vllm_pyth
     model, tokenizer = engine_model
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in toy_prompts(12)))
-    config = {"model": str(model), "prompts": str(prompts), "eval_prompts": str(prompts), "max_eval_prompts": 6,
-              "output_dir": str(tmp_path / "run"), "rounds": 2, "loss": "pairwise_cringe", "dtype": "float32",
-              "reward": {"type": "callable", "function": "cringe.testbeds.toy:mean_codepoint"},
-              "sampling": {"n": 3, "max_new_tokens": 12}, "backend": "vllm", "sampling_python": vllm_python,
-              "vllm": {"enforce_eager": True, "max_model_len": 512},
-              "train": {"max_steps": 1, "per_device_train_batch_size": 4, "disable_tqdm": True,
-                        "save_strategy": "no"}}
+    config = {
+        "model": str(model),
+        "prompts": str(prompts),
+        "eval_prompts": str(prompts),
+        "max_eval_prompts": 6,
+        "output_dir": str(tmp_path / "run"),
+        "rounds": 2,
+        "loss": "pairwise_cringe",
+        "dtype": "float32",
+        "reward": {"type": "callable", "function": "cringe.testbeds.toy:mean_codepoint"},
+        "sampling": {"n": 3, "max_new_tokens": 12},
+        "backend": "vllm",
+        "sampling_python": vllm_python,
+        "vllm": {"enforce_eager": True, "max_model_len": 512},
+        "train": {"max_steps": 1, "per_device_train_batch_size": 4, "disable_tqdm": True, "save_strategy": "no"},
+    }
     path = tmp_path / "iterate.yaml"
     path.write_text(yaml.safe_dump(config))
     old = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
@@ -187,11 +209,31 @@ def judge_server(vllm_python, engine_model, tmp_path):
 
     def start():
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        proc = subprocess.Popen([vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                                 "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-                                 "--max-model-len", "512", "--served-model-name", "judge", "--enforce-eager"],
-                                cwd=empty, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=open(tmp_path / "server.log", "a"))
+        proc = subprocess.Popen(
+            [
+                vllm_python,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dtype",
+                "float32",
+                "--max-model-len",
+                "512",
+                "--served-model-name",
+                "judge",
+                "--enforce-eager",
+            ],
+            cwd=empty,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "server.log", "a"),
+        )
         procs.append(proc)
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -219,9 +261,20 @@ def judge_server(vllm_python, engine_model, tmp_path):
 def judge_samples(path: Path, prompts: int = 4, n: int = 3) -> Path:
     from cringe.generation import Sample
 
-    rows = [Sample(prompt_id=p, sample_id=j, prompt_ids=[1], completion_ids=[2], completion=f"answer {j} to {p}",
-                   finish_reason="stop", seed=p * n + j, prompt=f"Question {p}: say something").to_dict()
-            for p in range(prompts) for j in range(n)]
+    rows = [
+        Sample(
+            prompt_id=p,
+            sample_id=j,
+            prompt_ids=[1],
+            completion_ids=[2],
+            completion=f"answer {j} to {p}",
+            finish_reason="stop",
+            seed=p * n + j,
+            prompt=f"Question {p}: say something",
+        ).to_dict()
+        for p in range(prompts)
+        for j in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -230,11 +283,37 @@ def score(tmp_path, base_url, name, **judge):
     import yaml
 
     reward = tmp_path / f"{name}.yaml"
-    reward.write_text(yaml.safe_dump({"type": "judge", "base_url": base_url, "model": "judge", "concurrency": 4,
-                                      "max_retries": 1, "backoff": 0.2, **judge}))
-    return subprocess.run([sys.executable, "-m", "cringe", "score", "--samples", str(tmp_path / "samples.jsonl"),
-                           "--reward", str(reward), "--output", str(tmp_path / f"{name}.jsonl")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    reward.write_text(
+        yaml.safe_dump(
+            {
+                "type": "judge",
+                "base_url": base_url,
+                "model": "judge",
+                "concurrency": 4,
+                "max_retries": 1,
+                "backoff": 0.2,
+                **judge,
+            }
+        )
+    )
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cringe",
+            "score",
+            "--samples",
+            str(tmp_path / "samples.jsonl"),
+            "--reward",
+            str(reward),
+            "--output",
+            str(tmp_path / f"{name}.jsonl"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_the_llm_judge_against_a_real_vllm_server(judge_server, tmp_path):

@@ -32,8 +32,9 @@ from cringe.durable.interrupt import Interrupted
 from cringe.errors import UserError
 
 # verb -> its module (imported when the verb runs: `cringe --help` stays instant)
-VERBS = {verb: f"cringe.cli.{verb}" for verb in ("train", "iterate", "sample", "score", "evaluate", "report",
-                                                        "demo", "env")}
+VERBS = {
+    verb: f"cringe.cli.{verb}" for verb in ("train", "iterate", "sample", "score", "evaluate", "report", "demo", "env")
+}
 
 
 def verb_module(verb: str):

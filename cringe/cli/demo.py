@@ -16,9 +16,12 @@ from cringe.errors import UserError
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "where everything lands; rerun to resume"})
-    quick: bool = field(default=False, metadata={"help": "the small preset (6-9 minutes on 2 CPU cores from an empty cache)"})
-    preset: str | None = field(default=None, metadata={"help": "default | quick | smoke (tests)",
-                                                       "choices": tuple(sorted(PRESETS))})
+    quick: bool = field(
+        default=False, metadata={"help": "the small preset (6-9 minutes on 2 CPU cores from an empty cache)"}
+    )
+    preset: str | None = field(
+        default=None, metadata={"help": "default | quick | smoke (tests)", "choices": tuple(sorted(PRESETS))}
+    )
     methods: str | None = field(default=None, metadata={"help": f"comma-separated subset of {','.join(METHODS)}"})
     seed: int = 0
 
@@ -42,5 +45,7 @@ def main(argv: list[str]) -> None:
     command = "cringe demo " + " ".join(argv)
     results = Demo(preset, args.output_dir, seed=args.seed).run(command.strip())
     print("\n" + (Path(args.output_dir) / "report.md").read_text())
-    print(f"report: {Path(args.output_dir) / 'report.html'} (wall time "
-          f"{format_duration(results['meta']['wall_seconds'])})")
+    print(
+        f"report: {Path(args.output_dir) / 'report.html'} (wall time "
+        f"{format_duration(results['meta']['wall_seconds'])})"
+    )

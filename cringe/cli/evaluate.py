@@ -18,27 +18,45 @@ from cringe.reference import report as reference_report
 @dataclass
 class EvaluateArguments:
     policy: str = field(metadata={"help": "the policy to evaluate: model folder, hub id or packaged spec"})
-    baseline: str = field(metadata={"help": "the policy to compare against (also the KL reference), or a JSON "
-                                            "file of reference outputs (AlpacaEval/AlpacaFarm: instruction, output, "
-                                            "generator): cringe.reference"})
+    baseline: str = field(
+        metadata={
+            "help": "the policy to compare against (also the KL reference), or a JSON "
+            "file of reference outputs (AlpacaEval/AlpacaFarm: instruction, output, "
+            "generator): cringe.reference"
+        }
+    )
     reward: str = field(metadata={"help": "YAML file of a reward source (type: callable | model | judge)"})
-    prompts: str | None = field(default=None, metadata={
-        "help": "held-out prompts (any accepted data format); not with a baseline of outputs (its instructions)"})
+    prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "held-out prompts (any accepted data format); not with a baseline of outputs (its instructions)"
+        },
+    )
     samples: int = field(default=1, metadata={"help": "samples per prompt and policy"})
     max_new_tokens: int = 48
     max_prompts: int | None = None
     device: str = device_field()
-    backend: str = field(default="transformers", metadata={"help": "sampler (as in cringe iterate)",
-                                                            "choices": ("auto", "transformers", "vllm")})
-    work_dir: str | None = field(default=None, metadata={
-        "help": "keep the samples and scores here (a run directory: rerun to continue); default: a temporary one"})
+    backend: str = field(
+        default="transformers",
+        metadata={"help": "sampler (as in cringe iterate)", "choices": ("auto", "transformers", "vllm")},
+    )
+    work_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "keep the samples and scores here (a run directory: rerun to continue); default: a temporary one"
+        },
+    )
     dtype: str | None = dtype_field()
     seed: int = 0
     trust_remote_code: bool = trust_remote_code_field()
     output: str | None = field(default=None, metadata={"help": "write the comparison as JSON here"})
-    export_outputs: str | None = field(default=None, metadata={
-        "help": "baseline of outputs: write the policy's outputs here in AlpacaEval's format (and the judgements "
-                "beside it), for `alpaca_eval --model_outputs FILE`"})
+    export_outputs: str | None = field(
+        default=None,
+        metadata={
+            "help": "baseline of outputs: write the policy's outputs here in AlpacaEval's format (and the judgements "
+            "beside it), for `alpaca_eval --model_outputs FILE`"
+        },
+    )
     generator: str | None = field(default=None, metadata={"help": "the policy's name in exported outputs"})
 
 
@@ -54,9 +72,18 @@ def main(argv: list[str]) -> None:
         if args.samples != 1:
             raise UserError("--samples: against reference outputs the policy answers each instruction once")
         result = evaluate_against_outputs(
-            args.policy, args.baseline, read_yaml(args.reward), max_new_tokens=args.max_new_tokens,
-            max_prompts=args.max_prompts, dtype=args.dtype, device=args.device, seed=args.seed,
-            trust_remote_code=args.trust_remote_code, generator=args.generator, export=args.export_outputs)
+            args.policy,
+            args.baseline,
+            read_yaml(args.reward),
+            max_new_tokens=args.max_new_tokens,
+            max_prompts=args.max_prompts,
+            dtype=args.dtype,
+            device=args.device,
+            seed=args.seed,
+            trust_remote_code=args.trust_remote_code,
+            generator=args.generator,
+            export=args.export_outputs,
+        )
         print(reference_report(result))
         if args.output:
             write_json(args.output, result)
@@ -67,13 +94,26 @@ def main(argv: list[str]) -> None:
         raise UserError("--prompts is required when the baseline is a model")
     if not Path(args.prompts).exists():
         raise UserError(f"--prompts {args.prompts}: no such file")
-    result = evaluate_policy(args.policy, args.baseline, args.prompts, read_yaml(args.reward), work_dir=args.work_dir,
-                             samples=args.samples, max_new_tokens=args.max_new_tokens, max_prompts=args.max_prompts,
-                             dtype=args.dtype, device=args.device, backend=args.backend, seed=args.seed,
-                             trust_remote_code=args.trust_remote_code)
+    result = evaluate_policy(
+        args.policy,
+        args.baseline,
+        args.prompts,
+        read_yaml(args.reward),
+        work_dir=args.work_dir,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        max_prompts=args.max_prompts,
+        dtype=args.dtype,
+        device=args.device,
+        backend=args.backend,
+        seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
+    )
     print(comparison_table([{**result, "model": args.policy}], "model", "policy"))
     w = result["win_rate"]
-    print(f"\nwin rate of policy vs baseline: {w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}..{w['ci_high']:.3f}, "
-          f"n={w['n']}); KL(policy||baseline) ~ {result['kl']['mean']:.3f}")
+    print(
+        f"\nwin rate of policy vs baseline: {w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}..{w['ci_high']:.3f}, "
+        f"n={w['n']}); KL(policy||baseline) ~ {result['kl']['mean']:.3f}"
+    )
     if args.output:
         write_json(args.output, result)

@@ -13,19 +13,34 @@ from cringe.report import write_run_report
 
 @dataclass
 class ReportArguments:
-    runs: list[str] = field(default_factory=list, metadata={
-        "help": "`cringe iterate` run directories (also as positional arguments: cringe report RUN [RUN ...])"})
-    output_dir: str | None = field(default=None, metadata={
-        "help": "where report.md, report.html and the plots go (default: RUN/report for one run; required for "
-                "several)"})
+    runs: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "`cringe iterate` run directories (also as positional arguments: cringe report RUN [RUN ...])"
+        },
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "where report.md, report.html and the plots go (default: RUN/report for one run; required for "
+            "several)"
+        },
+    )
     examples: int = field(default=3, metadata={"help": "held-out prompts shown with each policy's completion"})
 
 
 def parsers() -> dict:
-    return {"": make_parser(ReportArguments, prog="cringe report", description=(
-        "A report for one `cringe iterate` run directory or several side by side (runs of different losses on "
-        "the same prompts): per-round evaluation with intervals, the reward-KL curve, win rate by round, example "
-        "completions and each run's configuration, as report.md and one self-contained report.html."))}
+    return {
+        "": make_parser(
+            ReportArguments,
+            prog="cringe report",
+            description=(
+                "A report for one `cringe iterate` run directory or several side by side (runs of different losses on "
+                "the same prompts): per-round evaluation with intervals, the reward-KL curve, win rate by round, example "
+                "completions and each run's configuration, as report.md and one self-contained report.html."
+            ),
+        )
+    }
 
 
 def main(argv: list[str]) -> Path:

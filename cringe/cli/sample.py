@@ -23,41 +23,67 @@ class SampleArguments:
     prompts: str = field(metadata={"help": "prompts file (any accepted data format; the prompt column is used)"})
     output: str = field(metadata={"help": "samples.jsonl to write (atomically; a killed run resumes its shards)"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer spec (default: the model's)"})
-    backend: str = field(default="auto", metadata={"help": "auto: vLLM when installed with a GPU",
-                                                   "choices": ("auto", "transformers", "vllm")})
+    backend: str = field(
+        default="auto",
+        metadata={"help": "auto: vLLM when installed with a GPU", "choices": ("auto", "transformers", "vllm")},
+    )
     device: str = device_field()
     dtype: str | None = dtype_field()
     start: int = field(default=0, metadata={"help": "first prompt position (with --count: a wrapping slice)"})
     count: int | None = field(default=None, metadata={"help": "how many prompts (default: all)"})
     max_prompts: int | None = None
     max_prompt_length: int = 512
-    on_invalid: str = field(default="error", metadata={"help": "prompts that fail validation: error or skip",
-                                                       "choices": ("error", "skip")})
+    on_invalid: str = field(
+        default="error", metadata={"help": "prompts that fail validation: error or skip", "choices": ("error", "skip")}
+    )
     trust_remote_code: bool = trust_remote_code_field()
 
 
 def parsers() -> dict:
-    return {"": make_parser((SampleArguments, SamplingConfig), prog="cringe sample", description=__doc__,
-                            epilog="sections: vllm (engine options passed to vllm.LLM, e.g. "
-                                   "--vllm.gpu_memory_utilization 0.8)")}
+    return {
+        "": make_parser(
+            (SampleArguments, SamplingConfig),
+            prog="cringe sample",
+            description=__doc__,
+            epilog="sections: vllm (engine options passed to vllm.LLM, e.g. --vllm.gpu_memory_utilization 0.8)",
+        )
+    }
 
 
 def run_sample(args: SampleArguments, sampling: SamplingConfig, engine_options: dict | None = None):
     """The sampling stage: prompts read and tokenised as for training, sampled, written to args.output. Under
     `accelerate launch` each process samples its share of the shards (one GPU each)."""
     tokenizer = load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
-    prompts = load_prompts(args.prompts, tokenizer, max_prompt_length=args.max_prompt_length, limit=args.max_prompts,
-                           on_invalid=args.on_invalid)
+    prompts = load_prompts(
+        args.prompts,
+        tokenizer,
+        max_prompt_length=args.max_prompt_length,
+        limit=args.max_prompts,
+        on_invalid=args.on_invalid,
+    )
     prompts = select_prompts(prompts, args.start, args.count)
     rank, world, local, barrier = distributed_state(args.device)
     device = args.device
     if world > 1 and resolve_device(device) == "cuda":
         device = f"cuda:{local}"
-    return sample_to_file(prompts, sampling, Path(args.output), lambda: open_sampler(
-        args.backend, args.model, tokenizer, device=device, dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code, engine_options=engine_options,
-        new_tokens=len(prompts) * sampling.n * sampling.max_new_tokens),
-        rank=rank, world=world, barrier=barrier)
+    return sample_to_file(
+        prompts,
+        sampling,
+        Path(args.output),
+        lambda: open_sampler(
+            args.backend,
+            args.model,
+            tokenizer,
+            device=device,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+            engine_options=engine_options,
+            new_tokens=len(prompts) * sampling.n * sampling.max_new_tokens,
+        ),
+        rank=rank,
+        world=world,
+        barrier=barrier,
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -68,5 +94,7 @@ def main(argv: list[str]) -> None:
         return
     tokens = sum(s.num_tokens for s in samples)
     seconds = time.time() - t0
-    print(f"{len(samples)} samples, {tokens} new tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):.0f} "
-          f"tokens/s) -> {args.output}")
+    print(
+        f"{len(samples)} samples, {tokens} new tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):.0f} "
+        f"tokens/s) -> {args.output}"
+    )

@@ -23,8 +23,14 @@ class ScoreArguments:
 
 
 def parsers() -> dict:
-    return {"": make_parser(ScoreArguments, prog="cringe score", description=__doc__,
-                            epilog="sections: reward ({type: callable|model|judge, ...}, as in an iterate config)")}
+    return {
+        "": make_parser(
+            ScoreArguments,
+            prog="cringe score",
+            description=__doc__,
+            epilog="sections: reward ({type: callable|model|judge, ...}, as in an iterate config)",
+        )
+    }
 
 
 def run_score(args: ScoreArguments, reward_spec: dict) -> list[float]:

@@ -20,9 +20,11 @@ class ModelArguments:
     dtype: str | None = dtype_field("weights dtype (default and auto: as saved)")
     trust_remote_code: bool = trust_remote_code_field()
     ref_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "DPO family: the reference model (default: a frozen copy of the start)"})
+        default=None, metadata={"help": "DPO family: the reference model (default: a frozen copy of the start)"}
+    )
     save_model_to: str | None = field(
-        default=None, metadata={"help": "where the trained model is saved (default: output_dir)"})
+        default=None, metadata={"help": "where the trained model is saved (default: output_dir)"}
+    )
 
 
 @dataclass
@@ -31,7 +33,8 @@ class DataArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "the datasets configuration name"})
     dataset_split: str = field(default="train", metadata={"help": "split to train on"})
     dataset_test_split: str | None = field(
-        default=None, metadata={"help": "split of the same dataset to evaluate on (e.g. test_prefs)"})
+        default=None, metadata={"help": "split of the same dataset to evaluate on (e.g. test_prefs)"}
+    )
     data_description: str | None = field(default=None, metadata={"help": "what the model card says about the data"})
     eval_dataset: str | None = field(default=None, metadata={"help": "separate evaluation data, same formats"})
 
@@ -61,17 +64,30 @@ def main(argv: list[str]) -> None:
     elif data_args.dataset_test_split:
         eval_rows = load_rows(data_args.dataset, data_args.dataset_test_split, data_args.dataset_config)
     peft_config = lora_args.peft_config()
-    model, tokenizer = load_model_and_tokenizer(model_args.model_name_or_path, model_args.dtype,
-                                                model_args.trust_remote_code)
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path, model_args.dtype, model_args.trust_remote_code
+    )
     ref_model = None
     if model_args.ref_model_name_or_path:
-        ref_model = load_model(model_args.ref_model_name_or_path, tokenizer, model_args.dtype,
-                               model_args.trust_remote_code)
-    trainer = CringeTrainer(model=model, args=config, train_dataset=train_rows, eval_dataset=eval_rows,
-                            processing_class=tokenizer, peft_config=peft_config, ref_model=ref_model)
+        ref_model = load_model(
+            model_args.ref_model_name_or_path, tokenizer, model_args.dtype, model_args.trust_remote_code
+        )
+    trainer = CringeTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        ref_model=ref_model,
+    )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     target = model_args.save_model_to or config.output_dir
-    save_for_inference(trainer, target, base_model=model_args.model_name_or_path,
-                       data=data_args.data_description or f"`{data_args.dataset}` (split {data_args.dataset_split})")
+    save_for_inference(
+        trainer,
+        target,
+        base_model=model_args.model_name_or_path,
+        data=data_args.data_description or f"`{data_args.dataset}` (split {data_args.dataset_split})",
+    )
     if trainer.is_world_process_zero():
         write_json(Path(target) / "train_log.json", trainer.state.log_history)

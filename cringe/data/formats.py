@@ -143,6 +143,7 @@ def detect_format(columns: Sequence[str]) -> str:
 
 # ----- validation: cheap checks, before any tokenisation ----------------------------------------
 
+
 def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, (str, list, dict)) and not value)
 
@@ -171,11 +172,14 @@ def _check_text(value: Any, row: int, fld: str, conversational: bool, allow_empt
     if _is_token_ids(value):
         # Token ids belong in their own columns (prompt_ids, completion_ids), never in a text field: read as text,
         # a list of ids would be silently dropped or misread.
-        raise DataValidationError(row, fld, "a list of token ids in a text field; token-id rows use the columns "
-                                            "prompt_ids and completion_ids")
+        raise DataValidationError(
+            row, fld, "a list of token ids in a text field; token-id rows use the columns prompt_ids and completion_ids"
+        )
     if conversational:
         if isinstance(value, str):
-            raise DataValidationError(row, fld, "a plain string in a dataset whose first row is conversational (mixed formats)")
+            raise DataValidationError(
+                row, fld, "a plain string in a dataset whose first row is conversational (mixed formats)"
+            )
         return _check_messages(value, row, fld)
     if isinstance(value, list):
         raise DataValidationError(row, fld, "a message list in a dataset whose first row is plain text (mixed formats)")
@@ -197,8 +201,9 @@ def _check_tools(row: Mapping, row_id: int, conversational: bool) -> list | None
         except json.JSONDecodeError as err:
             raise DataValidationError(row_id, "tools", f"not valid JSON: {err}") from None
     if not conversational:
-        raise DataValidationError(row_id, "tools", "tool definitions need conversational rows "
-                                                   "(only a chat template renders them)")
+        raise DataValidationError(
+            row_id, "tools", "tool definitions need conversational rows (only a chat template renders them)"
+        )
     if not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools):
         raise DataValidationError(row_id, "tools", "expected a list of tool definitions (JSON schema objects)")
     return tools or None
@@ -209,7 +214,9 @@ def _is_conversational(value: Any) -> bool:
 
 
 def _is_token_ids(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return (
+        isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
 
 
 def _shape(value: Any) -> str | None:
@@ -291,9 +298,15 @@ def _implicit_pairwise(row_id: int, row: Mapping, conversational: bool) -> Examp
     prompt, chosen, rejected = _common_prefix(chosen, rejected)
     if not chosen or not rejected:
         raise DataValidationError(row_id, "chosen", "one side is a prefix of the other: nothing left to compare")
-    return Example(row_id, prompt, (chosen, rejected), conversational=conversational, prompt_field="chosen",
-                   completion_offset=len(prompt) if conversational else 0,
-                   tools=_check_tools(row, row_id, conversational))
+    return Example(
+        row_id,
+        prompt,
+        (chosen, rejected),
+        conversational=conversational,
+        prompt_field="chosen",
+        completion_offset=len(prompt) if conversational else 0,
+        tools=_check_tools(row, row_id, conversational),
+    )
 
 
 def _pairwise(row_id: int, row: Mapping, conversational: bool) -> Example:
@@ -304,8 +317,13 @@ def _pairwise(row_id: int, row: Mapping, conversational: bool) -> Example:
         return _implicit_pairwise(row_id, row, conversational)
     prompt = _check_text(row.get("prompt"), row_id, "prompt", conversational, allow_empty=True)
     chosen, rejected = _check_pair(row, row_id, conversational)
-    return Example(row_id, prompt, (chosen, rejected), conversational=conversational,
-                   tools=_check_tools(row, row_id, conversational))
+    return Example(
+        row_id,
+        prompt,
+        (chosen, rejected),
+        conversational=conversational,
+        tools=_check_tools(row, row_id, conversational),
+    )
 
 
 def _binary(row_id: int, row: Mapping, conversational: bool) -> Example:
@@ -319,29 +337,42 @@ def _binary(row_id: int, row: Mapping, conversational: bool) -> Example:
 def _prompt_completion(row_id: int, row: Mapping, conversational: bool) -> Example:
     prompt = _check_text(row.get("prompt"), row_id, "prompt", conversational, allow_empty=True)
     completion = _check_text(row.get("completion"), row_id, "completion", conversational)
-    return Example(row_id, prompt, (completion,), conversational=conversational,
-                   tools=_check_tools(row, row_id, conversational))
+    return Example(
+        row_id, prompt, (completion,), conversational=conversational, tools=_check_tools(row, row_id, conversational)
+    )
 
 
 def _messages(row_id: int, row: Mapping, conversational: bool) -> Example:
     value = row.get("messages")
     if isinstance(value, str):
-        raise DataValidationError(row_id, "messages", "expected a list of chat messages, got a string "
-                                                      "(plain text goes in a 'text' column)")
+        raise DataValidationError(
+            row_id, "messages", "expected a list of chat messages, got a string (plain text goes in a 'text' column)"
+        )
     messages = _check_text(value, row_id, "messages", True)
     if messages[-1]["role"] != "assistant":
-        raise DataValidationError(row_id, "messages", f"the last message is from {messages[-1]['role']!r}, not the "
-                                                      "assistant: there is no answer to train on")
-    return Example(row_id, messages[:-1], ([messages[-1]],), conversational=True, fields=("messages",),
-                   prompt_field="messages", completion_offset=len(messages) - 1,
-                   tools=_check_tools(row, row_id, True))
+        raise DataValidationError(
+            row_id,
+            "messages",
+            f"the last message is from {messages[-1]['role']!r}, not the assistant: there is no answer to train on",
+        )
+    return Example(
+        row_id,
+        messages[:-1],
+        ([messages[-1]],),
+        conversational=True,
+        fields=("messages",),
+        prompt_field="messages",
+        completion_offset=len(messages) - 1,
+        tools=_check_tools(row, row_id, True),
+    )
 
 
 def _text(row_id: int, row: Mapping, conversational: bool) -> Example:
     value = row.get("text")
     if isinstance(value, list):
-        raise DataValidationError(row_id, "text", "expected a string, got a list "
-                                                  "(conversations go in a 'messages' column)")
+        raise DataValidationError(
+            row_id, "text", "expected a string, got a list (conversations go in a 'messages' column)"
+        )
     return Example(row_id, "", (_check_text(value, row_id, "text", False),), fields=("text",), prompt_field="text")
 
 
@@ -350,9 +381,16 @@ def _prompt_only(row_id: int, row: Mapping, conversational: bool) -> Example:
     return Example(row_id, prompt, (), conversational=conversational, tools=_check_tools(row, row_id, conversational))
 
 
-_VALIDATORS = {"alpacafarm": _alpacafarm, "pairwise": _pairwise, "binary": _binary,
-               "implicit_pairwise": _implicit_pairwise, "prompt_completion": _prompt_completion,
-               "messages": _messages, "text": _text, "prompt_only": _prompt_only}
+_VALIDATORS = {
+    "alpacafarm": _alpacafarm,
+    "pairwise": _pairwise,
+    "binary": _binary,
+    "implicit_pairwise": _implicit_pairwise,
+    "prompt_completion": _prompt_completion,
+    "messages": _messages,
+    "text": _text,
+    "prompt_only": _prompt_only,
+}
 
 
 def _validate_row(row_id: int, row: Mapping, fmt: str, conversational: bool) -> Example:
@@ -383,8 +421,12 @@ def _inspect(dataset) -> tuple[str, bool]:
     conversational = _first_is_conversational(first, fmt)
     prompt_shape, chosen_shape = _shape(first.get("prompt")), _shape(first.get("chosen"))
     if fmt == "pairwise" and prompt_shape and chosen_shape and prompt_shape != chosen_shape:
-        logger.info("the 'prompt' column is %s but 'chosen' is %s: as TRL does, the prompt is the shared start of "
-                    "chosen and rejected and the 'prompt' column is not used", prompt_shape, chosen_shape)
+        logger.info(
+            "the 'prompt' column is %s but 'chosen' is %s: as TRL does, the prompt is the shared start of "
+            "chosen and rejected and the 'prompt' column is not used",
+            prompt_shape,
+            chosen_shape,
+        )
     return fmt, conversational
 
 
@@ -432,14 +474,18 @@ def _check_kind(kind: str, fmt: str) -> None:
     if fmt == "prompt_only":
         raise UserError("a prompt-only dataset has nothing to train on; use it with `cringe iterate`")
     if kind == "pairwise" and fmt == "binary":
-        raise UserError("this loss needs pairs (prompt/chosen/rejected); "
-                        "the dataset is binary (prompt/completion/label)")
+        raise UserError(
+            "this loss needs pairs (prompt/chosen/rejected); the dataset is binary (prompt/completion/label)"
+        )
     if kind == "pairwise" and fmt in SFT_FORMATS:
-        raise UserError(f"this loss needs pairs (prompt/chosen/rejected); the dataset is SFT data "
-                        f"({', '.join(FORMATS[fmt])})")
+        raise UserError(
+            f"this loss needs pairs (prompt/chosen/rejected); the dataset is SFT data ({', '.join(FORMATS[fmt])})"
+        )
     if kind == "binary" and fmt in SFT_FORMATS:
-        raise UserError(f"binary Cringe needs labelled completions (prompt/completion/label) or pairs "
-                        f"(prompt/chosen/rejected); the dataset is SFT data ({', '.join(FORMATS[fmt])}) with no labels")
+        raise UserError(
+            f"binary Cringe needs labelled completions (prompt/completion/label) or pairs "
+            f"(prompt/chosen/rejected); the dataset is SFT data ({', '.join(FORMATS[fmt])}) with no labels"
+        )
 
 
 def kind_selections(n_completions: int, label: bool | None, kind: str) -> list[tuple[tuple[int, ...], bool | None]]:
@@ -458,17 +504,24 @@ def kind_selections(n_completions: int, label: bool | None, kind: str) -> list[t
 def _for_kind(ex: Example, kind: str) -> list[Example]:
     """The training examples one validated row gives a loss of this kind (kind_selections)."""
     fields = ex.completion_fields()
-    return [replace(ex, completions=tuple(ex.completions[i] for i in keep), fields=tuple(fields[i] for i in keep),
-                    label=label) for keep, label in kind_selections(len(ex.completions), ex.label, kind)]
+    return [
+        replace(
+            ex, completions=tuple(ex.completions[i] for i in keep), fields=tuple(fields[i] for i in keep), label=label
+        )
+        for keep, label in kind_selections(len(ex.completions), ex.label, kind)
+    ]
 
 
 def check_prompt_length(ids: list[int], max_prompt_length: int | None, row: int) -> None:
     """A prompt longer than max_prompt_length is an error (or skipped): cutting it would silently change the task."""
     if max_prompt_length is not None and len(ids) > max_prompt_length:
-        raise DataValidationError(row, "prompt", f"{len(ids)} tokens, longer than max_prompt_length={max_prompt_length}")
+        raise DataValidationError(
+            row, "prompt", f"{len(ids)} tokens, longer than max_prompt_length={max_prompt_length}"
+        )
 
 
 # ----- prompt sources --------------------------------------------------------------------------------
+
 
 def split_source(source: str) -> tuple[str, str | None]:
     """('NAME', 'SPLIT') from 'NAME:SPLIT'; (source, None) when it names no split (a local path, a plain name)."""

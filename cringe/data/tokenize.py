@@ -45,17 +45,20 @@ from cringe.errors import UserError
 
 logger = logging.getLogger(__name__)
 
+
 def _apply_chat_template(tokenizer, messages: list, add_generation_prompt: bool, tools, row: int, fld: str) -> str:
     kwargs = {"tools": tools} if tools else {}
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             **kwargs)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
     except TemplateError as err:  # e.g. a template's raise_exception("roles must alternate")
         raise DataValidationError(row, fld, f"the chat template cannot render it: {err}") from None
 
 
-def _render_chat(tokenizer, messages: list, ex: Example, fld: str, *, add_generation_prompt: bool, check_from: int,
-                 index_offset: int) -> str:
+def _render_chat(
+    tokenizer, messages: list, ex: Example, fld: str, *, add_generation_prompt: bool, check_from: int, index_offset: int
+) -> str:
     """Render `messages`; refuse any field of messages[check_from:] (or `tools`, with check_from 0) that the
     template leaves out, since it would be silently dropped. A field's index in its column is i + index_offset."""
     text = _apply_chat_template(tokenizer, messages, add_generation_prompt, ex.tools, ex.row, fld)
@@ -67,25 +70,32 @@ def _render_chat(tokenizer, messages: list, ex: Example, fld: str, *, add_genera
             return True
 
     if ex.tools and check_from == 0 and not renders_differently(messages, None):
-        raise DataValidationError(ex.row, "tools", "the tokenizer's chat template does not render tool definitions: "
-                                                   "they would be silently dropped")
+        raise DataValidationError(
+            ex.row,
+            "tools",
+            "the tokenizer's chat template does not render tool definitions: they would be silently dropped",
+        )
     for i in range(check_from, len(messages)):
         for key in [k for k, v in messages[i].items() if k not in ("role", "content") and not _is_empty(v)]:
             without = dict(messages[i])
             del without[key]
-            if not renders_differently(messages[:i] + [without] + messages[i + 1:], ex.tools):
+            if not renders_differently(messages[:i] + [without] + messages[i + 1 :], ex.tools):
                 raise DataValidationError(
-                    ex.row, fld, f"message {i + index_offset} has a '{key}' field that the tokenizer's chat template "
-                                 "does not render: it would be silently dropped (use a template that renders it, or "
-                                 "remove the field)")
+                    ex.row,
+                    fld,
+                    f"message {i + index_offset} has a '{key}' field that the tokenizer's chat template "
+                    "does not render: it would be silently dropped (use a template that renders it, or "
+                    "remove the field)",
+                )
     return text
 
 
 def _render_prompt(tokenizer, ex: Example) -> str:
     if not ex.conversational:
         return ex.prompt
-    return _render_chat(tokenizer, list(ex.prompt), ex, ex.prompt_field, add_generation_prompt=True, check_from=0,
-                        index_offset=0)
+    return _render_chat(
+        tokenizer, list(ex.prompt), ex, ex.prompt_field, add_generation_prompt=True, check_from=0, index_offset=0
+    )
 
 
 def _render_completions(tokenizer, ex: Example, prompt_text: str) -> list[str]:
@@ -94,11 +104,20 @@ def _render_completions(tokenizer, ex: Example, prompt_text: str) -> list[str]:
         return list(ex.completions)
     texts = []
     for completion, fld in zip(ex.completions, ex.completion_fields()):
-        full = _render_chat(tokenizer, list(ex.prompt) + list(completion), ex, fld, add_generation_prompt=False,
-                            check_from=len(ex.prompt), index_offset=ex.completion_offset - len(ex.prompt))
+        full = _render_chat(
+            tokenizer,
+            list(ex.prompt) + list(completion),
+            ex,
+            fld,
+            add_generation_prompt=False,
+            check_from=len(ex.prompt),
+            index_offset=ex.completion_offset - len(ex.prompt),
+        )
         if not full.startswith(prompt_text):
-            raise DataValidationError(ex.row, fld, "the chat template does not render the prompt as a prefix of the conversation")
-        texts.append(full[len(prompt_text):])
+            raise DataValidationError(
+                ex.row, fld, "the chat template does not render the prompt as a prefix of the conversation"
+            )
+        texts.append(full[len(prompt_text) :])
     return texts
 
 
@@ -157,12 +176,14 @@ def _tokenize_example(tokenizer, ex: Example, max_prompt_length: int | None, max
     prompt_text = _render_prompt(tokenizer, ex)
     texts = _render_completions(tokenizer, ex, prompt_text)
     prompt_ids = prompt_token_ids(tokenizer, prompt_text, ex.conversational)
-    return _token_row(ex, prompt_ids, [completion_token_ids(tokenizer, t, max_completion_length) for t in texts],
-                      max_prompt_length)
+    return _token_row(
+        ex, prompt_ids, [completion_token_ids(tokenizer, t, max_completion_length) for t in texts], max_prompt_length
+    )
 
 
-def _tokenize_batch(tokenizer, examples: list[Example], max_prompt_length: int | None,
-                    max_completion_length: int | None) -> list[dict | DataValidationError]:
+def _tokenize_batch(
+    tokenizer, examples: list[Example], max_prompt_length: int | None, max_completion_length: int | None
+) -> list[dict | DataValidationError]:
     """`_tokenize_example` for many examples, with one tokenizer call for all prompts and one for all completions
     (a fast tokenizer encodes a batch as a whole): per example, its row or its error."""
     rendered: list[tuple[str, list[str]] | DataValidationError] = []
@@ -176,8 +197,9 @@ def _tokenize_batch(tokenizer, examples: list[Example], max_prompt_length: int |
     # The dataset is conversational or not as a whole (see `_first_is_conversational`).
     conversational = bool(examples) and examples[0].conversational
     prompts = iter(_encode(tokenizer, [p for p, _ in good], add_special_tokens=not conversational))
-    completions = iter(_encode(tokenizer, [_completion_text(tokenizer, t) for _, ts in good for t in ts],
-                               add_special_tokens=False))
+    completions = iter(
+        _encode(tokenizer, [_completion_text(tokenizer, t) for _, ts in good for t in ts], add_special_tokens=False)
+    )
     out: list[dict | DataValidationError] = []
     for ex, r in zip(examples, rendered):
         if isinstance(r, DataValidationError):
@@ -241,8 +263,15 @@ def _prompt_text(ex: Example) -> str:
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in turns)
 
 
-def load_prompts(source: Any, tokenizer, *, max_prompt_length: int | None = 512, on_invalid: str = "error",
-                 split: str = "train", limit: int | None = None) -> list[Prompt]:
+def load_prompts(
+    source: Any,
+    tokenizer,
+    *,
+    max_prompt_length: int | None = 512,
+    on_invalid: str = "error",
+    split: str = "train",
+    limit: int | None = None,
+) -> list[Prompt]:
     """Prompts from any accepted format but `text` (the prompt column; for implicit-prompt pairs, the shared
     prefix; for `messages`, the conversation before the last answer), validated and tokenised exactly as for
     training."""
@@ -259,14 +288,16 @@ def load_prompts(source: Any, tokenizer, *, max_prompt_length: int | None = 512,
         except DataValidationError as err:
             _skip(err, on_invalid, report)
             continue
-        prompts.append(Prompt(len(prompts), _prompt_text(ex), ids,
-                              [dict(m) for m in ex.prompt] if ex.conversational else None))
+        prompts.append(
+            Prompt(len(prompts), _prompt_text(ex), ids, [dict(m) for m in ex.prompt] if ex.conversational else None)
+        )
     if not prompts:
         raise UserError("no prompts left after validation")
     return prompts
 
 
 # ----- large datasets: Dataset.map ----------------------------------------------------------------------
+
 
 def _batch_rows(batch: Mapping[str, list]) -> list[dict]:
     columns = list(batch)
@@ -290,8 +321,16 @@ def _validate_batch(batch, indices, fmt: str, conversational: bool) -> dict[str,
 TOKEN_COLUMNS = ("row", "prompt_ids", "completion_ids", "label", "field", "problem")
 
 
-def _tokenize_rows(batch, indices, tokenizer, fmt: str, conversational: bool, kind: str,
-                   max_prompt_length: int | None, max_completion_length: int | None) -> dict[str, list]:
+def _tokenize_rows(
+    batch,
+    indices,
+    tokenizer,
+    fmt: str,
+    conversational: bool,
+    kind: str,
+    max_prompt_length: int | None,
+    max_completion_length: int | None,
+) -> dict[str, list]:
     """Dataset.map function: validated rows to training rows (0, 1 or 2 per input row; see `_for_kind`), with
     the field and problem of a row that fails at tokenisation (its ids then empty)."""
     examples = []
@@ -348,9 +387,16 @@ def _uses_map(dataset, num_proc: int | None) -> bool:
     return isinstance(dataset, datasets.Dataset) and (num_proc is not None or len(dataset) >= MAP_MIN_ROWS)
 
 
-def _prepare_with_map(dataset, tokenizer, *, kind: str, max_prompt_length: int | None,
-                      max_completion_length: int | None, on_invalid: str, num_proc: int | None
-                      ) -> tuple[list[dict], ValidationReport]:
+def _prepare_with_map(
+    dataset,
+    tokenizer,
+    *,
+    kind: str,
+    max_prompt_length: int | None,
+    max_completion_length: int | None,
+    on_invalid: str,
+    num_proc: int | None,
+) -> tuple[list[dict], ValidationReport]:
     """Validation, then tokenisation, each one `Dataset.map` over the whole dataset; the same rows, report and
     errors as `validate` + `tokenize_examples`."""
 
@@ -363,12 +409,17 @@ def _prepare_with_map(dataset, tokenizer, *, kind: str, max_prompt_length: int |
     # Decode only the columns the format reads (ultrafeedback's `messages` is as large as `chosen`).
     dataset = dataset.select_columns([c for c in dataset.column_names if c in (*FORMATS[fmt], "tools")])
     procs = num_proc if num_proc is not None else auto_num_proc(len(dataset))
-    common = dict(batched=True, with_indices=True, remove_columns=dataset.column_names,
-                  num_proc=procs if procs > 1 else None)
+    common = dict(
+        batched=True, with_indices=True, remove_columns=dataset.column_names, num_proc=procs if procs > 1 else None
+    )
     settings = {"fmt": fmt, "conversational": conversational}
     checked = dataset.map(
-        _validate_batch, fn_kwargs=settings, features=Features({"field": Value("string"), "problem": Value("string")}),
-        new_fingerprint=_fingerprint(dataset, "validate", settings), desc="validating rows", **common,
+        _validate_batch,
+        fn_kwargs=settings,
+        features=Features({"field": Value("string"), "problem": Value("string")}),
+        new_fingerprint=_fingerprint(dataset, "validate", settings),
+        desc="validating rows",
+        **common,
     )
     report = ValidationReport(fmt, conversational)
     checked = checked.to_dict()
@@ -379,12 +430,23 @@ def _prepare_with_map(dataset, tokenizer, *, kind: str, max_prompt_length: int |
     _finish_validation(report)
 
     settings.update(kind=kind, max_prompt_length=max_prompt_length, max_completion_length=max_completion_length)
-    features = Features({"row": Value("int64"), "prompt_ids": List(Value("int32")),
-                         "completion_ids": List(List(Value("int32"))), "label": Value("bool"),
-                         "field": Value("string"), "problem": Value("string")})
+    features = Features(
+        {
+            "row": Value("int64"),
+            "prompt_ids": List(Value("int32")),
+            "completion_ids": List(List(Value("int32"))),
+            "label": Value("bool"),
+            "field": Value("string"),
+            "problem": Value("string"),
+        }
+    )
     tokens = dataset.map(
-        _tokenize_rows, fn_kwargs=dict(settings, tokenizer=tokenizer), features=features,
-        new_fingerprint=_fingerprint(dataset, "tokenize", settings, tokenizer), desc="tokenising rows", **common,
+        _tokenize_rows,
+        fn_kwargs=dict(settings, tokenizer=tokenizer),
+        features=features,
+        new_fingerprint=_fingerprint(dataset, "tokenize", settings, tokenizer),
+        desc="tokenising rows",
+        **common,
     )
     columns = tokens.to_dict()
     rows = []
@@ -400,6 +462,7 @@ def _prepare_with_map(dataset, tokenizer, *, kind: str, max_prompt_length: int |
 
 
 # ----- training data --------------------------------------------------------------------------------
+
 
 @dataclass
 class PreparedData:
@@ -461,11 +524,20 @@ def _pretokenized(rows, kind: str) -> PreparedData:
         completions = row.get("completion_ids")
         if not isinstance(row.get("prompt_ids"), list) or not row["prompt_ids"]:
             raise DataValidationError(i, "prompt_ids", "expected a non-empty list of token ids")
-        if not isinstance(completions, list) or len(completions) not in (1, 2) or not all(
-                isinstance(c, list) and c for c in completions):
+        if (
+            not isinstance(completions, list)
+            or len(completions) not in (1, 2)
+            or not all(isinstance(c, list) and c for c in completions)
+        ):
             raise DataValidationError(i, "completion_ids", "expected one or two non-empty lists of token ids")
-        out.append({"row": row.get("row", i), "prompt_ids": row["prompt_ids"], "completion_ids": completions,
-                    "label": row.get("label")})
+        out.append(
+            {
+                "row": row.get("row", i),
+                "prompt_ids": row["prompt_ids"],
+                "completion_ids": completions,
+                "label": row.get("label"),
+            }
+        )
     pairs = len(out[0]["completion_ids"]) == 2
     if any((len(r["completion_ids"]) == 2) != pairs for r in out):
         raise UserError("token-id rows mix pairs and single completions")
@@ -473,7 +545,10 @@ def _pretokenized(rows, kind: str) -> PreparedData:
         raise UserError("this loss needs pairs; the token-id rows hold single completions")
     if not pairs and kind == "binary" and not all(isinstance(r["label"], bool) for r in out):
         raise UserError("binary token-id rows need a boolean 'label'")
-    out = [{**r, "completion_ids": [r["completion_ids"][i] for i in keep], "label": label}
-           for r in out for keep, label in kind_selections(len(r["completion_ids"]), r["label"], kind)]
+    out = [
+        {**r, "completion_ids": [r["completion_ids"][i] for i in keep], "label": label}
+        for r in out
+        for keep, label in kind_selections(len(r["completion_ids"]), r["label"], kind)
+    ]
     report = ValidationReport("token_ids", False, kept=len(out))
     return PreparedData("pairwise" if kind == "pairwise" else "binary", out, report)

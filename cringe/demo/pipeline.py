@@ -55,10 +55,16 @@ METHODS = {
     "iterative_sft": ("sft", True),
 }
 OPT_IN = ("rloo", "iterative_sft")
-LABELS = {"sft": "SFT (start, baseline)", "dpo": "DPO", "binary_cringe": "Binary Cringe",
-          "pairwise_cringe": "Pairwise Cringe", "iterative_dpo": "Iterative DPO",
-          "iterative_pairwise_cringe": "Iterative Pairwise Cringe", "rloo": "RLOO (TRL, PPO family)",
-          "iterative_sft": "Iterative SFT on the best sample"}
+LABELS = {
+    "sft": "SFT (start, baseline)",
+    "dpo": "DPO",
+    "binary_cringe": "Binary Cringe",
+    "pairwise_cringe": "Pairwise Cringe",
+    "iterative_dpo": "Iterative DPO",
+    "iterative_pairwise_cringe": "Iterative Pairwise Cringe",
+    "rloo": "RLOO (TRL, PPO family)",
+    "iterative_sft": "Iterative SFT on the best sample",
+}
 
 
 @dataclass(frozen=True)
@@ -111,14 +117,33 @@ PRESETS = {
     # (0.583..0.833) on 48 prompts, seed 0 (bench/quick_preset.py, 2026-11-27; seeds 1-2 and other variants in
     # bench/results/quick_preset-2026-11-27.md). 48 evaluation prompts, not 24: intervals of +/-0.13 instead of
     # +/-0.2, for about 55 s more (5 min 41 s cold against 4 min 29 s, README).
-    "quick": Preset(rounds=2, round_prompts=12, max_new_tokens=16, eval_prompts=48, eval_every=2,
-                    learning_rate=3e-4, proxy_max_length=40, proxy_learning_rate=3e-4,
-                    sizes=SplitSizes(proxy_train=2400, gold_train=5000, classifier_test=500)),
+    "quick": Preset(
+        rounds=2,
+        round_prompts=12,
+        max_new_tokens=16,
+        eval_prompts=48,
+        eval_every=2,
+        learning_rate=3e-4,
+        proxy_max_length=40,
+        proxy_learning_rate=3e-4,
+        sizes=SplitSizes(proxy_train=2400, gold_train=5000, classifier_test=500),
+    ),
     # what `make test` runs: the whole pipeline on a tiny random policy, in seconds
-    "smoke": Preset(policy="tiny-random-llama", rounds=2, round_prompts=4, max_new_tokens=6, eval_prompts=6,
-                    learning_rate=1e-3, pairs_per_step=2, bf16=False, sampling_dtype=None, sampling_batch=16, rloo_beta=0.0,
-                    proxy_epochs=0.5, sizes=SplitSizes(proxy_train=32, gold_train=300, classifier_test=50,
-                                                       train_prompts=8, eval_prompts=6)),
+    "smoke": Preset(
+        policy="tiny-random-llama",
+        rounds=2,
+        round_prompts=4,
+        max_new_tokens=6,
+        eval_prompts=6,
+        learning_rate=1e-3,
+        pairs_per_step=2,
+        bf16=False,
+        sampling_dtype=None,
+        sampling_batch=16,
+        rloo_beta=0.0,
+        proxy_epochs=0.5,
+        sizes=SplitSizes(proxy_train=32, gold_train=300, classifier_test=50, train_prompts=8, eval_prompts=6),
+    ),
 }
 
 
@@ -150,8 +175,15 @@ class Progress:
         if skipped:
             return
         self.seconds[name] = round(seconds, 1)
-        logger.info("[%s] %s%s in %.0fs | elapsed %s, about %s remaining", time.strftime("%H:%M:%S"), name,
-                    f" ({note})" if note else "", seconds, format_duration(elapsed), format_duration(remaining))
+        logger.info(
+            "[%s] %s%s in %.0fs | elapsed %s, about %s remaining",
+            time.strftime("%H:%M:%S"),
+            name,
+            f" ({note})" if note else "",
+            seconds,
+            format_duration(elapsed),
+            format_duration(remaining),
+        )
 
 
 def format_duration(seconds: float) -> str:
@@ -175,22 +207,39 @@ class Demo:
         splits = sentiment.make_splits(self.seed, p.sizes)
         n_train = p.rounds * p.round_prompts
         if n_train > len(splits["train_prompts"]) or p.eval_prompts > len(splits["eval_prompts"]):
-            raise ValueError(f"preset needs {n_train} training and {p.eval_prompts} evaluation prompts; the splits "
-                             f"hold {len(splits['train_prompts'])} and {len(splits['eval_prompts'])}")
+            raise ValueError(
+                f"preset needs {n_train} training and {p.eval_prompts} evaluation prompts; the splits "
+                f"hold {len(splits['train_prompts'])} and {len(splits['eval_prompts'])}"
+            )
         data = self.out / "data"
         self.train_file = sentiment.write_prompt_file(splits["train_prompts"][:n_train], data / "train_prompts.jsonl")
-        self.eval_file = sentiment.write_prompt_file(splits["eval_prompts"][:p.eval_prompts], data / "eval_prompts.jsonl")
+        self.eval_file = sentiment.write_prompt_file(
+            splits["eval_prompts"][: p.eval_prompts], data / "eval_prompts.jsonl"
+        )
         self.progress.finish("data splits and prompt files", time.time() - t0, calibrate=False)
         t0 = time.time()
         self.gold_dir, gold = sentiment.build_gold_judge(splits, seed=self.seed, sizes=p.sizes)
-        self.progress.finish("gold judge", time.time() - t0,
-                             note=f"TF-IDF + logistic regression, held-out accuracy {gold['accuracy']:.3f}", calibrate=False)
+        self.progress.finish(
+            "gold judge",
+            time.time() - t0,
+            note=f"TF-IDF + logistic regression, held-out accuracy {gold['accuracy']:.3f}",
+            calibrate=False,
+        )
         t0 = time.time()
         self.proxy_dir, proxy = sentiment.build_proxy_reward_model(
-            splits, seed=self.seed, sizes=p.sizes, epochs=p.proxy_epochs, max_length=p.proxy_max_length,
-            learning_rate=p.proxy_learning_rate)
-        self.progress.finish("proxy reward model", time.time() - t0,
-                             note=f"MiniLM, held-out accuracy {proxy['accuracy']:.3f}", calibrate=False)
+            splits,
+            seed=self.seed,
+            sizes=p.sizes,
+            epochs=p.proxy_epochs,
+            max_length=p.proxy_max_length,
+            learning_rate=p.proxy_learning_rate,
+        )
+        self.progress.finish(
+            "proxy reward model",
+            time.time() - t0,
+            note=f"MiniLM, held-out accuracy {proxy['accuracy']:.3f}",
+            calibrate=False,
+        )
         t0 = time.time()
         resolve_path(p.policy)  # converts the packaged GGUF once; cached afterwards
         self.progress.finish("policy", time.time() - t0, note=p.policy, calibrate=False)
@@ -199,22 +248,41 @@ class Demo:
     def base_config(self) -> dict:
         p = self.preset
         return dict(
-            model=p.policy, prompts=str(self.train_file), eval_prompts=str(self.eval_file),
-            reward={"type": "model", "path": str(self.proxy_dir), "input": "completion",
-                    "max_length": p.proxy_max_length},
-            eval_reward={"type": "callable", "function": "cringe.testbeds.sentiment:gold_reward",
-                         "kwargs": {"judge_dir": str(self.gold_dir)}},
+            model=p.policy,
+            prompts=str(self.train_file),
+            eval_prompts=str(self.eval_file),
+            reward={
+                "type": "model",
+                "path": str(self.proxy_dir),
+                "input": "completion",
+                "max_length": p.proxy_max_length,
+            },
+            eval_reward={
+                "type": "callable",
+                "function": "cringe.testbeds.sentiment:gold_reward",
+                "kwargs": {"judge_dir": str(self.gold_dir)},
+            },
             sampling={"n": p.samples_per_prompt, "max_new_tokens": p.max_new_tokens, "batch_size": p.sampling_batch},
-            sampling_dtype=p.resolved_sampling_dtype(), eval_every=p.eval_every, seed=self.seed, backend="transformers",
+            sampling_dtype=p.resolved_sampling_dtype(),
+            eval_every=p.eval_every,
+            seed=self.seed,
+            backend="transformers",
         )
 
     def train_args(self, loss: str) -> dict:
         p = self.preset
         spec = loss_spec(loss)
         rows_per_pair = 2 if spec.data_kind == "binary" else 1  # binary rows are single sequences
-        args = {"per_device_train_batch_size": p.pairs_per_step * rows_per_pair, "learning_rate": p.learning_rate,
-                "num_train_epochs": p.epochs, "lr_scheduler_type": "constant", "warmup_steps": 0,
-                "logging_steps": 5, "save_strategy": "no", "bf16": p.resolved_bf16()}
+        args = {
+            "per_device_train_batch_size": p.pairs_per_step * rows_per_pair,
+            "learning_rate": p.learning_rate,
+            "num_train_epochs": p.epochs,
+            "lr_scheduler_type": "constant",
+            "warmup_steps": 0,
+            "logging_steps": 5,
+            "save_strategy": "no",
+            "bf16": p.resolved_bf16(),
+        }
         if spec.needs_reference:
             args.update(beta=p.beta, precompute_ref_logps=True)
         return args
@@ -235,8 +303,11 @@ class Demo:
                 run.sample(0, prompts, samples_path)
             if not scores_path.exists():
                 run.score(prompts, run.run_dir.samples(samples_path), scores_path)
-            self.progress.finish("M0 samples", time.time() - t0, note=f"{p.samples_per_prompt} x "
-                                 f"{p.rounds * p.round_prompts} training prompts, proxy-labelled")
+            self.progress.finish(
+                "M0 samples",
+                time.time() - t0,
+                note=f"{p.samples_per_prompt} x {p.rounds * p.round_prompts} training prompts, proxy-labelled",
+            )
             t0 = time.time()
             run.baseline()
             self.progress.finish("M0 held-out", time.time() - t0, note=f"{p.eval_prompts} prompts, gold-scored")
@@ -249,9 +320,16 @@ class Demo:
         if loss == "rloo":  # trained by TRL; the run directory is used for sampling and evaluation only
             loss = "pairwise_cringe"
         m0 = str(self.out / "m0")
-        return IterateConfig(**self.base_config(), output_dir=str(self.out / "methods" / name), loss=loss,
-                             rounds=p.rounds if iterative else 1, round_prompts=p.round_prompts if iterative else None,
-                             train=self.train_args(loss), first_round_from=m0, baseline_from=m0)
+        return IterateConfig(
+            **self.base_config(),
+            output_dir=str(self.out / "methods" / name),
+            loss=loss,
+            rounds=p.rounds if iterative else 1,
+            round_prompts=p.round_prompts if iterative else None,
+            train=self.train_args(loss),
+            first_round_from=m0,
+            baseline_from=m0,
+        )
 
     def plan(self) -> None:
         """Relative cost of every stage (seconds at this CPU's measured rates), for the remaining-time estimate."""
@@ -275,8 +353,13 @@ class Demo:
             for k in range(1, rounds + 1):
                 if k > 1:
                     self.plan_step(name, k, rundir.SAMPLES, prompts * p.samples_per_prompt * p.max_new_tokens / rate)
-                train = seqs * seq_tokens * p.epochs / train_rate * (1.3 if loss in LOSSES and
-                                                                      loss_spec(loss).needs_reference else 1.0)
+                train = (
+                    seqs
+                    * seq_tokens
+                    * p.epochs
+                    / train_rate
+                    * (1.3 if loss in LOSSES and loss_spec(loss).needs_reference else 1.0)
+                )
                 if loss == "rloo":  # its own fp32 sampling, and a reference pass when beta > 0
                     train = train * (1.5 if p.rloo_beta else 1.2) + seqs * p.max_new_tokens / (rate / 2)
                 self.plan_step(name, k, rundir.MODEL, train)
@@ -297,9 +380,17 @@ class Demo:
             run = IterativeRun(config, on_step=lambda k, step, s, name=name: self._step_done(name, k, step, s))
             if name == "rloo":
                 p = self.preset
-                run_rloo(run, samples_per_prompt=p.samples_per_prompt, learning_rate=p.learning_rate,
-                         epochs=p.epochs, batch_size=p.pairs_per_step * 2, max_new_tokens=p.max_new_tokens,
-                         beta=p.rloo_beta, bf16=p.resolved_bf16(), seed=self.seed)
+                run_rloo(
+                    run,
+                    samples_per_prompt=p.samples_per_prompt,
+                    learning_rate=p.learning_rate,
+                    epochs=p.epochs,
+                    batch_size=p.pairs_per_step * 2,
+                    max_new_tokens=p.max_new_tokens,
+                    beta=p.rloo_beta,
+                    bf16=p.resolved_bf16(),
+                    seed=self.seed,
+                )
                 continue
             for k, step in self.method_steps.get(name, []):  # finished on an earlier run of this command
                 if run.run_dir.file(k, step).exists():
@@ -331,10 +422,20 @@ class Demo:
         start = m0.run_dir
         base = summarise(start.samples(start.baseline_samples), start.scores(start.baseline_scores), seed=self.seed)
         base_proxy = self.proxy_scores(start.baseline_samples, start.path / rundir.BASELINE_PROXY_SCORES)
-        rows = [{"method": "sft", "label": LABELS["sft"], "round": 0, "win_rate": None, "reward": base["reward"],
-                 "text": base["text"], "kl": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
-                 "proxy_reward": mean_with_ci(base_proxy, seed=self.seed), "labelled_samples": 0,
-                 "train_seconds": 0.0}]
+        rows = [
+            {
+                "method": "sft",
+                "label": LABELS["sft"],
+                "round": 0,
+                "win_rate": None,
+                "reward": base["reward"],
+                "text": base["text"],
+                "kl": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
+                "proxy_reward": mean_with_ci(base_proxy, seed=self.seed),
+                "labelled_samples": 0,
+                "train_seconds": 0.0,
+            }
+        ]
         curves = {}
         for name in self.preset.methods:
             run = RunDir(self.out / "methods" / name)
@@ -348,9 +449,17 @@ class Demo:
                     labelled, kept = n_prompts * self.preset.samples_per_prompt, n_prompts
                 else:
                     labelled, kept = run.labelled_samples(k), run.rows_kept(k)
-                curve.append({"method": name, "label": LABELS[name], **comparison,
-                              "proxy_reward": mean_with_ci(proxy, seed=self.seed), "labelled_samples": labelled,
-                              "training_rows": kept, "train_seconds": run.seconds(rundir.MODEL, k)})
+                curve.append(
+                    {
+                        "method": name,
+                        "label": LABELS[name],
+                        **comparison,
+                        "proxy_reward": mean_with_ci(proxy, seed=self.seed),
+                        "labelled_samples": labelled,
+                        "training_rows": kept,
+                        "train_seconds": run.seconds(rundir.MODEL, k),
+                    }
+                )
             curves[name] = curve
             if curve:
                 rows.append(curve[-1])
@@ -369,8 +478,9 @@ class Demo:
             return out
 
         start = m0.run_dir
-        base = first_per_prompt(start, start.baseline_samples, start.baseline_scores,
-                                start.path / rundir.BASELINE_PROXY_SCORES)
+        base = first_per_prompt(
+            start, start.baseline_samples, start.baseline_scores, start.path / rundir.BASELINE_PROXY_SCORES
+        )
         ids = sorted(base)[:prompts]
         sides = [(LABELS["sft"], base)]
         for name in self.preset.methods:
@@ -378,12 +488,28 @@ class Demo:
             rounds = run.evaluated_rounds()
             if rounds:
                 k = rounds[-1]
-                sides.append((LABELS[name], first_per_prompt(run, run.file(k, rundir.EVAL_SAMPLES),
-                                                             run.file(k, rundir.EVAL_SCORES),
-                                                             run.file(k, rundir.EVAL_PROXY_SCORES))))
-        return [{"prompt": base[i][0].prompt or f"(held-out prompt {i})",
-                 "rows": [{"label": label, "completion": side[i][0].completion, "gold": side[i][1],
-                           "proxy": side[i][2]} for label, side in sides if i in side]} for i in ids]
+                sides.append(
+                    (
+                        LABELS[name],
+                        first_per_prompt(
+                            run,
+                            run.file(k, rundir.EVAL_SAMPLES),
+                            run.file(k, rundir.EVAL_SCORES),
+                            run.file(k, rundir.EVAL_PROXY_SCORES),
+                        ),
+                    )
+                )
+        return [
+            {
+                "prompt": base[i][0].prompt or f"(held-out prompt {i})",
+                "rows": [
+                    {"label": label, "completion": side[i][0].completion, "gold": side[i][1], "proxy": side[i][2]}
+                    for label, side in sides
+                    if i in side
+                ],
+            }
+            for i in ids
+        ]
 
     def run(self, command: str) -> dict:
         started = time.time()
@@ -396,10 +522,17 @@ class Demo:
         results = self.collect(m0)
         p = self.preset
         results["meta"] = {
-            "command": command, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine_description(),
-            "preset": {**dataclasses.asdict(p), "bf16": p.resolved_bf16(),  # as this machine ran it
-                       "sampling_dtype": p.resolved_sampling_dtype() or "float32"}, "seed": self.seed,
-            "wall_seconds": round(time.time() - started, 1), "stage_seconds": dict(self.progress.seconds),
+            "command": command,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "machine": machine_description(),
+            "preset": {
+                **dataclasses.asdict(p),
+                "bf16": p.resolved_bf16(),  # as this machine ran it
+                "sampling_dtype": p.resolved_sampling_dtype() or "float32",
+            },
+            "seed": self.seed,
+            "wall_seconds": round(time.time() - started, 1),
+            "stage_seconds": dict(self.progress.seconds),
             "reward_models": accuracies,
             "pairwise_cringe": pairwise_cringe_settings(),
         }
@@ -416,13 +549,14 @@ def pairwise_cringe_settings() -> dict:
 
 def machine_description() -> str:
 
-
     memory = ""
     try:
         with open("/proc/meminfo") as f:
             memory = f", {int(f.readline().split()[1]) / 2**20:.0f} GiB"
     except OSError:
         pass
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores{memory}, "
-            f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores{memory}, "
+        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )

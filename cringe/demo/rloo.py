@@ -22,19 +22,51 @@ from cringe.rewards import load_reward_source
 logger = logging.getLogger(__name__)
 
 
-def run_rloo(run, *, samples_per_prompt: int, learning_rate: float, epochs: float, batch_size: int,
-             max_new_tokens: int, beta: float, bf16: bool, seed: int) -> None:
+def run_rloo(
+    run,
+    *,
+    samples_per_prompt: int,
+    learning_rate: float,
+    epochs: float,
+    batch_size: int,
+    max_new_tokens: int,
+    beta: float,
+    bf16: bool,
+    seed: int,
+) -> None:
     """Train M_1 from M_0 with RLOO on every training prompt of `run` (a cringe.loop.run.IterativeRun; its config's
     reward is the reward), then evaluate it like a loop round. Resumable: finished steps are skipped."""
     with run.session():
-        run.step(1, rundir.MODEL, lambda: _train(run, samples_per_prompt=samples_per_prompt,
-                                                 learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
-                                                 max_new_tokens=max_new_tokens, beta=beta, bf16=bf16, seed=seed))
+        run.step(
+            1,
+            rundir.MODEL,
+            lambda: _train(
+                run,
+                samples_per_prompt=samples_per_prompt,
+                learning_rate=learning_rate,
+                epochs=epochs,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                beta=beta,
+                bf16=bf16,
+                seed=seed,
+            ),
+        )
         run.step(1, rundir.EVAL, lambda: run.evaluate(1))
 
 
-def _train(run, *, samples_per_prompt: int, learning_rate: float, epochs: float, batch_size: int,
-           max_new_tokens: int, beta: float, bf16: bool, seed: int) -> None:
+def _train(
+    run,
+    *,
+    samples_per_prompt: int,
+    learning_rate: float,
+    epochs: float,
+    batch_size: int,
+    max_new_tokens: int,
+    beta: float,
+    bf16: bool,
+    seed: int,
+) -> None:
     from trl import RLOOConfig, RLOOTrainer
 
     c = run.config
@@ -48,12 +80,31 @@ def _train(run, *, samples_per_prompt: int, learning_rate: float, epochs: float,
     model = load_model(c.model, tokenizer, "float32")
     n = samples_per_prompt
     args = RLOOConfig(
-        output_dir=str(run.run_dir.checkpoints(1)), learning_rate=learning_rate, lr_scheduler_type="constant",
-        num_train_epochs=epochs, per_device_train_batch_size=batch_size // n * n or n,
-        num_generations=n, max_completion_length=max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-        beta=beta, bf16=bf16, use_cpu=c.resolved_device() == "cpu", report_to="none", save_strategy="no",
-        logging_steps=5, seed=seed, disable_dropout=True)
-    trainer = RLOOTrainer(model=model, reward_funcs=[reward_fn], args=args, processing_class=tokenizer,
-                          train_dataset=Dataset.from_list(read_jsonl(c.prompts)))
+        output_dir=str(run.run_dir.checkpoints(1)),
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size // n * n or n,
+        num_generations=n,
+        max_completion_length=max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=beta,
+        bf16=bf16,
+        use_cpu=c.resolved_device() == "cpu",
+        report_to="none",
+        save_strategy="no",
+        logging_steps=5,
+        seed=seed,
+        disable_dropout=True,
+    )
+    trainer = RLOOTrainer(
+        model=model,
+        reward_funcs=[reward_fn],
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(read_jsonl(c.prompts)),
+    )
     trainer.train()
     publish_model(trainer, run.run_dir.round(1), base_model=c.model, data=f"prompts of `{c.prompts}` (RLOO, TRL)")

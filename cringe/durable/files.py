@@ -28,8 +28,9 @@ class DiskFullError(UserError):
     the file, and the run resumes once space is freed."""
 
     def __init__(self, path: Path | str):
-        super().__init__(f"{path}: no space left on device; free some space and rerun the same command "
-                         "(complete files are kept)")
+        super().__init__(
+            f"{path}: no space left on device; free some space and rerun the same command (complete files are kept)"
+        )
         self.filename, self.errno = str(path), errno.ENOSPC
 
 

@@ -50,12 +50,15 @@ def refuse_pickle_only(folder: Path) -> list[Path]:
     folder = Path(folder)
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
-        pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)
-                         if p.name not in NOT_WEIGHTS)
+        pickles = sorted(
+            p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern) if p.name not in NOT_WEIGHTS
+        )
         if pickles:
-            raise UserError(f"{folder}: weights only as pickle files ({', '.join(pickles)}); cringe loads "
-                            "safetensors only (a pickle can run code when loaded): convert a copy you trust with "
-                            "save_pretrained(..., safe_serialization=True)")
+            raise UserError(
+                f"{folder}: weights only as pickle files ({', '.join(pickles)}); cringe loads "
+                "safetensors only (a pickle can run code when loaded): convert a copy you trust with "
+                "save_pretrained(..., safe_serialization=True)"
+            )
     return weights
 
 
@@ -134,8 +137,10 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     whose files are complete. Incomplete ones after it are removed, so the Trainer never writes into a
     half-written folder."""
     folder = Path(folder)
-    found = sorted(((int(m.group(1)), p) for p in folder.glob("checkpoint-*") if p.is_dir()
-                    and (m := _CHECKPOINT.match(p.name))), reverse=True)
+    found = sorted(
+        ((int(m.group(1)), p) for p in folder.glob("checkpoint-*") if p.is_dir() and (m := _CHECKPOINT.match(p.name))),
+        reverse=True,
+    )
     for _, path in found:
         if checkpoint_is_complete(path):
             return path

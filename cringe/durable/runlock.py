@@ -60,13 +60,19 @@ class RunLock:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunLockedError(f"{self.path.parent} is in use by {_holder(self.path)}: one process per run "
-                                     f"directory (lock file {self.path}); wait for it to finish or stop it") from None
-            logger.warning("cannot lock %s (%s): make sure no other process uses this run directory",
-                           self.path, os.strerror(err.errno or 0))
+                raise RunLockedError(
+                    f"{self.path.parent} is in use by {_holder(self.path)}: one process per run "
+                    f"directory (lock file {self.path}); wait for it to finish or stop it"
+                ) from None
+            logger.warning(
+                "cannot lock %s (%s): make sure no other process uses this run directory",
+                self.path,
+                os.strerror(err.errno or 0),
+            )
             return
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        record = json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        )
         os.ftruncate(fd, 0)
         os.pwrite(fd, (record + "\n").encode(), 0)
         self._fd = fd

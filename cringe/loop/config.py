@@ -36,8 +36,6 @@ def _help(text: str, **extra) -> dict:
     return {"help": text, **extra}
 
 
-
-
 @functools.lru_cache(maxsize=None)
 def _backend_in(python: str) -> str:
     """What `backend: auto` resolves to under another interpreter (the sampling stage's). Cached: the probe starts
@@ -46,8 +44,10 @@ def _backend_in(python: str) -> str:
     probe = "from cringe.generation import resolve_backend; print(resolve_backend('auto'))"
     out = subprocess.run([python, "-c", probe], capture_output=True, text=True)
     if out.returncode != 0:
-        raise UserError(f"sampling_python: {python} cannot import cringe ({out.stderr.strip().splitlines()[-1:]}); "
-                        "install the project there too (`make vllm` does)")
+        raise UserError(
+            f"sampling_python: {python} cannot import cringe ({out.stderr.strip().splitlines()[-1:]}); "
+            "install the project there too (`make vllm` does)"
+        )
     return out.stdout.strip()
 
 
@@ -61,58 +61,104 @@ class IterateConfig:
     output_dir: str = field(metadata=_help("the run directory; rerun the same command to resume"))
     reward: dict = field(default=None, metadata=_help("reward source: {type: callable|model|judge, ...}"))
     rounds: int = field(default=3, metadata=_help("rounds of sample -> score -> pair -> train"))
-    loss: str = field(default="pairwise_cringe", metadata=_help(
-        "training loss; each round trains on what it needs (cringe.registry): best-vs-worst pairs, threshold-labelled "
-        "samples (binary_cringe), or each prompt's best sample (sft: rejection-sampling fine-tuning)",
-        choices=tuple(LOSSES)))
+    loss: str = field(
+        default="pairwise_cringe",
+        metadata=_help(
+            "training loss; each round trains on what it needs (cringe.registry): best-vs-worst pairs, threshold-labelled "
+            "samples (binary_cringe), or each prompt's best sample (sft: rejection-sampling fine-tuning)",
+            choices=tuple(LOSSES),
+        ),
+    )
     sampling: dict = field(default_factory=dict, metadata=_help("cringe.generation.SamplingConfig fields"))
     min_gap: float = field(default=0.0, metadata=_help("drop prompts whose best-worst reward gap is below this"))
     binary_threshold: float | None = field(
-        default=None, metadata=_help("binary_cringe: good when score >= threshold (default: above the round's mean)"))
+        default=None, metadata=_help("binary_cringe: good when score >= threshold (default: above the round's mean)")
+    )
     drop_truncated: bool = field(default=False, metadata=_help("never train on completions cut at max_new_tokens"))
     mix_previous: bool = field(default=False, metadata=_help("train round k on the rows of rounds 1..k"))
-    dpo_reference: str = field(default="previous", metadata=_help("DPO family reference: the round's start or M_0",
-                                                                   choices=("previous", "initial")))
+    dpo_reference: str = field(
+        default="previous",
+        metadata=_help("DPO family reference: the round's start or M_0", choices=("previous", "initial")),
+    )
     train: dict = field(default_factory=dict, metadata=_help("CringeConfig fields, plus LoRA: use_peft, lora_r, ..."))
     eval_prompts: str | None = field(default=None, metadata=_help("held-out prompts; none: no evaluation"))
     eval_reward: dict | None = field(default=None, metadata=_help("reward source for evaluation (default: reward)"))
     eval_samples: int = field(default=1, metadata=_help("samples per held-out prompt"))
     eval_every: int = field(default=1, metadata=_help("evaluate every k-th round (and always the last)"))
     max_prompts: int | None = None
-    first_round_from: str | None = field(default=None, metadata=_help(
-        "a folder with samples.jsonl and scores.jsonl of M_0 on these prompts (as `cringe sample` / `cringe score` "
-        "write them): round 1 trains on their rows instead of sampling and scoring again"))
-    baseline_from: str | None = field(default=None, metadata=_help(
-        "another run directory with M_0's held-out samples and scores on the same eval_prompts: compare against "
-        "them instead of sampling M_0 again"))
+    first_round_from: str | None = field(
+        default=None,
+        metadata=_help(
+            "a folder with samples.jsonl and scores.jsonl of M_0 on these prompts (as `cringe sample` / `cringe score` "
+            "write them): round 1 trains on their rows instead of sampling and scoring again"
+        ),
+    )
+    baseline_from: str | None = field(
+        default=None,
+        metadata=_help(
+            "another run directory with M_0's held-out samples and scores on the same eval_prompts: compare against "
+            "them instead of sampling M_0 again"
+        ),
+    )
     # Fresh prompts each round: round k samples prompts [(k-1)*m, k*m) of the list (wrapping around), so R rounds
     # of m prompts label as many samples as one round over R*m prompts. None: every round uses every prompt.
     round_prompts: int | None = field(default=None, metadata=_help("prompts per round, fresh each round"))
     max_eval_prompts: int | None = None
     max_prompt_length: int = 512
-    skip_invalid_prompts: bool = field(default=False, metadata=_help(
-        "skip (and count) prompts longer than max_prompt_length or otherwise invalid, instead of stopping: for "
-        "large public prompt sets such as UltraFeedback's"))
+    skip_invalid_prompts: bool = field(
+        default=False,
+        metadata=_help(
+            "skip (and count) prompts longer than max_prompt_length or otherwise invalid, instead of stopping: for "
+            "large public prompt sets such as UltraFeedback's"
+        ),
+    )
     device: str = device_field()
-    dtype: str | None = dtype_field("weights for training and evaluation (default: bfloat16 on a GPU, float32 on a "
-                                    "CPU)")
-    sampling_dtype: str | None = field(default=None, metadata=_help(
-        "weights for sampling (default: dtype; on a CPU without a dtype given, bfloat16 where the CPU computes it "
-        "natively (AMX, AVX512-BF16), float32 elsewhere: bench/cpu_dtype.py)"))
-    backend: str = field(default="auto", metadata=_help("sampler: auto = vLLM when installed with a GPU",
-                                                         choices=("auto", "transformers", "vllm")))
-    vllm: dict = field(default_factory=dict, metadata=_help(
-        "vLLM engine options: tensor_parallel_size, gpu_memory_utilization, dtype, max_model_len, enforce_eager, ..."))
-    sampling_python: str | None = field(default=None, metadata=_help(
-        "the Python that runs each sampling stage (`cringe sample`), e.g. .venv-vllm/bin/python from `make vllm`: "
-        "vLLM pins its own transformers, so it lives in an environment of its own; training stays in this one"))
-    stage_processes: bool | None = field(default=None, metadata=_help(
-        "run sampling and scoring as `cringe sample` / `cringe score` subprocesses, so their GPU memory is "
-        "free before training (default: on with a GPU or vLLM, off on a CPU; always on with vLLM)"))
-    accelerate: dict = field(default_factory=dict, metadata=_help(
-        "train each round under `accelerate launch`: {config_file: FILE, num_processes: N, sample: false, ...}"))
-    report_to: list[str] = field(default_factory=list, metadata=_help(
-        "trackers for per-round evaluation and training curves: tensorboard, wandb (logs in <output_dir>/logs)"))
+    dtype: str | None = dtype_field(
+        "weights for training and evaluation (default: bfloat16 on a GPU, float32 on a CPU)"
+    )
+    sampling_dtype: str | None = field(
+        default=None,
+        metadata=_help(
+            "weights for sampling (default: dtype; on a CPU without a dtype given, bfloat16 where the CPU computes it "
+            "natively (AMX, AVX512-BF16), float32 elsewhere: bench/cpu_dtype.py)"
+        ),
+    )
+    backend: str = field(
+        default="auto",
+        metadata=_help("sampler: auto = vLLM when installed with a GPU", choices=("auto", "transformers", "vllm")),
+    )
+    vllm: dict = field(
+        default_factory=dict,
+        metadata=_help(
+            "vLLM engine options: tensor_parallel_size, gpu_memory_utilization, dtype, max_model_len, enforce_eager, ..."
+        ),
+    )
+    sampling_python: str | None = field(
+        default=None,
+        metadata=_help(
+            "the Python that runs each sampling stage (`cringe sample`), e.g. .venv-vllm/bin/python from `make vllm`: "
+            "vLLM pins its own transformers, so it lives in an environment of its own; training stays in this one"
+        ),
+    )
+    stage_processes: bool | None = field(
+        default=None,
+        metadata=_help(
+            "run sampling and scoring as `cringe sample` / `cringe score` subprocesses, so their GPU memory is "
+            "free before training (default: on with a GPU or vLLM, off on a CPU; always on with vLLM)"
+        ),
+    )
+    accelerate: dict = field(
+        default_factory=dict,
+        metadata=_help(
+            "train each round under `accelerate launch`: {config_file: FILE, num_processes: N, sample: false, ...}"
+        ),
+    )
+    report_to: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "trackers for per-round evaluation and training curves: tensorboard, wandb (logs in <output_dir>/logs)"
+        ),
+    )
     run_name: str | None = field(default=None, metadata=_help("the tracker's run name (default: output_dir's name)"))
     seed: int = 0
     trust_remote_code: bool = trust_remote_code_field()
@@ -139,8 +185,9 @@ class IterateConfig:
             raise UserError(f"sampling: {err}") from None
         owned = sorted({"loss", "output_dir", "report_to"} & set(self.train))
         if owned:
-            raise UserError(f"train: {owned} are set by the loop (use the top-level keys loss / output_dir / "
-                            "report_to)")
+            raise UserError(
+                f"train: {owned} are set by the loop (use the top-level keys loss / output_dir / report_to)"
+            )
 
         check_trackers(self.report_to)
         config_file = self.accelerate.get("config_file")
@@ -150,12 +197,16 @@ class IterateConfig:
         if self.sampling_python is not None:
             python = shutil.which(self.sampling_python)
             if python is None:
-                raise UserError(f"sampling_python: {self.sampling_python} is not an executable Python "
-                                "(`make vllm` builds .venv-vllm/bin/python)")
+                raise UserError(
+                    f"sampling_python: {self.sampling_python} is not an executable Python "
+                    "(`make vllm` builds .venv-vllm/bin/python)"
+                )
             self.sampling_python = str(Path(python).absolute())
         if self.vllm and self.resolved_backend() != "vllm":
-            raise UserError(f"vllm engine options {sorted(self.vllm)} given, but the sampler is "
-                            f"{self.resolved_backend()} (backend: {self.backend})")
+            raise UserError(
+                f"vllm engine options {sorted(self.vllm)} given, but the sampler is "
+                f"{self.resolved_backend()} (backend: {self.backend})"
+            )
 
     def prompt_errors(self) -> str:
         return "skip" if self.skip_invalid_prompts else "error"
@@ -184,8 +235,14 @@ class IterateConfig:
     def training_settings(self, round_dir: Path, seed_offset: int = 0) -> dict:
         """A round's `cringe train` settings: the train section over the loop's defaults (CringeConfig and LoRA
         keys, flat, as the YAML of a `cringe train --config` would hold them)."""
-        train = {"save_strategy": "epoch", "seed": self.seed + seed_offset, **self.train, "report_to": "none",
-                 "output_dir": str(round_dir / rundir.CHECKPOINTS), "loss": self.loss}
+        train = {
+            "save_strategy": "epoch",
+            "seed": self.seed + seed_offset,
+            **self.train,
+            "report_to": "none",
+            "output_dir": str(round_dir / rundir.CHECKPOINTS),
+            "loss": self.loss,
+        }
         if self.resolved_device() == "cpu":
             train.setdefault("use_cpu", True)  # the Trainer would otherwise take a GPU the user kept out
             if not {"bf16", "fp16"} & set(train):
@@ -212,8 +269,19 @@ class IterateConfig:
     # the number of training processes do change results, through what they resolve to: see `resolved`.)
     # first_round_from / baseline_from say where files come from while they are missing; once copied, the files
     # are the record (and are checked like any other).
-    OPERATIONAL_KEYS = ("rounds", "output_dir", "device", "vllm", "sampling_python", "stage_processes",
-                        "report_to", "run_name", "accelerate", "first_round_from", "baseline_from")
+    OPERATIONAL_KEYS = (
+        "rounds",
+        "output_dir",
+        "device",
+        "vllm",
+        "sampling_python",
+        "stage_processes",
+        "report_to",
+        "run_name",
+        "accelerate",
+        "first_round_from",
+        "baseline_from",
+    )
     # How a round's samples become training rows: checked round by round against what each round's pairs were
     # made with (pairing.json), so a round whose pairing kept nothing can be paired again with other settings.
     PAIRING_KEYS = ("min_gap", "binary_threshold", "drop_truncated")
@@ -223,10 +291,13 @@ class IterateConfig:
         """What the machine-dependent defaults resolve to here: each changes results when it changes."""
         device = self.resolved_device()
         train = self.training_settings(Path(self.output_dir) / "round-1")
-        return {"dtype": default_dtype(self.dtype, device),
-                "sampling_dtype": default_dtype(self.resolved_sampling_dtype(), device),
-                "train_precision": "bf16" if train.get("bf16") else "fp16" if train.get("fp16") else "fp32",
-                "backend": self.resolved_backend(), "training_processes": self.training_processes()}
+        return {
+            "dtype": default_dtype(self.dtype, device),
+            "sampling_dtype": default_dtype(self.resolved_sampling_dtype(), device),
+            "train_precision": "bf16" if train.get("bf16") else "fp16" if train.get("fp16") else "fp32",
+            "backend": self.resolved_backend(),
+            "training_processes": self.training_processes(),
+        }
 
     def training_processes(self) -> int:
         """Processes each round trains on (the effective batch is per-device batch x this x accumulation)."""
@@ -242,8 +313,11 @@ class IterateConfig:
         """The fields that decide what every round computes, less those at their defaults: a field added in a
         later version (its default keeping the old behaviour) leaves old runs' comparison unchanged."""
         defaults = IterateConfig.field_defaults()
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in self.NOT_COMPARED and v != defaults.get(k, _NONE)}
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in self.NOT_COMPARED and v != defaults.get(k, _NONE)
+        }
 
     def pairing_settings(self) -> dict:
         return {k: getattr(self, k) for k in self.PAIRING_KEYS}
@@ -271,8 +345,9 @@ class IterateConfig:
         new = self.result_dict()
         diff = sorted(k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k)))
         resolved, was = self.resolved(), saved.get("resolved") or {}
-        diff += sorted(f"{k} (resolved here: {resolved[k]}, was {was[k]})" for k in was
-                       if k in resolved and was[k] != resolved[k])
+        diff += sorted(
+            f"{k} (resolved here: {resolved[k]}, was {was[k]})" for k in was if k in resolved and was[k] != resolved[k]
+        )
         return diff
 
 
@@ -315,16 +390,19 @@ def section_parsers() -> dict:
 
 
 def iterate_parser():
-    return make_parser(flat_dataclass(IterateConfig, set(SECTIONS)), prog="cringe iterate",
-                       description="Iterative preference training: sample -> score -> pair -> train -> evaluate, "
-                                   "round after round (resumable).", epilog=ITERATE_HELP)
+    return make_parser(
+        flat_dataclass(IterateConfig, set(SECTIONS)),
+        prog="cringe iterate",
+        description="Iterative preference training: sample -> score -> pair -> train -> evaluate, "
+        "round after round (resumable).",
+        epilog=ITERATE_HELP,
+    )
 
 
 def parse_iterate_args(argv: list[str]) -> IterateConfig:
     """An IterateConfig from `--config FILE` plus flags; every key typed and checked before any work."""
 
-    (flags,), sections = parse_with_sections(iterate_parser(), argv, 1,
-                                             section_parsers())
+    (flags,), sections = parse_with_sections(iterate_parser(), argv, 1, section_parsers())
     return IterateConfig(**dataclasses.asdict(flags), **sections)
 
 

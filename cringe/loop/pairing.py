@@ -59,48 +59,75 @@ def _extremes(groups: dict, min_gap: float, report: PairingReport):
         yield prompt_id, ranked[0], ranked[-1]
 
 
-def best_vs_worst(samples: Sequence[Sample], scores: Sequence[float], *, min_gap: float = 0.0,
-                  drop_truncated: bool = False) -> tuple[list[dict], PairingReport]:
+def best_vs_worst(
+    samples: Sequence[Sample], scores: Sequence[float], *, min_gap: float = 0.0, drop_truncated: bool = False
+) -> tuple[list[dict], PairingReport]:
     """One pair per prompt: its highest-scored sample against its lowest. A prompt is dropped when the gap is
     not above `min_gap` (a tie carries no signal), when fewer than two samples remain, or when best and worst
     are the same tokens."""
     report = PairingReport()
     rows = []
-    for prompt_id, (best, r_best), (worst, r_worst) in _extremes(_group(samples, scores, drop_truncated, report),
-                                                                 min_gap, report):
+    for prompt_id, (best, r_best), (worst, r_worst) in _extremes(
+        _group(samples, scores, drop_truncated, report), min_gap, report
+    ):
         if best.completion_ids == worst.completion_ids:
             report.drop("identical best and worst")
             continue
-        rows.append({"row": prompt_id, "prompt_ids": best.prompt_ids,
-                     "completion_ids": [best.completion_ids, worst.completion_ids], "label": None,
-                     "chosen_score": r_best, "rejected_score": r_worst,
-                     "chosen": best.completion, "rejected": worst.completion})
+        rows.append(
+            {
+                "row": prompt_id,
+                "prompt_ids": best.prompt_ids,
+                "completion_ids": [best.completion_ids, worst.completion_ids],
+                "label": None,
+                "chosen_score": r_best,
+                "rejected_score": r_worst,
+                "chosen": best.completion,
+                "rejected": worst.completion,
+            }
+        )
     report.kept = len(rows)
     return rows, report
 
 
-def best_only(samples: Sequence[Sample], scores: Sequence[float], *, min_gap: float = 0.0,
-              drop_truncated: bool = False) -> tuple[list[dict], PairingReport]:
+def best_only(
+    samples: Sequence[Sample], scores: Sequence[float], *, min_gap: float = 0.0, drop_truncated: bool = False
+) -> tuple[list[dict], PairingReport]:
     """Rejection sampling (best-of-n fine-tuning, as in RAFT / ReST): each prompt's highest-scored sample as an SFT
     row, for the prompts whose reward spread selects one (the rule best_vs_worst applies)."""
     report = PairingReport()
-    rows = [{"row": prompt_id, "prompt_ids": best.prompt_ids, "completion_ids": [best.completion_ids],
-             "label": True, "score": r_best, "completion": best.completion}
-            for prompt_id, (best, r_best), _ in _extremes(_group(samples, scores, drop_truncated, report), min_gap,
-                                                         report)]
+    rows = [
+        {
+            "row": prompt_id,
+            "prompt_ids": best.prompt_ids,
+            "completion_ids": [best.completion_ids],
+            "label": True,
+            "score": r_best,
+            "completion": best.completion,
+        }
+        for prompt_id, (best, r_best), _ in _extremes(_group(samples, scores, drop_truncated, report), min_gap, report)
+    ]
     report.kept = len(rows)
     return rows, report
 
 
-def by_threshold(samples: Sequence[Sample], scores: Sequence[float], *, threshold: float,
-                 drop_truncated: bool = False) -> tuple[list[dict], PairingReport]:
+def by_threshold(
+    samples: Sequence[Sample], scores: Sequence[float], *, threshold: float, drop_truncated: bool = False
+) -> tuple[list[dict], PairingReport]:
     """Binary feedback: every sample labelled good (score >= threshold) or bad, for binary Cringe."""
     report = PairingReport()
     rows = []
     for prompt_id, group in sorted(_group(samples, scores, drop_truncated, report).items()):
         for s, r in group:
-            rows.append({"row": prompt_id, "prompt_ids": s.prompt_ids, "completion_ids": [s.completion_ids],
-                         "label": r >= threshold, "score": r, "completion": s.completion})
+            rows.append(
+                {
+                    "row": prompt_id,
+                    "prompt_ids": s.prompt_ids,
+                    "completion_ids": [s.completion_ids],
+                    "label": r >= threshold,
+                    "score": r,
+                    "completion": s.completion,
+                }
+            )
     report.kept = len(rows)
     return rows, report
 
@@ -110,5 +137,6 @@ def as_training_data(rows: list[dict], kind: str) -> PreparedData:
     trainer batches as binary rows)."""
     if not rows:
         raise ValueError("no training rows: every prompt was dropped (see the pairing report)")
-    return PreparedData("pairwise" if kind == "pairwise" else "binary", rows,
-                        ValidationReport("generated", False, kept=len(rows)))
+    return PreparedData(
+        "pairwise" if kind == "pairwise" else "binary", rows, ValidationReport("generated", False, kept=len(rows))
+    )

@@ -27,7 +27,6 @@ def distributed_state(device: str = "auto"):
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, 0, lambda: None
 
-
     state = PartialState(cpu=resolve_device(device) == "cpu")
     return state.process_index, state.num_processes, state.local_process_index, state.wait_for_everyone
 
@@ -66,8 +65,10 @@ def run_stage_process(verb: str, config: dict, out_path: Path, launcher: list[st
     logger.info("stage process: %s", " ".join(command))
     code = subprocess.run(command, env=dict(os.environ)).returncode
     if code != 0:
-        raise StageFailed(f"the `cringe {verb}` stage failed (exit status {code}; its message is above); "
-                          f"its config is {config_path}; rerun to resume")
+        raise StageFailed(
+            f"the `cringe {verb}` stage failed (exit status {code}; its message is above); "
+            f"its config is {config_path}; rerun to resume"
+        )
     if not out_path.exists():
         raise StageFailed(f"the `cringe {verb}` stage exited without writing {out_path}")
     config_path.unlink()

