@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow test-vllm vllm demo demo-quick docs bench clean install
+.PHONY: test test-slow test-vllm vllm demo demo-quick docs bench clean install lint
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,12 @@ vllm: $(VLLM_STAMP)
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	CRINGE_VLLM_PYTHON=$(abspath $(VLLM_PY)) $(PY) -m pytest -q -m vllm -p no:cacheprovider
 
-test: $(STAMP)
+# Lint and format are part of the test: CI fails on either (configured in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q
 
 # Long checks: 2-process training (DDP, FSDP2, DeepSpeed ZeRO-2/3 on the CPU over gloo), resume after SIGKILL.

@@ -129,7 +129,7 @@ def main() -> None:
             f"{loss_name} {part}" for part, e in errors.items() if e["chunked"] > 2 * e["plain"] + args.tolerance
         ]
     print(
-        "PASS: chunked within 2x the plain fp32 error (+ %.0e)" % args.tolerance
+        f"PASS: chunked within 2x the plain fp32 error (+ {args.tolerance:.0e})"
         if not failed
         else f"FAIL: {', '.join(failed)}"
     )

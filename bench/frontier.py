@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cringe.loop import rundir
+from cringe.loop import rundir  # noqa: E402
 
 
 @dataclass(frozen=True)

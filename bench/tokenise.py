@@ -123,7 +123,7 @@ def main() -> None:
 
         datasets.config.HF_DATASETS_CACHE = cache  # each setting starts cold
         for state in ("cold", "warm"):
-            data, seconds = timed(lambda: D.prepare(str(path), tokenizer, kind="pairwise", num_proc=procs, **lengths))
+            data, seconds = timed(lambda: D.prepare(str(path), tokenizer, kind="pairwise", num_proc=procs, **lengths))  # noqa: B023
             assert digest(data.rows) == reference, "the map path must give the per-row path's rows"
             del data
             print(f"map, {procs} processes, {state}: {seconds:.1f}s", flush=True)

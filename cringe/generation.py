@@ -92,7 +92,7 @@ class Sample:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Sample":
+    def from_dict(cls, d: dict) -> Sample:
         d = {k: v for k, v in d.items() if k != "num_tokens"}
         return cls(**d)
 
@@ -216,7 +216,7 @@ class TransformersSampler:
         prompts_per_batch = max(1, config.batch_size // config.n)
         samples: list[Sample] = []
         batches = range(0, len(prompts), prompts_per_batch)
-        for b, start in enumerate(tqdm(batches, desc="sampling", disable=not progress, unit="batch")):
+        for start in tqdm(batches, desc="sampling", disable=not progress, unit="batch"):
             chunk = prompts[start : start + prompts_per_batch]
             width = max(len(p) for p in chunk)
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)

@@ -10,8 +10,8 @@ the log. `reference()` returns the reference model's sequence log-probs, compute
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -27,12 +27,11 @@ def test_n_samples_per_prompt_with_ids_and_reasons(tokenizer, tiny_model):
 
 def test_seeded_and_reproducible(tokenizer, tiny_model):
     sampler = TransformersSampler(tiny_model, tokenizer)
-    run = lambda seed: [
-        s.completion_ids
-        for s in sampler.sample(  # noqa: E731
-            prompts(tokenizer), SamplingConfig(n=2, max_new_tokens=6, seed=seed), progress=False
-        )
-    ]
+
+    def run(seed):
+        config = SamplingConfig(n=2, max_new_tokens=6, seed=seed)
+        return [s.completion_ids for s in sampler.sample(prompts(tokenizer), config, progress=False)]
+
     assert run(1) == run(1)
     assert run(1) != run(2)
 

@@ -66,7 +66,7 @@ def test_no_more_than_one_gradient_exists_at_a_time(tmp_path, tokenizer):
         seen = []
         for p in model.parameters():  # registered before the optimiser's hooks, so it runs first
             p.register_post_accumulate_grad_hook(
-                lambda _: seen.append(sum(q.grad is not None for q in model.parameters()))
+                lambda _: seen.append(sum(q.grad is not None for q in model.parameters()))  # noqa: B023 (this iteration's model)
             )
         args = config(tmp_path, optimizer_in_backward=in_backward, **{**COMMON, "max_steps": 1})
         CringeTrainer(model=model, args=args, train_dataset=uneven_rows(), processing_class=tokenizer).train()

@@ -36,7 +36,7 @@ def _help(text: str, **extra) -> dict:
     return {"help": text, **extra}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _backend_in(python: str) -> str:
     """What `backend: auto` resolves to under another interpreter (the sampling stage's). Cached: the probe starts
     a Python that imports torch, and the loop asks before every sampling stage."""

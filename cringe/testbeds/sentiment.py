@@ -155,7 +155,7 @@ class GoldJudge:
         self.intercept = float(intercept)
 
     @classmethod
-    def fit(cls, rows: list[dict], C: float = 4.0) -> "GoldJudge":
+    def fit(cls, rows: list[dict], C: float = 4.0) -> GoldJudge:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
@@ -182,7 +182,7 @@ class GoldJudge:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "GoldJudge":
+    def load(cls, path: Path) -> GoldJudge:
         meta = json.loads((Path(path) / "judge.json").read_text())
         return cls(
             meta["vocabulary"],
