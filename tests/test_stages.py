@@ -148,9 +148,10 @@ def iterate_config(tmp_path, **overrides):
 
 def test_every_model_of_the_loop_goes_to_the_accelerator(tmp_path, monkeypatch):
     """With a GPU (faked), sampling, the KL passes and the reward model are all placed on it, in bf16."""
-    from cringe import models, rewards
+    from cringe import models
     from cringe.loop import run as loop
     from cringe.loop import stages
+    from cringe.rewards import sources as rewards
 
     config = iterate_config(tmp_path)  # built on the CPU: TrainingArguments would set up the (fake) GPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
