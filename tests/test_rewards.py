@@ -315,6 +315,98 @@ def test_judge_verdicts_constrained_or_from_logprobs():
         PairwiseJudge("http://127.0.0.1:9/v1", "m", verdict="vibes")
 
 
+def prefers_longer(content, _):
+    a = content.split("Response A:\n")[1].split("\n\nResponse B:")[0]
+    b = content.split("\n\nResponse B:\n")[1].split("\n\nAnswer with")[0]
+    return 200, "A" if len(a) > len(b) else "B"
+
+
+def test_judge_position_consistency_is_counted_and_logged(caplog):
+    """Consistency: the pairs whose two orders prefer the same response; first position: the answers naming A."""
+    with JudgeServer(prefers_longer) as url:
+        judge = PairwiseJudge(url, "m", concurrency=1, backoff=0.01)
+        with caplog.at_level(logging.INFO):
+            scores = judge.score(["p"] * 4, ["ab", "abcd", "a", "abc"])
+    assert scores == pytest.approx([1 / 3, 1.0, 0.0, 2 / 3])
+    s = judge.stats
+    assert (s.both_orders, s.consistent_pairs, s.named_first, s.named_second) == (6, 6, 6, 6)
+    assert s.position_consistency == 1.0 and s.first_position_share == 0.5
+    assert "position consistency 6 of 6 pairs (100%), the first position named in 6 of 12 answers (50%)" in caplog.text
+    # prefers_good says B to two bad responses in both orders: one pair of three is inconsistent
+    with JudgeServer(prefers_good) as url:
+        judge = PairwiseJudge(url, "m", concurrency=1, backoff=0.01)
+        judge.score(["p"] * 3, ["GOOD a", "bad", "bad too"])
+    assert judge.stats.as_dict() | {"requests": 0} == {
+        "answers": 6,
+        "requests": 0,
+        "retries": 0,
+        "invalid_answers": 0,
+        "failed_requests": 0,
+        "undecided_pairs": 0,
+        "cached": 0,
+        "skipped": 0,
+        "named_first": 2,
+        "named_second": 4,
+        "both_orders": 3,
+        "consistent_pairs": 2,
+        "position_consistency": 2 / 3,
+        "first_position_share": 1 / 3,
+    }
+
+
+@pytest.mark.parametrize("verdict", ["text", "choice"])
+def test_a_judge_that_always_names_a_is_refused_in_one_line(verdict, caplog):
+    from cringe.rewards import JudgePositionBiasError
+
+    with JudgeServer(lambda c, n: (200, "A")) as url:
+        judge = PairwiseJudge(url, "m", concurrency=2, backoff=0.01, verdict=verdict)
+        with pytest.raises(JudgePositionBiasError) as refused, caplog.at_level(logging.INFO):
+            judge.score(["p"] * 4 + ["q"] * 2, ["w", "x", "y", "z", "u", "v"])  # 7 pairs, 14 answers
+        message = str(refused.value)
+        assert "\n" not in message
+        assert "named the first (A) position in 14 of 14 answers (more than max_position_bias 90%" in message
+        assert "position consistency 0 of 7 pairs (0%)" in message and "try verdict: logprobs" in message
+        assert "position consistency 0 of 7 pairs (0%)" in caplog.text  # logged before the refusal
+        # accepted on request: every score is the 0.5 both orders cancel to
+        judge = PairwiseJudge(url, "m", backoff=0.01, verdict=verdict, max_position_bias=1)
+        assert judge.score(["p"] * 4, ["w", "x", "y", "z"]) == [0.5] * 4
+        # too few answers to tell a biased judge from chance: not refused
+        assert PairwiseJudge(url, "m", backoff=0.01, verdict=verdict).score(["p"] * 3, ["w", "x", "y"]) == [0.5] * 3
+    with pytest.raises(UserError, match="max_position_bias"):
+        PairwiseJudge(url, "m", max_position_bias=0.3)
+
+
+def test_judge_position_consistency_from_logprobs():
+    """logprobs: an answer names A when P(A) > 0.5. A judge whose P(A) moves with the responses counts as
+    consistent; one whose P(A) stays above 0.5 whatever it is shown is refused, and told to get a stronger judge."""
+    from cringe.rewards import JudgePositionBiasError
+
+    def graded(p_good_shown_a, p_good_shown_b):
+        def answer(content, _):
+            p_a = (
+                p_good_shown_a
+                if "GOOD" in content.split("Response A:\n")[1].split("\n\nResponse B:")[0]
+                else p_good_shown_b
+            )
+            return 200, {"A": math.log(p_a), "B": math.log(1 - p_a)}
+
+        return answer
+
+    completions = ["GOOD", "bad", "bad too", "GOOD too"]
+    with JudgeServer(graded(0.8, 0.3)) as url:
+        judge = PairwiseJudge(url, "m", backoff=0.01, verdict="logprobs")
+        judge.score(["p"] * 4, completions)
+    s = judge.stats
+    # GOOD against bad: P(A) 0.8 then 0.3, both prefer GOOD (4 pairs); GOOD against GOOD and bad against bad:
+    # 0.8 (or 0.3) in both orders, the same position twice (2 pairs)
+    assert (s.both_orders, s.consistent_pairs) == (6, 4) and (s.named_first, s.named_second) == (6, 6)
+    with JudgeServer(graded(0.9, 0.85)) as url:
+        judge = PairwiseJudge(url, "m", backoff=0.01, verdict="logprobs")
+        with pytest.raises(JudgePositionBiasError, match=r"12 of 12 answers .*about 0.5; try a stronger judge model"):
+            judge.score(["p"] * 4, completions)
+    assert judge.stats.position_consistency == 0.0 and judge.stats.first_position_share == 1.0
+
+
 def test_a_judge_spec_is_checked_when_read():
     with pytest.raises(UserError, match="base_url"):
         load_reward_source({"type": "judge", "model": "m"})

@@ -9,7 +9,9 @@
 
 from cringe.rewards.judge import (
     JUDGE_TEMPLATE,
+    POSITION_BIAS_MIN_ANSWERS,
     VERDICTS,
+    JudgePositionBiasError,
     JudgeStats,
     JudgeUnavailableError,
     JudgeUnreadableError,
@@ -30,10 +32,12 @@ from cringe.rewards.training import train_reward_model
 
 __all__ = [
     "JUDGE_TEMPLATE",
+    "POSITION_BIAS_MIN_ANSWERS",
     "REWARD_INPUTS",
     "SOURCE_TYPES",
     "VERDICTS",
     "CallableReward",
+    "JudgePositionBiasError",
     "JudgeStats",
     "JudgeUnavailableError",
     "JudgeUnreadableError",

@@ -34,6 +34,11 @@ JUDGE_TEMPLATE = (
 
 @dataclass
 class JudgeStats:
+    """What a judge answered, counted as it answers. Position consistency, as MT-Bench and AlpacaEval report it:
+    of the pairs that named a position in both orders, the share whose two orders prefer the same response; and
+    of the answers that named a position, the share naming the first shown (A). An answer names A when it reads
+    P(A) > 0.5 (a text or choice verdict "A"; with logprobs, the side of 0.5 its P(A) falls on)."""
+
     answers: int = 0  # answers received (or taken from the answer log), readable or not
     requests: int = 0
     retries: int = 0
@@ -42,31 +47,68 @@ class JudgeStats:
     undecided_pairs: int = 0
     cached: int = 0  # answers taken from the answer log (cringe.durable.answerlog) instead of asked again
     skipped: int = 0  # requests not made because the server had stopped answering
+    named_first: int = 0  # answers naming the response shown first (A)
+    named_second: int = 0  # answers naming the response shown second (B)
+    both_orders: int = 0  # pairs whose two orders both named a position
+    consistent_pairs: int = 0  # of those, pairs whose two orders prefer the same response
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    COUNTS = (
+        "answers",
+        "requests",
+        "retries",
+        "invalid_answers",
+        "failed_requests",
+        "undecided_pairs",
+        "cached",
+        "skipped",
+        "named_first",
+        "named_second",
+        "both_orders",
+        "consistent_pairs",
+    )
 
     def add(self, **counts):
         with self.lock:
             for k, v in counts.items():
                 setattr(self, k, getattr(self, k) + v)
 
+    def add_pair(self, shown_first: float | None, shown_second: float | None) -> None:
+        """Count the positions one pair's two answers named: each is P(the response shown as A is better), None
+        when unreadable; the pair's responses are swapped between the two."""
+        named = [None if v is None or v == 0.5 else v > 0.5 for v in (shown_first, shown_second)]
+        with self.lock:
+            self.named_first += named.count(True)
+            self.named_second += named.count(False)
+            if None not in named:
+                self.both_orders += 1
+                self.consistent_pairs += named[0] != named[1]  # A, then B: the same response both times
+
+    @property
+    def position_consistency(self) -> float | None:
+        """The share of pairs (of those answered in both orders) whose two orders agree; None before any."""
+        return self.consistent_pairs / self.both_orders if self.both_orders else None
+
+    @property
+    def first_position_share(self) -> float | None:
+        """The share of answers (of those naming a position) naming the first shown; None before any."""
+        named = self.named_first + self.named_second
+        return self.named_first / named if named else None
+
     def as_dict(self) -> dict:
         return {
-            k: getattr(self, k)
-            for k in (
-                "answers",
-                "requests",
-                "retries",
-                "invalid_answers",
-                "failed_requests",
-                "undecided_pairs",
-                "cached",
-                "skipped",
-            )
+            **{k: getattr(self, k) for k in self.COUNTS},
+            "position_consistency": self.position_consistency,
+            "first_position_share": self.first_position_share,
         }
 
 
 class JudgeUnreadableError(UserError):
     """Most of the judge's answers named neither response: scores built from the rest would be mostly 0.5."""
+
+
+class JudgePositionBiasError(UserError):
+    """Nearly every answer named the same position: the two orders cancel, and scores carry no signal."""
 
 
 class JudgeUnavailableError(UserError):
@@ -90,6 +132,11 @@ class PairwiseJudge:
     between: split or uncertain), or None when neither did. When more than `max_invalid` of the answers are
     unreadable, `score` refuses (JudgeUnreadableError, with examples) instead of returning mostly 0.5.
 
+    Position bias. Every scoring logs the judge's position consistency (JudgeStats): a judge that names the
+    same position whichever order it is shown cancels itself to 0.5 on every pair. When more than
+    `max_position_bias` of the answers that name a position name the same one (once at least
+    POSITION_BIAS_MIN_ANSWERS do), `score` refuses (JudgePositionBiasError): the scores would carry no signal.
+
     Failures. Once a request finds the server gone (connection refused or dropped, after its retries), the
     requests still queued are not made. `score` works in chunks and raises JudgeUnavailableError after a chunk
     with any failed request, instead of scoring with verdicts missing. Inside `keep_answers(path)` every answer
@@ -111,11 +158,15 @@ class PairwiseJudge:
         max_tokens: int = 4,
         verdict: str = "text",
         max_invalid: float = 0.5,
+        max_position_bias: float = 0.9,
     ):
         if verdict not in VERDICTS:
             raise UserError(f"judge verdict must be one of {', '.join(VERDICTS)}; got {verdict!r}")
         if not 0 <= max_invalid <= 1:
             raise UserError("judge max_invalid is a share of the answers, between 0 and 1")
+        if not 0.5 <= max_position_bias <= 1:
+            raise UserError("judge max_position_bias is a share of the answers naming one position, between 0.5 and 1")
+        self.max_position_bias = max_position_bias
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env = model, api_key_env
         self.concurrency, self.timeout, self.max_retries, self.backoff = concurrency, timeout, max_retries, backoff
@@ -220,13 +271,10 @@ class PairwiseJudge:
         return value
 
     def _pair(self, prompt: str, first: str, second: str) -> float | None:
-        results = []
-        v = self._verdict(self._ask(prompt, first, second))  # first shown as A
-        if v is not None:
-            results.append(v)
-        v = self._verdict(self._ask(prompt, second, first))  # first shown as B
-        if v is not None:
-            results.append(1.0 - v)
+        shown_first = self._verdict(self._ask(prompt, first, second))  # P(first better): first shown as A
+        shown_second = self._verdict(self._ask(prompt, second, first))  # P(second better): first shown as B
+        self.stats.add_pair(shown_first, shown_second)
+        results = [v for v in (shown_first, None if shown_second is None else 1.0 - shown_second) if v is not None]
         if not results:
             self.stats.add(undecided_pairs=1)
             return None
@@ -272,16 +320,18 @@ class PairwiseJudge:
         return [w / g if g else 0.5 for w, g in zip(wins, games)]
 
     def check_readable(self) -> None:
-        """Log what the judge answered; refuse when most answers named neither response."""
+        """Log what the judge answered and its position consistency; refuse when most answers named neither
+        response, or when nearly all that named one named the same position."""
         s = self.stats
         logger.info(
-            "judge %s (verdict: %s): %d answers, %d unreadable, %d pairs undecided, %d from the answer log",
+            "judge %s (verdict: %s): %d answers, %d unreadable, %d pairs undecided, %d from the answer log; %s",
             self.model,
             self.verdict,
             s.answers,
             s.invalid_answers,
             s.undecided_pairs,
             s.cached,
+            self._position_summary(),
         )
         if s.answers and s.invalid_answers > self.max_invalid * s.answers:
             hint = (
@@ -293,6 +343,34 @@ class PairwiseJudge:
                 f"the judge {self.model} at {self.url} named neither response in {s.invalid_answers} of {s.answers} "
                 f"answers (more than max_invalid {self.max_invalid:.0%}; e.g. {self.unreadable}); try {hint}"
             )
+        named = s.named_first + s.named_second
+        most = max(s.named_first, s.named_second)
+        if named >= POSITION_BIAS_MIN_ANSWERS and most > self.max_position_bias * named:
+            position = "first (A)" if s.named_first >= s.named_second else "second (B)"
+            if self.verdict == "logprobs":
+                why = "its P(A) follows the position more than the responses: the two orders cancel to about 0.5"
+                hint = "a stronger judge model"
+            else:
+                why = "it answers by position, not by the responses: the two orders cancel to 0.5, no signal"
+                hint = "verdict: logprobs or a stronger judge model"
+            raise JudgePositionBiasError(
+                f"the judge {self.model} at {self.url} named the {position} position in {most} of {named} answers "
+                f"(more than max_position_bias {self.max_position_bias:.0%}; {self._position_summary()}); {why}; "
+                f"try {hint} (max_position_bias: 1 accepts it)"
+            )
+
+    def _position_summary(self) -> str:
+        s = self.stats
+        named = s.named_first + s.named_second
+        if not named:
+            return "no answer named a position"
+        consistency = (
+            f"position consistency {s.consistent_pairs} of {s.both_orders} pairs ({s.position_consistency:.0%})"
+            if s.both_orders
+            else "no pair named a position in both orders"
+        )
+        share = s.first_position_share
+        return f"{consistency}, the first position named in {s.named_first} of {named} answers ({share:.0%})"
 
     def _failure_message(self, failed: int) -> str:
         kept = (
@@ -308,6 +386,8 @@ class PairwiseJudge:
 
 
 VERDICTS = ("text", "choice", "logprobs")
+# Fewer answers naming a position than this say too little about a judge's position bias to refuse it.
+POSITION_BIAS_MIN_ANSWERS = 8
 # The capital letter alone ("a" is more often an article), after optional punctuation or "Response".
 _ANSWER = re.compile(r"^[^A-Za-z0-9]*(?:(?i:response)\s+)?([AB])(?![A-Za-z0-9'])")
 
