@@ -1,6 +1,6 @@
 """Reports: a paper-style markdown table, PNG plots, and one self-contained HTML page (plots inlined), for the
 demo (`write_report`) and for any `cringe iterate` run directory or several side by side (`write_run_report`,
-`cringe report RUN [RUN ...]`). Both go through the same plots, tables and HTML renderer.
+`cringe report RUN [RUN ...]`). Both go through the same plots, tables and HTML page (`html_page`: Python-Markdown).
 
 The demo's input is the `results` mapping `cringe demo` writes to results.json: rows (one per method, its last evaluated
 round: cringe.evaluate.compare's schema, gold-scored, plus proxy_reward and the budget), curves (every evaluated
@@ -17,11 +17,16 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import mimetypes
 import os
 import re
 from pathlib import Path
+from xml.etree.ElementTree import Element
 
 import yaml
+from markdown import Markdown
+from markdown.extensions import Extension
+from markdown.treeprocessors import Treeprocessor
 
 from cringe.durable.files import write_atomic, write_json
 from cringe.errors import UserError
@@ -249,10 +254,12 @@ def examples_section(examples: list[dict]) -> list[str]:
 
 def _one_line(text: str) -> str:
     """Model text as one markdown table cell: whitespace runs become one space, unprintable characters a
-    replacement mark, a pipe (which would split the cell) a slash, and markdown's markup characters are
-    backslash-escaped, so a completion that contains `**` or a backtick is shown as written."""
+    replacement mark, a pipe (which would split the cell) a slash; markdown's markup characters are
+    backslash-escaped and HTML's written as entities (markdown passes raw HTML through), so a completion that
+    contains `**`, a backtick or a tag is shown as written."""
     text = "".join(c if c.isprintable() else "\ufffd" for c in " ".join(str(text).split()))
-    for c in "\\`*_[]<>":
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for c in "\\`*_[]":
         text = text.replace(c, "\\" + c)
     return text.replace("|", "/")
 
@@ -333,121 +340,70 @@ _NUMBER = re.compile(
 )
 
 
-def _inline(text: str) -> str:
-    """One line of markdown's inline markup as HTML: `code`, **bold**, [text](url), backslash escapes; everything
-    else escaped. The subset the reports write, so the page never shows raw markup."""
-    out, i, plain, escaped = [], 0, [], []
+class _PageTreeprocessor(Treeprocessor):
+    """What a report page adds to Python-Markdown's HTML: images inlined (one file that opens anywhere), every
+    table in a box that scrolls sideways when it is wider than the page, and its number columns right-aligned."""
 
-    def emit_plain():
-        chunk = html.escape("".join(plain), quote=False)
-        chunk = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", chunk)
-        chunk = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', chunk)
-        # escaped characters were kept out of the patterns above as numbered placeholders
-        out.append(re.sub("\x00(\\d+)\x00", lambda m: html.escape(escaped[int(m.group(1))], quote=False), chunk))
-        plain.clear()
+    def __init__(self, md, images: Path):
+        super().__init__(md)
+        self.images = images
 
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text) and not text[i + 1].isalnum() and not text[i + 1].isspace():
-            plain.append(f"\x00{len(escaped)}\x00")
-            escaped.append(text[i + 1])
-            i += 2
-        elif c == "`" and "`" in text[i + 1 :]:
-            end = text.index("`", i + 1)
-            emit_plain()
-            out.append(f"<code>{html.escape(text[i + 1 : end], quote=False)}</code>")
-            i = end + 1
-        else:
-            plain.append(c)
-            i += 1
-    emit_plain()
-    return "".join(out)
+    def run(self, root):
+        for img in root.iter("img"):
+            path = self.images / img.get("src", "")
+            if path.is_file():
+                kind = mimetypes.guess_type(path.name)[0] or "image/png"
+                img.set("src", f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}")
+        tables = [(parent, child) for parent in root.iter() for child in parent if child.tag == "table"]
+        for parent, table in tables:
+            box = Element("div", {"class": "wide"})
+            box.tail, table.tail = table.tail, None
+            parent.insert(list(parent).index(table), box)
+            parent.remove(table)
+            box.append(table)
+            _align_numbers(table)
 
 
-def _cells_of(line: str) -> list[str]:
-    """A markdown table row's cells (a backslash-escaped pipe stays in its cell)."""
-    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+def _align_numbers(table) -> None:
+    """Columns whose every body cell is a number (or an interval, a '±' value, a dash) get class="num"."""
+    rows = [list(tr) for tr in table.iter("tr")]
+    head, body = rows[0], rows[1:]
+    for j in range(len(head)):
+        cells = [row[j] for row in body if j < len(row)]
+        texts = ["".join(c.itertext()).strip() for c in cells]
+        if cells and all(_NUMBER.match(t) or not t for t in texts):
+            for cell in [head[j], *cells]:
+                cell.set("class", "num")
 
 
-def _md_table_to_html(block: str) -> str:
-    """Numbers (and intervals, '±' values, dashes) right-aligned, text left-aligned: decided per column."""
-    lines = [line for line in block.strip().splitlines() if line.strip()]
-    head = _cells_of(lines[0])
-    body = [_cells_of(line) for line in lines[2:]]
-    numeric = [
-        bool(body) and all(_NUMBER.match(row[j]) or not row[j] for row in body if j < len(row))
-        for j in range(len(head))
-    ]
+class _PageExtension(Extension):
+    def __init__(self, images: Path):
+        super().__init__()
+        self.images = images
 
-    def cell(tag, j, text):
-        cls = ' class="num"' if j < len(numeric) and numeric[j] else ""
-        return f"<{tag}{cls}>{_inline(text)}</{tag}>"
-
-    out = [
-        '<div class="wide"><table><thead><tr>'
-        + "".join(cell("th", j, c) for j, c in enumerate(head))
-        + "</tr></thead><tbody>"
-    ]
-    out += ["<tr>" + "".join(cell("td", j, c) for j, c in enumerate(row)) + "</tr>" for row in body]
-    return "\n".join(out + ["</tbody></table></div>"])
+    def extendMarkdown(self, md):
+        # after the inline processor (priority 20): cells hold their final text
+        md.treeprocessors.register(_PageTreeprocessor(md, self.images), "cringe_report_page", 5)
 
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45;"
     "color:#222}table{border-collapse:collapse;font-size:14px;margin:.5em 0}td,th{border:1px solid #ccc;"
     "padding:4px 8px;text-align:left;vertical-align:top}td.num,th.num{text-align:right;"
-    "font-variant-numeric:tabular-nums;white-space:nowrap}th{background:#f3f3f3}img{max-width:100%;"
-    "margin:1em 0;display:block}code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:90%}"
-    "pre{background:#f6f6f6;padding:.75em;overflow:auto;font-size:13px}pre code{background:none;padding:0}"
-    "div.wide{overflow-x:auto}td:first-child{white-space:nowrap}"
+    "font-variant-numeric:tabular-nums}td.num{white-space:nowrap}th{background:#f3f3f3;vertical-align:bottom}"
+    "img{max-width:100%;margin:1em 0;display:block}code{background:#f3f3f3;padding:0 .25em;border-radius:3px;"
+    "font-size:90%}pre{background:#f6f6f6;padding:.75em;overflow:auto;font-size:13px}"
+    "pre code{background:none;padding:0}div.wide{overflow-x:auto;max-width:100%}td:first-child{white-space:nowrap}"
 )
 
 
 def html_page(md: str, out: Path, title: str = "cringe demo report") -> str:
-    """The markdown rendered by hand (headings, tables, lists, fenced code, paragraphs with inline code, bold and
-    links; images inlined as base64): no extra dependency, one file that opens anywhere."""
-    parts, block = [], []
-
-    def flush():
-        if not block:
-            return
-        text = "\n".join(block)
-        if text.startswith("|"):
-            parts.append(_md_table_to_html(text))
-        elif text.startswith("!["):
-            for line in block:
-                alt = line[2 : line.index("]")]
-                name = line[line.index("(") + 1 : line.rindex(")")]
-                data = base64.b64encode((out / name).read_bytes()).decode()
-                parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
-        elif text.startswith("#"):
-            level = len(text) - len(text.lstrip("#"))
-            parts.append(f"<h{level}>{_inline(text.lstrip('#').strip())}</h{level}>")
-        elif all(line.startswith("- ") for line in block):
-            parts.append("<ul>" + "".join(f"<li>{_inline(line[2:])}</li>" for line in block) + "</ul>")
-        else:
-            parts.append(f"<p>{_inline(' '.join(block))}</p>")
-        block.clear()
-
-    code = None
-    for line in md.splitlines():
-        if code is not None:
-            if line.startswith("```"):
-                parts.append(f"<pre><code>{html.escape(chr(10).join(code), quote=False)}</code></pre>")
-                code = None
-            else:
-                code.append(line)
-        elif line.startswith("```"):
-            flush()
-            code = []
-        elif not line.strip():
-            flush()
-        else:
-            block.append(line)
-    flush()
+    """The markdown as one self-contained HTML page: Python-Markdown with tables and fenced code, the images of
+    `out` inlined as base64, wide tables scrolling sideways."""
+    body = Markdown(extensions=["tables", "fenced_code", _PageExtension(Path(out))]).convert(md)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+        f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
     )
 
 

@@ -10,6 +10,7 @@ decoded with zlib alone (no PIL needed). Exit status 1 when a page is blank or C
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import struct
 import subprocess
@@ -52,6 +53,31 @@ def screenshot(page: Path, png: Path, chromium: str, size: str = "1280,2000", ti
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if not png.exists():
         raise RuntimeError(f"chromium wrote no screenshot of {page} (exit {done.returncode}): {done.stderr[-500:]}")
+
+
+# Appended to a copy of the page: each table's width and the width of the box it is drawn in, as a <pre>.
+_MEASURE = """<script>
+const widths = [...document.querySelectorAll('table')].map(t => {
+  const box = t.parentElement.getBoundingClientRect(), page = document.documentElement.clientWidth;
+  return Math.round(t.getBoundingClientRect().width) + ' ' + Math.round(Math.min(box.width, page));
+});
+const pre = document.createElement('pre'); pre.id = 'table-widths'; pre.textContent = widths.join(';');
+document.body.appendChild(pre);
+</script>"""
+
+
+def table_widths(page: Path, chromium: str, width: int = 1280, timeout: float = 120) -> list[tuple[int, int]]:
+    """(drawn width, visible width) in CSS pixels of every table of `page` in a `width`-pixel window: a table
+    wider than its visible width shows its last columns only when scrolled."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / page.name
+        copy.write_text(page.read_text() + _MEASURE)
+        cmd = [chromium, *FLAGS, f"--user-data-dir={tmp}/profile", f"--window-size={width},2000", "--dump-dom"]
+        done = subprocess.run([*cmd, copy.as_uri()], capture_output=True, text=True, timeout=timeout)
+    found = re.search(r'<pre id="table-widths">([^<]*)</pre>', done.stdout)
+    if found is None:
+        raise RuntimeError(f"chromium measured no table of {page} (exit {done.returncode}): {done.stderr[-500:]}")
+    return [tuple(int(n) for n in pair.split()) for pair in found.group(1).split(";") if pair]
 
 
 def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:

@@ -134,9 +134,12 @@ def test_docs_point_nowhere_outside_the_repository():
 @pytest.mark.slow  # about 10-40 s (subprocesses); make test-slow runs it
 def test_site_and_report_render_in_chromium(site, tmp_path):
     """A real browser draws the site's front page and a report page (the demo's, the renderer every report uses)
-    as more than a blank page: Chromium loads them from disk, offline."""
+    as more than a blank page, and the report's widest table within a 1280-pixel window: Chromium loads them from
+    disk, offline."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import screenshot
+
+    from cringe.report import html_page
 
     chromium = screenshot.find_chromium()
     if chromium is None:
@@ -145,6 +148,14 @@ def test_site_and_report_render_in_chromium(site, tmp_path):
         png = tmp_path / f"{page.parent.name}.png"
         screenshot.screenshot(page, png, chromium)
         assert screenshot.distinct_colours(png) >= 16, f"{page} rendered blank"
+    # The demo's main table, twelve columns, fits a 1280-pixel window: its last columns show without scrolling.
+    # And the measure can fail: a table wider than its box (a cell that cannot wrap) is seen as wider.
+    main_table, *_ = screenshot.table_widths(ROOT / "docs" / "demo" / "report.html", chromium)
+    assert main_table[0] <= main_table[1], main_table
+    wide = tmp_path / "wide.html"
+    wide.write_text(html_page(f"| {'x' * 400} | 1 |\n|---|---|\n| {'y' * 400} | 2 |\n", tmp_path))
+    [(drawn, visible)] = screenshot.table_widths(wide, chromium)
+    assert drawn > visible
     # and the check can fail: an empty page is blank to it
     empty = tmp_path / "empty.html"
     empty.write_text("<!doctype html><html><body></body></html>")

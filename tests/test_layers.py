@@ -132,6 +132,7 @@ def test_optional_dependencies_are_imported_where_they_are_used():
         "tokenizers",
         "jinja2",
         "numpy",
+        "markdown",
         "cringe",
         "__future__",
     }

