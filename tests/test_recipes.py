@@ -83,7 +83,7 @@ def test_a_recipe_runs_one_round_with_stand_ins(tmp_path, name):
 
 
 def test_real_shape_stand_ins_have_the_published_sizes():
-    """bench/gpu_recipe.py's models: the recipes' architectures at their published parameter counts (built on
+    """bench/gpu/gpu_recipe.py's models: the recipes' architectures at their published parameter counts (built on
     the meta device: no memory, no time)."""
     from cringe.models import build_tiny_tokenizer
     from cringe.standins import build_model, build_reward_tokenizer
@@ -104,7 +104,7 @@ def test_real_shape_stand_ins_have_the_published_sizes():
 
 @pytest.mark.slow
 def test_gpu_recipe_script_smoke_on_cpu(tmp_path):
-    """bench/gpu_recipe.py's own path (recipe -> real-shape swap -> 2 rounds -> table) with tiny models."""
+    """bench/gpu/gpu_recipe.py's own path (recipe -> real-shape swap -> 2 rounds -> table) with tiny models."""
     import os
     import subprocess
     import sys
@@ -114,7 +114,7 @@ def test_gpu_recipe_script_smoke_on_cpu(tmp_path):
     out = subprocess.run(
         [
             sys.executable,
-            str(root / "bench" / "gpu_recipe.py"),
+            str(root / "bench" / "gpu" / "gpu_recipe.py"),
             "--smoke",
             "--device",
             "cpu",

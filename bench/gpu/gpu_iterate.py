@@ -2,11 +2,11 @@
 model: seconds per stage, sampling tokens per second, GPU memory peak per stage, and a check that every stage ran
 on the GPU. Nothing is downloaded (the byte-level test tokenizer, random weights).
 
-    python bench/gpu_iterate.py [--results-dir bench/results] [--prompts 256] [--new-tokens 128]
-    python bench/gpu_iterate.py --smoke --device cpu        (the same path on a CPU with a tiny model, seconds)
+    python bench/gpu/gpu_iterate.py [--results-dir bench/results] [--prompts 256] [--new-tokens 128]
+    python bench/gpu/gpu_iterate.py --smoke --device cpu        (the same path on a CPU with a tiny model, seconds)
 
 Sampling and scoring run as `cringe sample` / `cringe score` subprocesses (the loop's default on a GPU); each is
-launched through bench/gpu_stage_probe.py, which runs the stage and reports the process's peak GPU memory.
+launched through bench/gpu/gpu_stage_probe.py, which runs the stage and reports the process's peak GPU memory.
 Training and the evaluation's KL passes run in this process: their peak is torch.cuda.max_memory_allocated,
 reset after every step.
 """
@@ -21,8 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 GiB = 2**30
 
@@ -114,7 +113,7 @@ def main() -> None:
     from cringe.loop.run import IterateConfig, IterativeRun
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("bench/gpu_iterate.py needs a CUDA GPU (or --device cpu --smoke)")
+        sys.exit("bench/gpu/gpu_iterate.py needs a CUDA GPU (or --device cpu --smoke)")
     on_gpu = args.device.startswith("cuda")
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -131,7 +130,7 @@ def main() -> None:
     def probed(verb, config, out_path, launcher=None):
         # The loop's own stage runner, with the probe as the launcher: it runs the verb and records the peak.
         os.environ["CRINGE_PROBE_STAGE"] = f"{verb}:{Path(out_path).name}"
-        probe = [sys.executable, str(ROOT / "bench" / "gpu_stage_probe.py")]
+        probe = [sys.executable, str(ROOT / "bench" / "gpu" / "gpu_stage_probe.py")]
         processes.run_stage_process(verb, config, out_path, launcher=probe)
 
     loop_module.run_stage_process = probed
@@ -212,7 +211,7 @@ def main() -> None:
         [
             f"# cringe iterate on one GPU: 2 rounds, random 1.2B policy{' (smoke: tiny)' if args.smoke else ''}",
             "",
-            f"`python bench/gpu_iterate.py{' --smoke --device cpu' if args.smoke else ''}` · "
+            f"`python bench/gpu/gpu_iterate.py{' --smoke --device cpu' if args.smoke else ''}` · "
             f"{time.strftime('%Y-%m-%d %H:%M %Z')} · {gpu} · torch {torch.__version__}",
             "",
             f"{args.prompts} prompts x 4 samples x {args.new_tokens} new tokens per round (transformers sampler, "

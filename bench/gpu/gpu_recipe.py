@@ -3,13 +3,13 @@ recipe's architectures (a Llama-3.2-1B-shaped policy, a Skywork-Reward-V2-Qwen3-
 with a tokenizer of its own), 64 prompts, 2 rounds, every other recipe key kept (cringe.recipes.swap_in). Prints
 seconds, tokens/s and GPU memory peak per stage and writes the table to the results folder.
 
-    python bench/gpu_recipe.py [--recipe recipes/ultrafeedback_pairwise_cringe_1b.yaml] [--results-dir DIR]
-    python bench/gpu_recipe.py --smoke --device cpu      (the same path with tiny models on a CPU)
+    python bench/gpu/gpu_recipe.py [--recipe recipes/ultrafeedback_pairwise_cringe_1b.yaml] [--results-dir DIR]
+    python bench/gpu/gpu_recipe.py --smoke --device cpu      (the same path with tiny models on a CPU)
 
 Sampling uses vLLM when it imports (the recipe's backend; eager mode, to keep five engine starts inside the time
 limit), else transformers' generate (said in the table). Each step prints as it finishes, so a run stopped by the
 time limit still shows how far it got.
-Sampling and scoring run as stage processes (bench/gpu_stage_probe.py reports each one's peak); training and the
+Sampling and scoring run as stage processes (bench/gpu/gpu_stage_probe.py reports each one's peak); training and the
 evaluation's KL passes run in this process (torch.cuda.max_memory_allocated, reset after every step).
 """
 
@@ -23,8 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 GiB = 2**30
 WORDS = (
@@ -113,7 +112,7 @@ def main() -> None:
 
     on_gpu = args.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
-        sys.exit("bench/gpu_recipe.py needs a CUDA GPU (or --device cpu --smoke)")
+        sys.exit("bench/gpu/gpu_recipe.py needs a CUDA GPU (or --device cpu --smoke)")
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -149,7 +148,7 @@ def main() -> None:
         # The loop's own stage runner with the probe as launcher: it runs the verb and records the peak.
         os.environ["CRINGE_PROBE_STAGE"] = f"{verb}:{Path(out_path).name}"
         processes.run_stage_process(
-            verb, config, out_path, launcher=[sys.executable, str(ROOT / "bench" / "gpu_stage_probe.py")]
+            verb, config, out_path, launcher=[sys.executable, str(ROOT / "bench" / "gpu" / "gpu_stage_probe.py")]
         )
 
     loop_module.run_stage_process = probed
@@ -175,7 +174,7 @@ def main() -> None:
         [
             f"# {Path(args.recipe).name} at its real shapes{' (smoke: tiny)' if args.smoke else ''}",
             "",
-            f"`python bench/gpu_recipe.py{' --smoke --device cpu' if args.smoke else ''}` · {time.strftime('%Y-%m-%d %H:%M %Z')}"
+            f"`python bench/gpu/gpu_recipe.py{' --smoke --device cpu' if args.smoke else ''}` · {time.strftime('%Y-%m-%d %H:%M %Z')}"
             f" · {gpu} · torch {torch.__version__} · sampler {backend}",
             "",
             f"{args.rounds} rounds x {args.prompts} prompts x {values['sampling']['n']} samples x <= {args.new_tokens} new "
