@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -48,6 +49,14 @@ def prompts_for(tokenizer, count: int) -> list[list[int]]:
     ]
 
 
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def worker(spec: dict) -> dict:
     import torch
 
@@ -67,11 +76,11 @@ def worker(spec: dict) -> dict:
         from cringe.generation import TransformersSampler
         from cringe.models import build_tiny_tokenizer, load_model_and_tokenizer
 
-        if spec["model_spec"] == "random-1b":  # the GPU's stand-in: nothing to download (bench/train_step.py)
-            from train_step import random_llama
+        if spec["model_spec"] == "random-1b":  # the GPU's stand-in: nothing to download
+            from cringe.standins import build_model
 
             tokenizer = build_tiny_tokenizer()
-            model = random_llama(tokenizer, "1b")
+            model = build_model("llama-3.2-1b", tokenizer, dtype=getattr(torch, spec["dtype"]), device=spec["device"])
         else:
             model, tokenizer = load_model_and_tokenizer(spec["model_spec"], dtype=spec["dtype"])
         model = model.to(spec["device"], getattr(torch, spec["dtype"]))
@@ -119,7 +128,11 @@ def worker(spec: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2", help="smollm2 | tiny | random-1b (GPU, random weights) | a path")
+    parser.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 | tiny | random-1b (GPU: random weights, Llama-3.2-1B's shape) | a path",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shapes", default="64x4x48,256x4x48")
     parser.add_argument("--dtype", default="bfloat16")
@@ -191,8 +204,6 @@ def main() -> None:
             )
     table = "\n".join(lines)
     print(table)
-    from denormals import cpu_name  # bench/denormals.py, beside this script
-
     cpu = cpu_name()
     if a.device == "cuda":
         import torch

@@ -1,7 +1,7 @@
 """The chunked objectives equal the plain ones on a GPU, at a real model's size (tests/test_chunked.py checks the
 same on the CPU at toy sizes).
 
-    python bench/cuda_parity.py [--pairs 4] [--tokens 512] [--hidden 2048] [--vocab 128256]
+    python bench/gpu/cuda_parity.py [--pairs 4] [--tokens 512] [--hidden 2048] [--vocab 128256]
 
 Every objective's value and its gradients (hidden states, head weight) through `cringe.chunked` in fp32 (TF32 off)
 and through `cringe.losses` on the full logits in fp32, each against the plain path in float64, as relative errors
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench/cuda_parity.py needs a CUDA GPU")
+        sys.exit("bench/gpu/cuda_parity.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device, b, t = args.device, args.pairs, args.tokens

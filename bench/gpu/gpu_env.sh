@@ -1,6 +1,7 @@
-# Sourced by the GPU scripts (bench/gpu.sh, bench/gpu_iterate.sh) from the repository root: PY, RESULTS_DIR, the
-# carried wheels in WHEELS (default .whl) installed into /tmp/site and put first on PYTHONPATH (the lent machine
-# has no network), and a check that torch sees a GPU.
+# Sourced by the GPU scripts (bench/gpu/gpu.sh, gpu_iterate.sh, gpu_recipe.sh) from the repository root: PY,
+# RESULTS_DIR, the carried wheels in WHEELS (default .whl) installed into /tmp/site and put first on PYTHONPATH (the
+# lent machine has no network), the repository on PYTHONPATH (cringe need not be installed there), and a check that
+# torch sees a GPU.
 PY=${PY:-python3}
 RESULTS_DIR=${RESULTS_DIR:-bench/results}
 WHEELS=${WHEELS:-.whl}

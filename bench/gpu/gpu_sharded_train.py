@@ -3,7 +3,7 @@ single-process run: the default chunked Pairwise Cringe loss (gathered under FSD
 warning under ZeRO-3) must move the weights as the unsharded run does. A random 8-layer Llama, 16 pairs, 3 SGD
 steps, fp32 (mixed precision off, so the engines' differences are only summation order).
 
-    python bench/gpu_sharded_train.py [--results-dir bench/results]
+    python bench/gpu/gpu_sharded_train.py [--results-dir bench/results]
 
 Written for a lent GPU; ZeRO rows run only where `import deepspeed` works. Prints a table of the largest weight
 difference of each engine against the plain run, and the warnings each engine's log showed.
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -144,7 +144,7 @@ def main() -> None:
     lines = [
         "# `cringe train` under sharding engines vs the plain run (one GPU)",
         "",
-        f"`python bench/gpu_sharded_train.py` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
+        f"`python bench/gpu/gpu_sharded_train.py` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
         "",
         f"Largest weight change of the plain run from the start: {moved:.3e}.",
@@ -174,5 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

@@ -1,15 +1,14 @@
 """Run one `cringe` stage verb (sample | score) and append the process's peak GPU memory and device to
-$CRINGE_PROBE_LOG: bench/gpu_iterate.py's instrument for stages that run in processes of their own.
+$CRINGE_PROBE_LOG: the instrument of bench/gpu/gpu_iterate.py and bench/gpu/gpu_recipe.py for stages that run in
+processes of their own.
 
-    python bench/gpu_stage_probe.py sample --config FILE
+    python bench/gpu/gpu_stage_probe.py sample --config FILE
 """
 
 import json
 import os
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:

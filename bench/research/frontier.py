@@ -1,6 +1,6 @@
 """The reward-KL frontier on the demo's testbed: methods, baselines and ablations, gold reward against KL.
 
-    python bench/frontier.py [--demo-dir runs/demo] [--output-dir runs/frontier] [--points name,group,...]
+    python bench/research/frontier.py [--demo-dir runs/demo] [--output-dir runs/frontier] [--points name,group,...]
                              [--methods m,m] [--best-of-n 16]
 
 One method ending at one KL cannot be ranked against another ending elsewhere: a method that moves further from
@@ -25,7 +25,7 @@ Writes frontier.md, frontier.json and frontier.png into --output-dir (dated copi
 baselines, (b) Pairwise Cringe's ablations, (c) learning rates: gold reward against KL, 95% intervals on both;
 (d) proxy reward against gold reward for every point, which bends over if optimising the proxy stops paying in
 gold (over-optimisation); a table of each curve's gold reward interpolated at shared KL values, and the learning
-rate table with each method's best setting. Intervals are over held-out prompts of one seed (bench/seeds.py
+rate table with each method's best setting. Intervals are over held-out prompts of one seed (bench/research/seeds.py
 measures the seed-to-seed spread).
 """
 
@@ -44,10 +44,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cringe.loop import rundir
 
-from cringe.loop import rundir  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -565,7 +564,7 @@ def report(rows, start, start_proxy, families, demo, args, seconds, started, mac
         [
             f"# The reward-KL frontier on the demo's testbed ({args.preset} preset, seed {demo.seed})",
             "",
-            f"`python bench/frontier.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
+            f"`python bench/research/frontier.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
             f"{machine} · this call {(time.time() - started) / 60:.1f} min ({len(seconds)} points computed in this "
             "call, the rest resumed: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ")",
             "",

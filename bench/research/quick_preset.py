@@ -1,6 +1,6 @@
 """Choose the quick preset's training budget by measurement: variants of `cringe demo --quick` run side by side.
 
-    python bench/quick_preset.py [--output-dir runs/quick-variants] [--variants a,b] [--methods iterative_pairwise_cringe]
+    python bench/research/quick_preset.py [--output-dir runs/quick-variants] [--variants a,b] [--methods iterative_pairwise_cringe]
 
 Each variant changes a few preset fields (VARIANTS) and runs the chosen methods on the quick preset's data, reward
 models and seed (both reward models come from the cache after the first variant, so variants are timed without
@@ -17,8 +17,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 VARIANTS = {
     "current": {},
@@ -86,7 +84,7 @@ def main() -> None:
         ],
     )
     print(
-        f"\n`python bench/quick_preset.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
+        f"\n`python bench/research/quick_preset.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
         f"{machine_description()}\n\n{table}"
     )
 

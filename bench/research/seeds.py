@@ -1,7 +1,7 @@
 """The demo's comparison over several seeds: each method's gold win rate against the start model, with an interval
 that accounts for both seed-to-seed and prompt-to-prompt variation.
 
-    python bench/seeds.py [--seeds 0 1 2] [--output-dir runs/seeds] [--preset default] [--existing 0=runs/demo]
+    python bench/research/seeds.py [--seeds 0 1 2] [--output-dir runs/seeds] [--preset default] [--existing 0=runs/demo]
 
 Each seed is one `cringe demo --seed S` run (about 24 minutes each for the default preset on 2 CPU cores): the
 seed changes the data splits (so the training and held-out prompts), both reward models' training, every sample
@@ -21,8 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_seed(seed: int, out: Path, preset: str, methods: str | None = None) -> dict:
@@ -182,7 +181,7 @@ def main() -> None:
         [
             f"# The demo's comparison over {len(seed_dirs)} seeds ({args.preset} preset)",
             "",
-            f"`python bench/seeds.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
+            f"`python bench/research/seeds.py {' '.join(sys.argv[1:])}` · {time.strftime('%Y-%m-%d %H:%M %Z')} · "
             f"{machine_description()}",
             "",
             "Each seed is a whole `cringe demo --seed S` (its own splits, reward models, samples and training order). "

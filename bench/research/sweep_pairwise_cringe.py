@@ -1,6 +1,6 @@
 """Choose Pairwise Cringe's defaults by a measured sweep on *training* prompts (never the demo's held-out ones).
 
-    python bench/sweep_pairwise_cringe.py [--output-dir runs/sweep] [--validation-prompts 96] [--variants a,b]
+    python bench/research/sweep_pairwise_cringe.py [--output-dir runs/sweep] [--validation-prompts 96] [--variants a,b]
 
 Same set-up as `cringe demo` (default preset): SmolLM2-135M-Instruct, the same M0 samples on the demo's training
 prompts labelled by the proxy reward model, one round of Pairwise Cringe. Each variant changes one setting of
@@ -16,11 +16,8 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BASE = {"alpha": 1.0, "k": 1, "margin": 1.0, "temperature": 1.0, "margin_on": "sum", "detach_gate": True}
 VARIANTS = {
@@ -125,7 +122,7 @@ def main() -> None:
         ],
     )
     text = (
-        f"# Pairwise Cringe sweep on training prompts\n\n`python bench/sweep_pairwise_cringe.py` · "
+        f"# Pairwise Cringe sweep on training prompts\n\n`python bench/research/sweep_pairwise_cringe.py` · "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')} · {machine_description()}\n\n"
         f"{used} training prompts x {preset.samples_per_prompt} M0 samples (proxy-labelled, best vs worst), one "
         f"round, lr {preset.learning_rate}, {preset.epochs} epoch; validation: {len(validation)} further "
