@@ -253,7 +253,7 @@ def sequence_sums(values: torch.Tensor, seq_index: torch.Tensor, num_sequences: 
 
     Accumulated in float64: on a GPU index_add_ adds with atomics in no fixed order, and sequence log-probs of
     hundreds of tokens (~ -12 each) summed so in fp32 put DPO's gradients 6.1e-5 from float64 where the plain
-    path's tree reduction is 7.3e-6 off (bench/cuda_parity.py on an H200)."""
+    path's tree reduction is 7.3e-6 off (bench/gpu/cuda_parity.py on an H200)."""
     total = torch.zeros(num_sequences, device=values.device, dtype=torch.float64)
     return total.index_add_(0, seq_index, values.double()).float()
 

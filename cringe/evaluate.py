@@ -153,7 +153,7 @@ def sequence_logprobs(model, rows: Sequence[dict], pad_token_id: int, batch_size
 
     Where `cringe.chunked` can read the model, only the completion positions reach the LM head, a chunk of
     tokens at a time: the [B, T, V] logits (and their log-softmax) of the plain forward are never formed. On
-    2 CPU cores that made this pass, two of which every evaluation runs, faster (bench/kl_pass.py).
+    2 CPU cores that made this pass, two of which every evaluation runs, faster (bench/results/kl_pass-*.md).
     """
 
     flush_denormals()

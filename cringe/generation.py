@@ -45,7 +45,7 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     seed: int = 0
-    # Sequences generated together (prompts x n). bench/generation.py on SmolLM2-135M, bf16, 2-core CPU:
+    # Sequences generated together (prompts x n). bench/results/generation-*.md: SmolLM2-135M, bf16, 2-core CPU:
     # 20 new tokens/s at 1, 180 at 16, 231 at 32, 282 at 64 (the best measured): 64.
     batch_size: int = 64
 

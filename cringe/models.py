@@ -218,7 +218,7 @@ def cpu_bf16_flags() -> list[str]:
 
 
 def cpu_prefers_bf16() -> bool:
-    """bfloat16 is the fast path only where the CPU computes it natively: bench/cpu_dtype.py measured bf16 matmuls
+    """bfloat16 is the fast path only where the CPU computes it natively: bf16 matmuls measured
     at 0.29x the fp32 time on an Intel Xeon with AMX, and 164-241x on an AMD Zen 3 without (torch emulates them;
     bench/results/cpu_dtype-2026-11-28-*.md)."""
     return bool(cpu_bf16_flags())

@@ -8,7 +8,7 @@ exists, a gated licence) is listed as not checked.
 `stand_in(values, work)` swaps a recipe's Hub pieces for local ones with the same roles (a random Llama policy
 with a chat template, a random Qwen3 classifier reward model with a tokenizer of its own, UltraFeedback-shaped
 prompt rows, AlpacaFarm-format held-out rows) and its GPU settings for CPU ones, keeping every other key: the
-recipe's stages and files on a CPU in a minute (tests/test_recipes.py, bench/gpu_recipe.py --smoke).
+recipe's stages and files on a CPU in a minute (tests/test_recipes.py, bench/gpu/gpu_recipe.py --smoke).
 """
 
 from __future__ import annotations

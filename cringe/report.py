@@ -311,7 +311,7 @@ def markdown(results: dict, images: list[Path]) -> str:
         f"sampling in {p.get('sampling_dtype') or 'the training dtype'}; DPO beta {p['beta']} (reference: the round's starting policy, "
         f"log-probs precomputed). Pairwise Cringe: alpha {pc['alpha']}, k {pc['k']}, margin {pc['margin']}, "
         f"temperature {pc['temperature']}, Delta on the {pc['margin_on']} of log-probs, gate detached: "
-        f"{pc['detach_gate']} (the library defaults, chosen by the sweep in bench/sweep_pairwise_cringe.py).",
+        f"{pc['detach_gate']} (the library defaults, chosen by the sweep in bench/research/sweep_pairwise_cringe.py).",
     ]
     if p["policy"] == "smollm2-135m-instruct":
         lines += [

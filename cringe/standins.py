@@ -1,5 +1,5 @@
 """Random-weight stand-ins with the shapes of the models the recipes name (recipes/), built from configs: nothing
-is downloaded. Tests use the tiny ones, `bench/gpu_recipe.py` the full-size ones, and both go through the same
+is downloaded. Tests use the tiny ones, `bench/gpu/gpu_recipe.py` the full-size ones, and both go through the same
 builders, so the GPU dry run exercises what the tests check.
 
 The reward model's tokenizer differs from the policy's on purpose (other ids, a Llama-3-style template that

@@ -35,7 +35,7 @@ def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatc
         for r in map(json.loads, (out / "methods" / name / "round-1" / "samples.jsonl").open()):
             assert m0[(r["prompt_id"], r["sample_id"])] == r
     assert 0 < results["meta"]["reward_models"]["gold_judge"]["accuracy"] <= 1
-    # where the time went, stage by stage (bench/demo_time.py reads it)
+    # where the time went, stage by stage (the quick preset was sized from these: bench/results/demo_time-*.md)
     stages = results["meta"]["stage_seconds"]
     assert {
         "proxy reward model",

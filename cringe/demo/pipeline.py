@@ -82,7 +82,7 @@ class Preset:
     beta: float = 0.1  # DPO
     # bf16 autocast over fp32 weights, and bf16 sampling, where the CPU computes bf16 natively (AMX/AVX512-BF16:
     # 0.65x the fp32 step and 2x the fp32 sampling rate, bench/results/*-demo-shape.md); None: as the CPU allows
-    # (torch emulates bf16 on other CPUs, slower than fp32: bench/cpu_dtype.py, cringe.models.cpu_prefers_bf16).
+    # (torch emulates bf16 on other CPUs, slower than fp32: cringe.models.cpu_prefers_bf16).
     bf16: bool | None = None
     sampling_dtype: str | None = "auto"  # auto: bfloat16 where the CPU prefers it, else the policy's dtype
     sampling_batch: int = 64
@@ -112,9 +112,9 @@ PRESETS = {
     # fp32, docs/results/demo.md): smaller classifiers (their set-up is most of the difference), 2 rounds
     # Its proxy: 600 whole reviews at lr 1e-4 reached 0.58-0.60 held-out accuracy (noise for a labeller); 2,400
     # review endings of 40 tokens at lr 3e-4 reach 0.75-0.79 in about a minute of training on 2 cores
-    # (bench/proxy_reward.py, 2026-11-27; CPU training is not bit-reproducible run to run). The policy's lr 3e-4:
+    # (bench/research/proxy_reward.py, 2026-11-27; CPU training is not bit-reproducible). The policy's lr 3e-4:
     # at 1e-4 Iterative Pairwise Cringe scored 0.375 (2-3 steps a round barely move it); at 3e-4, 0.708
-    # (0.583..0.833) on 48 prompts, seed 0 (bench/quick_preset.py, 2026-11-27; seeds 1-2 and other variants in
+    # (0.583..0.833) on 48 prompts, seed 0 (bench/research/quick_preset.py, 2026-11-27; seeds 1-2 and other variants in
     # bench/results/quick_preset-2026-11-27.md). 48 evaluation prompts, not 24: intervals of +/-0.13 instead of
     # +/-0.2, for about 55 s more (5 min 41 s cold against 4 min 29 s, README).
     "quick": Preset(
@@ -191,7 +191,7 @@ def format_duration(seconds: float) -> str:
 
 
 def _tokens_per_second() -> float:
-    return 250.0  # SmolLM2 bf16 sampling at batch 64 on this CPU (bench/generation.py): only the ETA's scale
+    return 250.0  # SmolLM2 bf16 sampling at batch 64 on this CPU (bench/results/generation-*.md): only the ETA's scale
 
 
 class Demo:

@@ -120,7 +120,7 @@ class IterateConfig:
         default=None,
         metadata=_help(
             "weights for sampling (default: dtype; on a CPU without a dtype given, bfloat16 where the CPU computes it "
-            "natively (AMX, AVX512-BF16), float32 elsewhere: bench/cpu_dtype.py)"
+            "natively (AMX, AVX512-BF16), float32 elsewhere: bench/results/cpu_dtype-*.md)"
         ),
     )
     backend: str = field(
