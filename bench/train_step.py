@@ -23,7 +23,7 @@ exact for our tokenisation; TRL tokenises the same text its own way, within a to
                            gradient_checkpointing=True and bf16=True (autocast, also on the CPU), which our rows
                            do not use; "fp32; no grad ckpt" turns both off for a like-for-like row
 Models: tiny (random 4-layer Llama), smollm2 (SmolLM2-135M-Instruct, 49k vocabulary), gemma3 (Gemma-3-270M,
-262k vocabulary), llama128k-1b (random 1.5B Llama-3-style, 128k vocabulary, untied head; GPU: bench/gpu.sh), llama128k-smoke (the same
+262k vocabulary), llama128k-1b (random 1.5B Llama-3-style, 128k vocabulary, untied head; GPU: bench/gpu/gpu.sh), llama128k-smoke (the same
 shape of model, tiny, to check the path on a CPU); fp32 on the CPU, bf16 with --device cuda. Prints a markdown table and writes it, with the raw numbers, under
 bench/results/.
 """
