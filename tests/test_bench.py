@@ -14,6 +14,7 @@ CITING = sorted(
     {
         ROOT / "README.md",
         ROOT / "Makefile",
+        BENCH / "README.md",
         *ROOT.glob("docs/**/*.md"),
         *ROOT.glob("cringe/**/*.py"),
         *ROOT.glob("examples/**/*.yaml"),
