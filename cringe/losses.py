@@ -10,16 +10,90 @@ Labels follow the Hugging Face convention: `labels[b, t]` is the token that `log
 shifted), and `ignore_index` (-100) marks positions that do not count (prompt and padding).
 
 Formulas: docs/design.md, section 1 (README "What is computed").
+
+Each objective's hyper-parameters and their defaults live in one settings dataclass (`PairwiseCringeSettings`,
+`BinaryCringeSettings`, `DPOSettings`); the functions' keyword defaults are read from it, and `cringe train`,
+`cringe iterate` and the trainer use the same dataclass (cringe.registry), so a Python caller of a loss gets the
+objective the command line trains with.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from cringe.errors import UserError
+
 IGNORE_INDEX = -100
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings: each objective's hyper-parameters, with the one default of each
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _setting(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class PairwiseCringeSettings:
+    """Pairwise Cringe (docs/design.md 1.2). The defaults come from the sweep on the sentiment testbed's training
+    prompts (docs/results/defaults.md, bench/research/sweep_pairwise_cringe.py): alpha 0.2 tied with a live gate for the
+    best proxy win rate and had the lowest KL; margin 1, temperature 1, sum, k 1 and a detached gate stay (no
+    variant of them did better beyond noise)."""
+
+    alpha: float = _setting(0.2, "weight of the Cringe term")
+    k: int = _setting(1, "Cringe: sample the positive from the model's top-k (ParlAI default 1)")
+    margin: float = _setting(1.0, "gate margin b (nats)")
+    temperature: float = _setting(1.0, "gate temperature tau")
+    margin_on: str = _setting("sum", "Delta on sequence log-prob 'sum' or per-token 'mean'", choices=("sum", "mean"))
+    detach_gate: bool = _setting(True, "gate is a weight only (no gradient through it)")
+    detach_positive: bool = _setting(False, "no gradient into the sampled positive logit")
+
+    def __post_init__(self):
+        _check_cringe(self.alpha, self.k)
+        if self.margin_on not in ("sum", "mean"):
+            raise UserError(f"margin_on must be 'sum' or 'mean', got {self.margin_on!r}")
+        if self.temperature <= 0:
+            raise UserError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class BinaryCringeSettings:
+    """Binary Cringe (docs/design.md 1.1), with the defaults of the authors' ParlAI code."""
+
+    alpha: float = _setting(1.0, "weight of the Cringe term")
+    k: int = _setting(1, "Cringe: sample the positive from the model's top-k (ParlAI default 1)")
+    detach_positive: bool = _setting(False, "no gradient into the sampled positive logit")
+
+    def __post_init__(self):
+        _check_cringe(self.alpha, self.k)
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    """DPO, IPO and hinge (docs/design.md 1.3); beta 0.1 as in the DPO paper and TRL."""
+
+    beta: float = _setting(0.1, "DPO/IPO/hinge beta")
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise UserError(f"beta must be > 0, got {self.beta}")
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    """Cross-entropy has no setting."""
+
+
+def _check_cringe(alpha: float, k: int) -> None:
+    if k < 1:
+        raise UserError(f"k must be >= 1, got {k}")
+    if alpha < 0:
+        raise UserError(f"alpha must be >= 0, got {alpha}")
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -193,9 +267,9 @@ def binary_cringe_loss(
     labels: torch.Tensor,
     is_positive: torch.Tensor,
     *,
-    alpha: float = 1.0,
-    k: int = 1,
-    detach_positive: bool = False,
+    alpha: float = BinaryCringeSettings.alpha,
+    k: int = BinaryCringeSettings.k,
+    detach_positive: bool = BinaryCringeSettings.detach_positive,
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
     num_items: torch.Tensor | float | None = None,
@@ -240,13 +314,13 @@ def pairwise_cringe_loss(
     rejected_logits: torch.Tensor,
     rejected_labels: torch.Tensor,
     *,
-    alpha: float = 1.0,
-    k: int = 1,
-    margin: float = 1.0,
-    temperature: float = 1.0,
-    margin_on: str = "sum",
-    detach_gate: bool = True,
-    detach_positive: bool = False,
+    alpha: float = PairwiseCringeSettings.alpha,
+    k: int = PairwiseCringeSettings.k,
+    margin: float = PairwiseCringeSettings.margin,
+    temperature: float = PairwiseCringeSettings.temperature,
+    margin_on: str = PairwiseCringeSettings.margin_on,
+    detach_gate: bool = PairwiseCringeSettings.detach_gate,
+    detach_positive: bool = PairwiseCringeSettings.detach_positive,
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
     num_items: torch.Tensor | float | None = None,
@@ -298,7 +372,7 @@ def dpo_loss(
     policy_rejected_logps: torch.Tensor,
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
-    beta: float = 0.1,
+    beta: float = DPOSettings.beta,
     loss_type: str = "sigmoid",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPO-family per-pair losses (docs/design.md 1.3). All inputs [B] -> (losses [B], chosen_rewards [B], rejected_rewards [B]).

@@ -34,7 +34,7 @@ import cringe
 from cringe.durable.files import write_atomic
 from cringe.durable.integrity import refuse_pickle_only
 from cringe.errors import UserError
-from cringe.registry import loss_spec
+from cringe.registry import method_of
 
 logger = logging.getLogger(__name__)
 
@@ -361,10 +361,9 @@ def model_card(
 ) -> str:
     """A model card (README.md) in the Hub's format: YAML front matter, then what was trained, on what, how."""
 
-    # Trainers other than ours (TRL's RLOO in the demo) have no `loss`: name their method by their config class.
-    loss = getattr(args, "loss", type(args).__name__.removesuffix("Config").lower())
-
-    settings = ", ".join(f"{k}={getattr(args, k)}" for k in loss_spec(loss).settings)
+    # Trainers other than ours (TRL's RLOO in the demo) have no `loss`: the registry names them by their config.
+    loss, values = method_of(args)
+    settings = ", ".join(f"{k}={v}" for k, v in values.items())
     front = ["---", "library_name: transformers", "tags: [cringe, " + loss.replace("_", "-") + "]"]
     if base_model and not Path(base_model).exists() and base_model not in (TINY_SPEC,):
         front.append(f"base_model: {base_model}")

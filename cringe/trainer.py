@@ -24,7 +24,7 @@ from cringe.data import Collator, PreparedData, prepare
 from cringe.denormals import flush_denormals
 from cringe.errors import UserError
 from cringe.optim_in_backward import OptimizerInBackward
-from cringe.registry import LOSSES, loss_spec
+from cringe.registry import LOSSES, loss_spec, setting_defaults, setting_fields
 
 logger = logging.getLogger(__name__)
 
@@ -33,35 +33,33 @@ class NonFiniteLossError(UserError):
     """Training diverged (a nan or inf loss or weight): stopped at that step, before anything is saved from it."""
 
 
-# The sweep on the sentiment testbed's training prompts (README, "Choosing the Pairwise Cringe defaults"): alpha 0.2
-# tied with a live gate for the best proxy win rate and had the lowest KL; margin 1, temperature 1, sum, k 1 and a
-# detached gate stay (no variant of them did better beyond noise).
-PAIRWISE_CRINGE_ALPHA = 0.2
+def _loss_setting(name: str):
+    """A loss setting as a training argument: unset (None) means the loss's own default, which lives in its settings
+    dataclass (cringe.losses, asked through cringe.registry), as do its help and choices."""
+    setting = setting_fields()[name]
+    metadata = {**setting.metadata, "help": f"{setting.metadata['help']} (default: {setting_defaults(name)})"}
+    if isinstance(setting.default, bool):  # `--detach_gate` alone means true, as for a plain bool field
+        metadata.update(nargs="?", const=True)
+    return field(default=None, metadata=metadata)
 
 
 @dataclass
 class CringeConfig(TrainingArguments):
-    """Training arguments plus the loss and its hyper-parameters (formulas: README, "What is computed")."""
+    """Training arguments plus the loss and its settings (formulas: docs/design.md, section 1). A loss setting left
+    unset takes the loss's default (cringe.losses.PairwiseCringeSettings and the others); `loss_settings` is the
+    typed result the loss reads."""
 
     loss: str = field(
         default="pairwise_cringe", metadata={"help": f"one of {', '.join(LOSSES)}", "choices": tuple(LOSSES)}
     )
-    alpha: float | None = field(
-        default=None,
-        metadata={
-            "help": "weight of the Cringe term. Default: 1.0 for binary_cringe (ParlAI's), "
-            "0.2 for pairwise_cringe (chosen by bench/sweep_pairwise_cringe.py; README)"
-        },
-    )
-    k: int = field(
-        default=1, metadata={"help": "Cringe: sample the positive from the model's top-k (ParlAI default 1)"}
-    )
-    margin: float = field(default=1.0, metadata={"help": "Pairwise Cringe gate margin b (nats)"})
-    temperature: float = field(default=1.0, metadata={"help": "Pairwise Cringe gate temperature tau"})
-    margin_on: str = field(default="sum", metadata={"help": "Delta on sequence log-prob 'sum' or per-token 'mean'"})
-    detach_gate: bool = field(default=True, metadata={"help": "gate is a weight only (no gradient through it)"})
-    detach_positive: bool = field(default=False, metadata={"help": "no gradient into the sampled positive logit"})
-    beta: float = field(default=0.1, metadata={"help": "DPO/IPO/hinge beta"})
+    alpha: float | None = _loss_setting("alpha")
+    k: int | None = _loss_setting("k")
+    margin: float | None = _loss_setting("margin")
+    temperature: float | None = _loss_setting("temperature")
+    margin_on: str | None = _loss_setting("margin_on")
+    detach_gate: bool | None = _loss_setting("detach_gate")
+    detach_positive: bool | None = _loss_setting("detach_positive")
+    beta: float | None = _loss_setting("beta")
     max_prompt_length: int | None = field(default=512, metadata={"help": "longer prompts are an error (or skipped)"})
     max_completion_length: int | None = field(default=512, metadata={"help": "longer completions are cut, without EOS"})
     chunked_loss: bool | None = field(
@@ -93,6 +91,13 @@ class CringeConfig(TrainingArguments):
             "far (README, Performance)"
         },
     )
+    allow_single_label: bool = field(
+        default=False,
+        metadata={
+            "help": "binary_cringe: train even when every row has the same label (all good: plain SFT; all bad: "
+            "the Cringe term with nothing to anchor it), which is otherwise refused"
+        },
+    )
     on_invalid: str = field(default="error", metadata={"help": "bad data rows: 'error' stops, 'skip' drops and counts"})
     dataset_num_proc: int | None = field(
         default=None,
@@ -108,22 +113,24 @@ class CringeConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        loss_spec(self.loss)  # a known loss, or the error that lists them
-        if self.alpha is None:
-            self.alpha = PAIRWISE_CRINGE_ALPHA if self.loss == "pairwise_cringe" else 1.0
-        if self.margin_on not in ("sum", "mean"):
-            raise UserError(f"margin_on must be 'sum' or 'mean', got {self.margin_on!r}")
-        if self.k < 1:
-            raise UserError(f"k must be >= 1, got {self.k}")
-        if self.temperature <= 0:
-            raise UserError(f"temperature must be > 0, got {self.temperature}")
-        if self.beta <= 0:
-            raise UserError(f"beta must be > 0, got {self.beta}")
+        spec = loss_spec(self.loss)  # a known loss, or the error that lists them
+        spec.make_settings(self)  # checked now: a bad value is named before any work
+        ignored = sorted(k for k in setting_fields() if k not in spec.settings and getattr(self, k) is not None)
+        if ignored:
+            for other in LOSSES.values():  # a bad value is named even where this loss does not read it
+                other.make_settings({k: getattr(self, k) for k in ignored})
+            reads = ", ".join(spec.settings) or "no setting"
+            logger.warning("loss %s does not read %s (it reads %s): ignored", self.loss, ", ".join(ignored), reads)
         if self.padding_free and self.chunked_loss is False:
             raise UserError("padding_free needs chunked_loss: the packed batch is scored token by token")
         if self.optimizer_in_backward:
             _check_optimizer_in_backward(self)
         super().__post_init__()
+
+    @property
+    def loss_settings(self):
+        """The loss's typed settings (cringe.losses): the fields given here over the loss's defaults."""
+        return loss_spec(self.loss).make_settings(self)
 
 
 @dataclass
@@ -153,6 +160,19 @@ class LoraArguments:
             target_modules=self.lora_target_modules,
             task_type="CAUSAL_LM",
         )
+
+
+def _check_both_labels(data: PreparedData) -> None:
+    """Binary Cringe learns from the contrast of good and bad rows: with one label only it silently becomes another
+    objective, so that is refused unless asked for."""
+    labels = {bool(row["label"]) for row in data.rows}
+    if len(labels) != 1:
+        return
+    if labels == {True}:
+        what = "every training row is labelled good, so binary_cringe would be plain SFT"
+    else:
+        what = "every training row is labelled bad, so binary_cringe would push completions down with nothing to keep"
+    raise UserError(f"{what}; check the labels, or set allow_single_label: true (--allow_single_label) to train anyway")
 
 
 def _check_optimizer_in_backward(args) -> None:
@@ -227,6 +247,7 @@ class CringeTrainer(Trainer):
 
             model = get_peft_model(model, peft_config)
         self.loss_spec = loss_spec(args.loss)
+        self.loss_settings = args.loss_settings
         prep = dict(
             kind=self.loss_spec.data_kind,
             max_prompt_length=args.max_prompt_length,
@@ -238,6 +259,8 @@ class CringeTrainer(Trainer):
             train_dataset = prepare(train_dataset, processing_class, **prep)
         if eval_dataset is not None and not isinstance(eval_dataset, PreparedData):
             eval_dataset = prepare(eval_dataset, processing_class, **prep)
+        if train_dataset is not None and self.loss_spec.data_kind == "binary" and not args.allow_single_label:
+            _check_both_labels(train_dataset)
         if processing_class.pad_token_id is None:
             raise UserError("the tokenizer has no pad token; set tokenizer.pad_token (EOS is fine)")
         kwargs.setdefault("data_collator", Collator(processing_class.pad_token_id, padding_free=args.padding_free))
@@ -430,12 +453,12 @@ class CringeTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The loss of `args.loss` (cringe.registry), through its chunked implementation where the model allows."""
         training = model.training
-        spec, args = self.loss_spec, self.args
+        spec, settings, args = self.loss_spec, self.loss_settings, self.args
         common = dict(num_items=num_items_in_batch, reference=lambda: self._batch_reference_logps(inputs))
         if self.use_chunked:
             hidden, targets, seq_index, weight, bias = self._forward_hidden(model, inputs)
             loss, stats = spec.chunked(
-                args,
+                settings,
                 hidden,
                 weight,
                 bias,
@@ -450,7 +473,12 @@ class CringeTrainer(Trainer):
         else:
             logits, labels = self._forward(model, inputs)
             loss, stats = spec.plain(
-                args, logits, labels, inputs, generator=self._generator(logits.device) if training else None, **common
+                settings,
+                logits,
+                labels,
+                inputs,
+                generator=self._generator(logits.device) if training else None,
+                **common,
             )
             outputs = {"logits": logits}
         self._record("train" if training else "eval", stats)

@@ -206,7 +206,8 @@ def test_evaluation_reports_loss_and_statistics(tmp_path, tokenizer):
         trainer.model, [{**r, "completion_ids": r["completion_ids"][1:]} for r in rows], tokenizer.pad_token_id
     )
     delta = torch.tensor(chosen) - torch.tensor(rejected)
-    expected = torch.sigmoid((trainer.args.margin - delta) / trainer.args.temperature).mean().item()
+    settings = trainer.args.loss_settings
+    expected = torch.sigmoid((settings.margin - delta) / settings.temperature).mean().item()
     assert "eval_loss" in metrics
     assert metrics["eval_gate"] == pytest.approx(expected, abs=1e-4)
 

@@ -33,13 +33,13 @@ from cringe.loop import rundir
 from cringe.loop.run import IterateConfig, IterativeRun
 from cringe.loop.rundir import RunDir
 from cringe.loop.stages import per_sample
+from cringe.losses import PairwiseCringeSettings
 from cringe.models import cpu_prefers_bf16, resolve_path
 from cringe.registry import LOSSES, loss_spec
 from cringe.report import write_report
 from cringe.rewards import load_reward_source
 from cringe.testbeds import sentiment
 from cringe.testbeds.sentiment import SplitSizes
-from cringe.trainer import PAIRWISE_CRINGE_ALPHA, CringeConfig
 
 logger = logging.getLogger("cringe.demo")
 
@@ -542,9 +542,9 @@ class Demo:
 
 
 def pairwise_cringe_settings() -> dict:
-    fields = {f.name: f.default for f in dataclasses.fields(CringeConfig)}
-    settings = {k: fields[k] for k in ("k", "margin", "temperature", "margin_on", "detach_gate")}
-    return {"alpha": PAIRWISE_CRINGE_ALPHA, **settings}
+    """The library defaults every Pairwise Cringe method of the demo trains with (the report quotes them)."""
+    settings = dataclasses.asdict(PairwiseCringeSettings())
+    return {k: settings[k] for k in ("alpha", "k", "margin", "temperature", "margin_on", "detach_gate")}
 
 
 def machine_description() -> str:

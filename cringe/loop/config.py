@@ -238,6 +238,8 @@ class IterateConfig:
         train = {
             "save_strategy": "epoch",
             "seed": self.seed + seed_offset,
+            # A round whose labels are all good or all bad is the loop's to report (pairing), not a reason to stop.
+            "allow_single_label": True,
             **self.train,
             "report_to": "none",
             "output_dir": str(round_dir / rundir.CHECKPOINTS),
@@ -250,6 +252,10 @@ class IterateConfig:
                 # emulated elsewhere, and slower than fp32 (cringe.models.cpu_prefers_bf16).
                 train["bf16"] = cpu_prefers_bf16()
         return train
+
+    def loss_settings(self):
+        """The loss's typed settings (cringe.losses): the train section's loss keys over the loss's defaults."""
+        return loss_spec(self.loss).make_settings(self.train)
 
     def training_arguments(self, round_dir: Path, seed_offset: int = 0):
         """(CringeConfig, LoraArguments) for a round: the train section over the loop's defaults."""
@@ -297,6 +303,8 @@ class IterateConfig:
             "train_precision": "bf16" if train.get("bf16") else "fp16" if train.get("fp16") else "fp32",
             "backend": self.resolved_backend(),
             "training_processes": self.training_processes(),
+            # the loss's settings with its defaults filled in: a resume after a default changed is refused
+            "loss_settings": dataclasses.asdict(self.loss_settings()),
         }
 
     def training_processes(self) -> int:
@@ -313,11 +321,8 @@ class IterateConfig:
         """The fields that decide what every round computes, less those at their defaults: a field added in a
         later version (its default keeping the old behaviour) leaves old runs' comparison unchanged."""
         defaults = IterateConfig.field_defaults()
-        return {
-            k: v
-            for k, v in dataclasses.asdict(self).items()
-            if k not in self.NOT_COMPARED and v != defaults.get(k, _NONE)
-        }
+        config = {**dataclasses.asdict(self), "train": compared_train(self.train, self.loss)}
+        return {k: v for k, v in config.items() if k not in self.NOT_COMPARED and v != defaults.get(k, _NONE)}
 
     def pairing_settings(self) -> dict:
         return {k: getattr(self, k) for k in self.PAIRING_KEYS}
@@ -342,6 +347,8 @@ class IterateConfig:
         default; `resolved` is compared where the state recorded it."""
         defaults = IterateConfig.field_defaults()
         old = {k: v for k, v in saved["config"].items() if k not in self.NOT_COMPARED}
+        if isinstance(old.get("train"), dict):
+            old["train"] = compared_train(old["train"], old.get("loss", defaults["loss"]))
         new = self.result_dict()
         diff = sorted(k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k)))
         resolved, was = self.resolved(), saved.get("resolved") or {}
@@ -354,6 +361,17 @@ class IterateConfig:
 # state.json's layout and what its hash covers; 2: only what changes results (IterateConfig.result_dict/resolved)
 STATE_VERSION = 2
 _NONE = object()
+
+
+def compared_train(train: dict, loss: str) -> dict:
+    """The train section as a resume compares it: a loss setting given at the loss's default (or as null) is the same
+    run as one left unset. Only the keys a user set are stored (state.json records the section as given), so a run of
+    an earlier version, which wrote no defaults, compares equal."""
+    spec = LOSSES.get(loss)
+    if spec is None:
+        return dict(train)
+    defaults = dataclasses.asdict(spec.settings_type())
+    return {k: v for k, v in train.items() if not (k in defaults and (v is None or v == defaults[k]))}
 
 
 # ----- configuration ---------------------------------------------------------------------------------------
