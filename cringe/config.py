@@ -48,9 +48,23 @@ def dtype_field(help: str = "weights dtype (default: bfloat16 on a GPU, float32 
     return dataclasses.field(default=None, metadata={"help": help, "choices": DTYPES})
 
 
-def _suggest(key: str, known) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _suggest(key: str, known, sections: dict | None = None, as_flag: bool = False) -> str:
+    """' (did you mean ...?)' for an unknown top-level key or flag, or ''. sections: name -> parser (None for a
+    free-form one). A key of a section is pointed into it (`--alpha` -> `--train.alpha`) rather than given a
+    top-level alias, which would collide where a key exists at both levels (`seed`, `max_prompt_length`)."""
+    inner = {name: _actions_by_key(p) for name, p in (sections or {}).items() if p is not None}
+    candidates = list(known) + sorted({k for keys in inner.values() for k in keys} - set(known))
+    close = [key] if any(key in keys for keys in inner.values()) else difflib.get_close_matches(key, candidates, n=1)
+    if not close:
+        return ""
+    if close[0] in known:
+        return f" (did you mean '--{close[0]}'?)" if as_flag else f" (did you mean {close[0]!r}?)"
+    homes = [name for name, keys in inner.items() if close[0] in keys]
+    if as_flag:
+        spelled = [f"'--{name}.{close[0]}'" for name in homes]
+    else:
+        spelled = [f"'{name}: {{{close[0]}: ...}}'" for name in homes]
+    return f" (did you mean {' or '.join(spelled)}?)"
 
 
 def make_parser(dataclass_types, prog: str, description: str | None = None, epilog: str | None = None):
@@ -147,30 +161,37 @@ def typed_value(action: argparse.Action, value: Any, where: str) -> Any:
     return value
 
 
-def typed_section(parser, values: dict, where: str) -> dict:
-    """A config section checked and typed against `parser`'s dataclass fields: unknown keys are refused."""
+def typed_section(parser, values: dict, where: str, sections: dict | None = None) -> dict:
+    """A config section checked and typed against `parser`'s dataclass fields: unknown keys are refused (with the
+    closest key suggested, among `sections`' too: see _suggest)."""
     actions = _actions_by_key(parser)
     out = {}
     for key, value in values.items():
         action = actions.get(str(key))
         if action is None:
-            raise UsageError(f"{where}: unknown key {key!r}{_suggest(str(key), actions)}")
+            raise UsageError(f"{where}: unknown key {key!r}{_suggest(str(key), actions, sections)}")
         out[action.dest] = typed_value(action, value, f"{where}.{key}")
     return out
 
 
 def parse(
-    parser, argv: list[str], dataclass_count: int, file_values: dict | None = None, source: str = "config"
+    parser,
+    argv: list[str],
+    dataclass_count: int,
+    file_values: dict | None = None,
+    source: str = "config",
+    sections: dict | None = None,
 ) -> tuple:
     """Parse `argv` (with its --config file, or `file_values` already read from `source`) into
-    `dataclass_count` dataclasses; file values are typed and checked like flags; flags override the file."""
+    `dataclass_count` dataclasses; file values are typed and checked like flags; flags override the file.
+    sections: the nested sections beside these flags (parse_with_sections), searched when suggesting a name."""
     config_path, argv = pop_config_flag(argv)
     values = dict(file_values or {})
     if config_path:
         values.update(read_yaml(config_path))
         source = config_path
     if values:
-        typed = typed_section(parser, values, source)
+        typed = typed_section(parser, values, source, sections)
         parser.set_defaults(**typed)
         for action in parser._actions:  # satisfied by the file: no longer required on the command line
             if action.dest in typed:
@@ -184,7 +205,7 @@ def parse(
     if remaining:
         flag = next((a for a in remaining if a.startswith("-")), remaining[0])
         hint = (
-            _suggest(flag.split("=", 1)[0], [f"--{k}" for k in _actions_by_key(parser)])
+            _suggest(flag[2:].split("=", 1)[0], _actions_by_key(parser), sections, True)
             if flag.startswith("--")
             else ""
         )
@@ -279,7 +300,7 @@ def parse_with_sections(
     source = config_path or "config"
     given = {name: values.pop(name) for name in sections if name in values}
     argv, dotted = split_dotted(argv, set(sections))
-    flat = parse(parser, argv, dataclass_count, file_values=values, source=source)
+    flat = parse(parser, argv, dataclass_count, file_values=values, source=source, sections=sections)
     merged = {}
     for name, section_parser in sections.items():
         value = given.get(name)

@@ -165,6 +165,63 @@ def test_iterate_help_lists_the_sections(capsys):
     assert "--train.learning_rate" in out and "sampling" in out and "--output_dir OUTPUT_DIR, --output-dir" in out
 
 
+def test_dry_run_is_in_the_help_and_the_generated_reference(capsys):
+    # It was handled before the parser, so neither `cringe iterate --help` nor the reference listed it.
+    import importlib.util
+
+    from cringe.cli import verb_parsers
+
+    with pytest.raises(SystemExit):
+        main(["iterate", "--help"])
+    assert "--dry-run, --dry_run" in capsys.readouterr().out
+    spec = importlib.util.spec_from_file_location("reference_hook", ROOT / "docs" / "hooks" / "reference.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    assert "| `--dry_run` | `dry_run` | bool |" in hook.verb_page("iterate", verb_parsers()["iterate"])
+
+
+REQUIRED = ["--model", "m", "--prompts", "p.jsonl", "--output_dir", "o"]
+
+
+@pytest.mark.parametrize(
+    "flags, hint",
+    [
+        (["--alpha", "0.2"], "unknown option --alpha (did you mean '--train.alpha'?)"),  # a section's key, exactly
+        (["--alpah", "0.2"], "unknown option --alpah (did you mean '--train.alpha'?)"),  # a section's key, misspelt
+        (["--roundz", "2"], "unknown option --roundz (did you mean '--rounds'?)"),  # a top-level flag, misspelt
+        (["--max_new_tokens", "8"], "(did you mean '--sampling.max_new_tokens'?)"),
+    ],
+)
+def test_unknown_flag_suggests_a_sections_key(capsys, flags, hint):
+    assert hint in cli_error(capsys, ["iterate", *REQUIRED, *flags])
+
+
+def test_unknown_yaml_key_suggests_a_sections_key(tmp_path, capsys):
+    cfg = tmp_path / "iterate.yaml"
+    cfg.write_text("model: m\nprompts: p.jsonl\noutput_dir: o\nalpha: 0.2\n")
+    err = cli_error(capsys, ["iterate", "--config", str(cfg)])
+    assert "unknown key 'alpha' (did you mean 'train: {alpha: ...}'?)" in err
+
+
+def test_the_command_line_and_light_verbs_help_import_no_torch():
+    # torch takes seconds to import: `cringe --help`, and the --help of verbs whose flags need none of it, answer
+    # without it; the denormals set-up (which imports torch) runs only when a verb runs. train, iterate, sample
+    # and demo need torch for their flags' dataclasses (CringeConfig is transformers' TrainingArguments).
+    script = """if True:
+        import sys
+        import cringe.cli
+        assert "torch" not in sys.modules, "import cringe.cli"
+        for argv in (["--help"], ["score", "--help"], ["evaluate", "--help"], ["report", "-h"], ["env", "--help"]):
+            try:
+                cringe.cli.main(argv)
+            except SystemExit as exit:
+                assert exit.code == 0, (argv, exit.code)
+            assert "torch" not in sys.modules, argv
+    """
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "verb, flags",
     [

@@ -27,14 +27,15 @@ import os
 import sys
 
 import cringe
-from cringe.denormals import flush_denormals
 from cringe.durable.interrupt import Interrupted
 from cringe.errors import UserError
 
-# verb -> its module (imported when the verb runs: `cringe --help` stays instant)
+# verb -> its module, imported only when the verb runs: nothing here imports torch, so `cringe --help` answers
+# without it (tests/test_cli.py checks; a verb's own --help costs what its flags' dataclasses import).
 VERBS = {
     verb: f"cringe.cli.{verb}" for verb in ("train", "iterate", "sample", "score", "evaluate", "report", "demo", "env")
 }
+HELP_FLAGS = {"-h", "--help"}
 
 
 def verb_module(verb: str):
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("CRINGE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in HELP_FLAGS:
         print(__doc__.strip())
         sys.exit(0 if argv else 2)
     if argv[0] in ("-V", "--version"):
@@ -65,10 +66,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Before any torch work, so the CPU thread pool starts with it: every verb, stage subprocess and
-    # `accelerate launch` rank comes through here. Imported here: torch would slow `cringe --help`.
+    if not HELP_FLAGS.intersection(argv[1:]):
+        # Before the verb's module is imported and any torch work, so the CPU thread pool starts with it: every
+        # verb, stage subprocess and `accelerate launch` rank comes through here. Not for --help, which computes
+        # nothing and should not pay for importing torch.
+        from cringe.denormals import flush_denormals
 
-    flush_denormals()
+        flush_denormals()
     try:
         verb_module(verb).main(argv[1:])
     except UserError as err:

@@ -7,12 +7,8 @@ import importlib.metadata
 import os
 import platform
 
-import torch
-
 import cringe
-from cringe import denormals
 from cringe.config import make_parser
-from cringe.generation import VLLM_DISTRIBUTIONS
 
 
 def parsers() -> dict:
@@ -25,6 +21,12 @@ def main(argv: list[str]) -> None:
 
 
 def environment_report() -> str:
+    # Imported here: torch, which `cringe env --help` does without.
+    import torch
+
+    from cringe import denormals
+    from cringe.generation import VLLM_DISTRIBUTIONS
+
     lines = [
         f"- cringe: {cringe.__version__}",
         f"- Python: {platform.python_version()}",

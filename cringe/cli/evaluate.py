@@ -9,10 +9,6 @@ from pathlib import Path
 from cringe.config import device_field, dtype_field, make_parser, parse, read_yaml, trust_remote_code_field
 from cringe.durable.files import write_json
 from cringe.errors import UserError
-from cringe.evaluate import comparison_table
-from cringe.loop.run import evaluate_policy
-from cringe.reference import evaluate_against_outputs, is_outputs_file
-from cringe.reference import report as reference_report
 
 
 @dataclass
@@ -66,6 +62,12 @@ def parsers() -> dict:
 
 def main(argv: list[str]) -> None:
     (args,) = parse(parsers()[""], argv, 1)
+    # Imported after parsing: they import torch, which `cringe evaluate --help` does without.
+    from cringe.evaluate import comparison_table
+    from cringe.loop.run import evaluate_policy
+    from cringe.reference import evaluate_against_outputs, is_outputs_file
+    from cringe.reference import report as reference_report
+
     if is_outputs_file(args.baseline):
         if args.prompts:
             raise UserError("--prompts: a baseline of outputs brings its own instructions; leave --prompts out")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from cringe.config import make_parser, parse
 from cringe.errors import UserError
-from cringe.report import write_run_report
 
 
 @dataclass
@@ -55,6 +54,8 @@ def main(argv: list[str]) -> Path:
     if args.output_dir is None and len(runs) > 1:
         raise UserError("several runs: say where the report goes with --output_dir DIR")
     out = Path(args.output_dir) if args.output_dir else Path(runs[0]) / "report"
+    from cringe.report import write_run_report  # imports torch, which `cringe report --help` does without
+
     page = write_run_report(runs, out, examples=args.examples)
     print(f"report: {out / 'report.md'}, {page}")
     return page

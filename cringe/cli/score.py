@@ -10,9 +10,6 @@ from pathlib import Path
 
 from cringe.config import device_field, make_parser, parse_with_sections, pop_flag, read_yaml
 from cringe.errors import UserError
-from cringe.loop.rundir import RunDir
-from cringe.loop.stages import score_to_file
-from cringe.rewards import load_reward_source
 
 
 @dataclass
@@ -34,6 +31,11 @@ def parsers() -> dict:
 
 
 def run_score(args: ScoreArguments, reward_spec: dict) -> list[float]:
+    # Imported here: they import torch, which `cringe score --help` does without.
+    from cringe.loop.rundir import RunDir
+    from cringe.loop.stages import score_to_file
+    from cringe.rewards import load_reward_source
+
     if not Path(args.samples).exists():
         raise UserError(f"samples {args.samples}: no such file")
     samples = RunDir.samples(args.samples)
