@@ -9,7 +9,7 @@ sampling): no model, no tokenizer, no config. Shapes use these letters:
 Labels follow the Hugging Face convention: `labels[b, t]` is the token that `logits[b, t]` predicts (already
 shifted), and `ignore_index` (-100) marks positions that do not count (prompt and padding).
 
-Formulas: docs/design.md, section 1 (README "What is computed").
+Formulas: docs/design.md, section 1 ("What is computed").
 
 Each objective's hyper-parameters and their defaults live in one settings dataclass (`PairwiseCringeSettings`,
 `BinaryCringeSettings`, `DPOSettings`); the functions' keyword defaults are read from it, and `cringe train`,

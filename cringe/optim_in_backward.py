@@ -3,11 +3,11 @@ autograd has accumulated it, so the full set of gradients never exists at once (
 
 For a full fine-tune with AdamW this can remove one parameter-sized buffer (the gradients) from the peak, where
 the peak is the optimiser step. Measured so far it is not: with the fused head (cringe.chunked) the peak is in the
-forward pass, before any gradient exists, and this saved 0-3% on an H200 and raised RSS on a CPU (README,
-Performance). It costs three things, which `CringeConfig` refuses rather than
-silently changes: no global gradient-norm clipping (a parameter is stepped before the others' gradients exist),
-no gradient accumulation (every micro-batch would step), and no data parallelism (DDP all-reduces gradients after
-they are accumulated, i.e. after this step has used them).
+forward pass, before any gradient exists, and this saved 0-3% on an H200 and raised RSS on a CPU
+(docs/performance.md, "Why `optimizer_in_backward` lowers no peak"). It costs three things, which `CringeConfig`
+refuses rather than silently changes: no global gradient-norm clipping (a parameter is stepped before the others'
+gradients exist), no gradient accumulation (every micro-batch would step), and no data parallelism (DDP all-reduces
+gradients after they are accumulated, i.e. after this step has used them).
 
 transformers has the same trick for GaLore's `*_layerwise` optimisers only, and its dummy optimiser saves no
 optimiser state, so a resumed run restarts Adam's moments from zero. `OptimizerInBackward` keeps every

@@ -88,7 +88,7 @@ class CringeConfig(TrainingArguments):
             "help": "experimental: step each parameter inside backward as soon as its gradient "
             "exists and free it (cringe.optim_in_backward). Needs max_grad_norm=0, "
             "gradient_accumulation_steps=1 and one process. Lowered no peak measured so "
-            "far (README, Performance)"
+            "far (docs/performance.md)"
         },
     )
     allow_single_label: bool = field(
@@ -278,7 +278,7 @@ class CringeTrainer(Trainer):
         if args.chunked_loss and unsupported:
             raise UserError(f"chunked_loss: {unsupported}")
         # bench/train_step.py measured the chunked path faster and leaner than the plain one on every model it
-        # ran (README, Performance): it is the default wherever the model allows it.
+        # ran (docs/performance.md): it is the default wherever the model allows it.
         self.use_chunked = not unsupported if args.chunked_loss is None else args.chunked_loss
         if engine_reason and not model_reason and args.chunked_loss is None:  # the engine, not the model: say so
             logger.warning("chunked loss off, the plain path is used: %s", engine_reason)

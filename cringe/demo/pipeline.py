@@ -50,7 +50,7 @@ METHODS = {
     "pairwise_cringe": ("pairwise_cringe", False),
     "iterative_dpo": ("dpo", True),
     "iterative_pairwise_cringe": ("pairwise_cringe", True),
-    "rloo": ("rloo", False),  # TRL's RLOOTrainer on the proxy reward: opt-in (--methods ...,rloo), see README
+    "rloo": ("rloo", False),  # TRL's RLOOTrainer on the proxy reward: opt-in (--methods ...,rloo), docs/results/ppo.md
     # Rejection-sampling fine-tuning (RAFT / ReST): Iterative Pairwise Cringe without the loser; opt-in
     "iterative_sft": ("sft", True),
 }
@@ -116,7 +116,7 @@ PRESETS = {
     # at 1e-4 Iterative Pairwise Cringe scored 0.375 (2-3 steps a round barely move it); at 3e-4, 0.708
     # (0.583..0.833) on 48 prompts, seed 0 (bench/research/quick_preset.py, 2026-11-27; seeds 1-2 and other variants in
     # bench/results/quick_preset-2026-11-27.md). 48 evaluation prompts, not 24: intervals of +/-0.13 instead of
-    # +/-0.2, for about 55 s more (5 min 41 s cold against 4 min 29 s, README).
+    # +/-0.2, for about 55 s more (5 min 41 s cold against 4 min 29 s; docs/results/demo.md).
     "quick": Preset(
         rounds=2,
         round_prompts=12,
