@@ -252,8 +252,9 @@ def sequence_sums(values: torch.Tensor, seq_index: torch.Tensor, num_sequences: 
     """Per-sequence sums of per-token values: values [N], seq_index [N] -> [num_sequences] float32.
 
     Accumulated in float64: on a GPU index_add_ adds with atomics in no fixed order, and sequence log-probs of
-    hundreds of tokens (~ -12 each) summed so in fp32 put DPO's gradients 6.1e-5 from float64 where the plain
-    path's tree reduction is 7.3e-6 off (bench/gpu/cuda_parity.py on an H200)."""
+    hundreds of tokens (~ -12 each) summed so in fp32 put DPO's gradients an order of magnitude further from
+    float64 than the plain path's tree reduction (bench/gpu/cuda_parity.py; the numbers are in
+    docs/performance.md, "One GPU")."""
     total = torch.zeros(num_sequences, device=values.device, dtype=torch.float64)
     return total.index_add_(0, seq_index, values.double()).float()
 
