@@ -238,3 +238,13 @@ def test_rows_are_ifeval_rows_with_a_chat_prompt_the_loop_reads(tokenizer):
     prompts = load_prompts(rows, tokenizer, max_prompt_length=None)
     assert len(prompts) == 4 and prompts[0].messages[0]["role"] == "system"
     assert rows[0]["prompt"][-1]["content"] in prompts[0].text and rows[0]["topic"] in prompts[0].text
+
+
+def test_language_checks_are_seeded():
+    # langdetect samples n-grams at random: unseeded, a short text's verdict can change from one process to the next.
+    import langdetect
+
+    from cringe.instructions import package
+
+    package()
+    assert langdetect.DetectorFactory.seed == 0
