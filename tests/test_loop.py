@@ -325,3 +325,71 @@ def test_a_step_finished_but_not_recorded_is_listed_once_on_resume(tmp_path):
     steps = json.loads((out / "state.json").read_text())["steps"]
     assert [s["seconds"] for s in steps if s["step"] == "model"] == [None]
     assert (out / "round-1" / "model" / "model.safetensors").stat().st_mtime_ns == weights
+
+
+@pytest.mark.parametrize("label", ["bad", "good"])
+def test_a_round_labelled_all_one_way_is_warned_about(tmp_path, caplog, label):
+    """binary_cringe: equal scores fall below the default threshold (just above the mean), so every sample is
+    labelled bad; a threshold under every score labels them all good. Either is one warning line naming the round."""
+    from cringe.generation import Sample
+
+    threshold = {"bad": None, "good": 0.1}[label]
+    config = load_config(
+        str(write_config(tmp_path, tmp_path / "run", loss="binary_cringe", binary_threshold=threshold)), []
+    )
+    samples = [Sample(i // 2, i % 2, [1, 2], [3, 4], "ab", "stop", prompt="q") for i in range(6)]
+    round_dir = tmp_path / "run" / "round-3"
+    round_dir.mkdir(parents=True)
+    with caplog.at_level("WARNING", logger="cringe.loop.pairing"):
+        rows = IterativeRun(config).pair(samples, [0.5] * 6, round_dir)
+    assert {r["label"] for r in rows} == {label == "good"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"round-3: all 6 samples labelled {label}")
+
+
+def test_mixed_labels_are_not_warned_about(tmp_path, caplog):
+    from cringe.generation import Sample
+
+    config = load_config(str(write_config(tmp_path, tmp_path / "run", loss="binary_cringe")), [])
+    samples = [Sample(i // 2, i % 2, [1, 2], [3, 4], "ab", "stop", prompt="q") for i in range(4)]
+    (tmp_path / "run" / "round-1").mkdir(parents=True)
+    with caplog.at_level("WARNING", logger="cringe.loop.pairing"):
+        rows = IterativeRun(config).pair(samples, [0.1, 0.9, 0.2, 0.8], tmp_path / "run" / "round-1")
+    assert [r["label"] for r in rows] == [False, True, False, True] and not caplog.records
+
+
+def test_where_each_step_runs_is_decided_from_the_config(tmp_path, monkeypatch):
+    """In this process on a CPU; sampling and scoring in stage processes when asked (or with a GPU, vLLM, another
+    Python for sampling); training and data-parallel sampling under accelerate launch."""
+    import torch
+
+    from cringe.loop.executor import AccelerateLaunch, InProcess, Loaded, StageProcess, executors
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def where(*flags):
+        chosen = executors(load_config(str(write_config(tmp_path, tmp_path / "run")), list(flags)), Loaded())
+        return {kind: type(getattr(chosen, kind)) for kind in ("sample", "score", "train")}
+
+    assert where() == {"sample": InProcess, "score": InProcess, "train": InProcess}
+    assert where("--stage_processes", "true") == {"sample": StageProcess, "score": StageProcess, "train": InProcess}
+    assert where("--accelerate.num_processes", "2") == {
+        "sample": InProcess,
+        "score": InProcess,
+        "train": AccelerateLaunch,
+    }
+    assert where("--accelerate.sample", "true", "--backend", "transformers") == {
+        "sample": AccelerateLaunch,
+        "score": StageProcess,
+        "train": AccelerateLaunch,
+    }
+    python = executors(
+        load_config(str(write_config(tmp_path, tmp_path / "run")), ["--sampling_python", sys.executable]), Loaded()
+    )
+    assert python.sample.command(None)[0] == sys.executable and python.score.python is None
+    # built on the CPU (TrainingArguments would set up the fake GPU), then run on a GPU
+    config = load_config(str(write_config(tmp_path, tmp_path / "run")), ["--backend", "transformers"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    chosen = executors(config, Loaded())
+    assert type(chosen.sample) is StageProcess and type(chosen.score) is StageProcess
+    assert type(chosen.train) is InProcess

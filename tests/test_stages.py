@@ -200,4 +200,116 @@ def test_stage_subprocesses_write_what_the_in_process_run_writes(tmp_path):
         runs[mode] = tmp_path / f"run-{mode}" / "round-1"
     for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl"):
         assert (runs[True] / name).read_text() == (runs[False] / name).read_text(), name
-    assert not list(runs[True].glob(".*.yaml")) and not list(runs[True].glob(".*-input.jsonl"))
+    assert not list(runs[True].glob(".*"))  # no job file, samples input or shard folder left behind
+
+
+def train_job(tmp_path, tokenizer, name: str):
+    """A TrainJob of 8 token-id pairs, 2 steps, as the loop writes one (cringe.loop.executor.TrainJob.of_round)."""
+    from cringe.loop.executor import TrainJob
+
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rows = tmp_path / name / ".train_rows.jsonl"
+    rows.parent.mkdir()
+    pairs = [[ids(" yes") + [tokenizer.eos_token_id], ids(" no!") + [tokenizer.eos_token_id]] for _ in range(8)]
+    rows.write_text(
+        "".join(
+            json.dumps({"row": i, "prompt_ids": ids(f"Q{i}?"), "label": None, "completion_ids": pair}) + "\n"
+            for i, pair in enumerate(pairs)
+        )
+    )
+    train = {
+        "loss": "pairwise_cringe",
+        "output_dir": str(rows.parent / "checkpoints"),
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-2,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+    }
+    return TrainJob(
+        model="tiny-random-llama",
+        tokenizer="tiny-random-llama",
+        rows=str(rows),
+        data_kind="pairwise",
+        train=train,
+        output=str(rows.parent / ".model.tmp"),
+        dtype="float32",
+        description="8 test pairs",
+    )
+
+
+def test_one_train_job_trains_the_same_model_in_this_process_in_a_child_and_under_accelerate_launch(
+    tmp_path, tokenizer, monkeypatch
+):
+    """The three executors end in the same call: InProcess runs job.run here; StageProcess and AccelerateLaunch
+    write the job beside its output and run `python -m cringe.loop.child JOB.json` (under `accelerate launch`, one
+    CPU process here), which reads it back and runs job.run there. Same job, same weights, same log; the training
+    curve reaches on_log live here and from the saved log for a child."""
+    from safetensors.torch import load_file
+
+    from cringe.loop.executor import AccelerateLaunch, InProcess, Loaded, StageProcess, job_path
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    executors = {
+        "here": InProcess(Loaded()),
+        "child": StageProcess(),
+        "launched": AccelerateLaunch({"num_processes": 1, "cpu": True, "num_machines": 1, "mixed_precision": "no"}),
+    }
+    weights, curves = {}, {}
+    for name, executor in executors.items():
+        job = train_job(tmp_path, tokenizer, name)
+        curves[name] = []
+        executor.run(job, on_log=lambda logs, step, name=name: curves[name].append((step, logs.get("loss"))))
+        weights[name] = load_file(f"{job.output}/model.safetensors")
+        assert json.loads((tmp_path / name / ".model.tmp" / "train_log.json").read_text())[-1]["step"] == 2
+        assert not job_path(job).exists()
+    assert [step for step, _ in curves["here"]] == [1, 2, 2] and curves["child"] == curves["launched"]
+    assert [loss for _, loss in curves["here"] if loss is not None] == pytest.approx(
+        [loss for _, loss in curves["child"] if loss is not None], rel=1e-5
+    )
+    for name in ("child", "launched"):
+        for key, tensor in weights["here"].items():
+            torch.testing.assert_close(weights[name][key], tensor, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_a_job_file_is_read_back_as_written_and_a_bad_one_is_named(tmp_path, tokenizer):
+    from cringe.errors import UserError
+    from cringe.loop.executor import read_job, write_job
+
+    job = train_job(tmp_path, tokenizer, "round-1")
+    path = write_job(job)
+    assert path.name == ".train-job-model.tmp.json" and read_job(path) == job
+    path.write_text(json.dumps({"kind": "bake"}))
+    with pytest.raises(UserError, match="not a job file"):
+        read_job(path)
+
+
+@pytest.mark.slow
+def test_gpu_iterate_script_smoke_on_cpu(tmp_path):
+    """bench/gpu/gpu_iterate.py's own path (its probing stage executor included) with tiny models: every sampling
+    and scoring stage ran in a probed process of its own."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "gpu" / "gpu_iterate.py"), "--smoke", "--device", "cpu"]
+        + ["--prompts", "8", "--eval-prompts", "4", "--new-tokens", "8", "--train-steps", "2"]
+        + ["--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = next((tmp_path / "results").glob("gpu_iterate-*-smoke-cpu.md")).read_text()
+    assert table.count("| samples.jsonl |") == 2 and table.count("| scores.jsonl |") == 2
+    probed = [json.loads(line)["stage"] for line in (tmp_path / "work" / "stage-peaks.jsonl").read_text().splitlines()]
+    assert probed.count("sample:samples.jsonl") == 2 and probed.count("score:scores.jsonl") == 2
+    assert "sample:baseline_samples.jsonl" in probed

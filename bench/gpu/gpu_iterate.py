@@ -5,8 +5,8 @@ on the GPU. Nothing is downloaded (the byte-level test tokenizer, random weights
     python bench/gpu/gpu_iterate.py [--results-dir bench/results] [--prompts 256] [--new-tokens 128]
     python bench/gpu/gpu_iterate.py --smoke --device cpu        (the same path on a CPU with a tiny model, seconds)
 
-Sampling and scoring run as `cringe sample` / `cringe score` subprocesses (the loop's default on a GPU); each is
-launched through bench/gpu/gpu_stage_probe.py, which runs the stage and reports the process's peak GPU memory.
+Sampling and scoring run in stage processes (the loop's default on a GPU) through the probing executor of
+bench/gpu/gpu_stage_probe.py, which runs each step's job and reports the process's peak GPU memory.
 Training and the evaluation's KL passes run in this process: their peak is torch.cuda.max_memory_allocated,
 reset after every step.
 """
@@ -14,8 +14,8 @@ reset after every step.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import platform
 import sys
 import time
@@ -108,8 +108,9 @@ def main() -> None:
     import shutil
 
     import torch
+    from gpu_stage_probe import ProbedStage  # beside this script, which Python puts on the path
 
-    from cringe.loop import processes, rundir
+    from cringe.loop import rundir
     from cringe.loop.run import IterateConfig, IterativeRun
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -122,18 +123,9 @@ def main() -> None:
     policy, reward = build_models(work, args.smoke, args.device)
     build_seconds = time.time() - t0
 
-    # Stage subprocesses report their own GPU peak through the probe.
+    # Stage processes report their own GPU peak through the probe (bench/gpu/gpu_stage_probe.py).
     probe_log = work / "stage-peaks.jsonl"
-    os.environ["CRINGE_PROBE_LOG"] = str(probe_log)
-    import cringe.loop.run as loop_module
-
-    def probed(verb, config, out_path, launcher=None):
-        # The loop's own stage runner, with the probe as the launcher: it runs the verb and records the peak.
-        os.environ["CRINGE_PROBE_STAGE"] = f"{verb}:{Path(out_path).name}"
-        probe = [sys.executable, str(ROOT / "bench" / "gpu" / "gpu_stage_probe.py")]
-        processes.run_stage_process(verb, config, out_path, launcher=probe)
-
-    loop_module.run_stage_process = probed
+    probed = functools.partial(ProbedStage, log=probe_log)
 
     config = IterateConfig(
         model=str(policy),
@@ -177,7 +169,7 @@ def main() -> None:
         reset_peak()
 
     reset_peak()
-    run = IterativeRun(config, on_step=on_step)
+    run = IterativeRun(config, on_step=on_step, stage_process=probed)
     started = time.time()
     run.run()
     total = time.time() - started

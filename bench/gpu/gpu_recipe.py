@@ -16,8 +16,8 @@ evaluation's KL passes run in this process (torch.cuda.max_memory_allocated, res
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import random
 import sys
 import time
@@ -103,10 +103,9 @@ def main() -> None:
 
     import torch
     import yaml
+    from gpu_stage_probe import ProbedStage  # beside this script, which Python puts on the path
 
-    import cringe.loop.run as loop_module
     from cringe.generation import vllm_build
-    from cringe.loop import processes
     from cringe.loop.run import IterativeRun, parse_iterate_args
     from cringe.recipes import swap_in
 
@@ -141,17 +140,9 @@ def main() -> None:
     config_path = work / "recipe.yaml"
     config_path.write_text(yaml.safe_dump(values))
 
+    # Stage processes report their own GPU peak through the probe (bench/gpu/gpu_stage_probe.py).
     probe_log = work / "stage-peaks.jsonl"
-    os.environ["CRINGE_PROBE_LOG"] = str(probe_log)
-
-    def probed(verb, config, out_path, launcher=None):
-        # The loop's own stage runner with the probe as launcher: it runs the verb and records the peak.
-        os.environ["CRINGE_PROBE_STAGE"] = f"{verb}:{Path(out_path).name}"
-        processes.run_stage_process(
-            verb, config, out_path, launcher=[sys.executable, str(ROOT / "bench" / "gpu" / "gpu_stage_probe.py")]
-        )
-
-    loop_module.run_stage_process = probed
+    probed = functools.partial(ProbedStage, log=probe_log)
     peaks = {}
 
     def on_step(k, step, seconds):
@@ -164,7 +155,7 @@ def main() -> None:
             flush=True,
         )
 
-    run = IterativeRun(parse_iterate_args(["--config", str(config_path)]), on_step=on_step)
+    run = IterativeRun(parse_iterate_args(["--config", str(config_path)]), on_step=on_step, stage_process=probed)
     started = time.time()
     run.run()
     total = time.time() - started
@@ -210,7 +201,7 @@ def stage_table(run, probe_log: Path, peaks: dict, on_gpu: bool) -> str:
             samples = run.run_dir.samples(run.run_dir.file(k, rundir.SAMPLES))
             tokens = f"{sum(x.num_tokens for x in samples) / max(seconds, 1e-9):.0f} generated"
         elif step == rundir.MODEL:
-            log = run.train_log(k)
+            log = run.run_dir.train_log(k)
             tokens = next(
                 (f"{h['train_samples_per_second']:.1f} pairs/s" for h in log if "train_samples_per_second" in h), ""
             )

@@ -1,8 +1,13 @@
 """The iterative loop: `cringe iterate`'s rounds of sample -> score -> pair -> train -> evaluate.
 
-run.py        IterateConfig and IterativeRun: the algorithm, on one screen (IterativeRun.run)
+run.py        IterativeRun: the algorithm, on one screen (IterativeRun.run), and its steps
+config.py     IterateConfig: every key, what of it decides results
+executor.py   where each step runs (this process, a stage process, `accelerate launch`) and its typed inputs
+              (SampleJob, ScoreJob, TrainJob); child.py runs a job in a process of its own
 stages.py     the units of work: sampling to a file by shards, scoring, log-probs
-processes.py  running a stage in a process of its own (`cringe sample`, `accelerate launch ... train`)
+processes.py  the `accelerate launch` command line and a launched process's rank
+evaluation.py M_k against M_0 on held-out prompts (win rate, KL)
+resume.py     what a resume checks against state.json
 pairing.py    scored samples -> training rows (best vs worst, threshold, best only)
 rundir.py     the run directory's layout and state.json
 tracking.py   TensorBoard / wandb

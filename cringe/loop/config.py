@@ -259,17 +259,7 @@ class IterateConfig:
 
     def training_arguments(self, round_dir: Path, seed_offset: int = 0):
         """(CringeConfig, LoraArguments) for a round: the train section over the loop's defaults."""
-
-        lora_keys = {f.name for f in dataclasses.fields(LoraArguments)}
-        train = self.training_settings(round_dir, seed_offset)
-        lora = LoraArguments(**{k: v for k, v in train.items() if k in lora_keys})
-        try:
-            args = CringeConfig(**{k: v for k, v in train.items() if k not in lora_keys})
-        except (TypeError, ValueError) as err:
-            if isinstance(err, UserError):
-                raise
-            raise UserError(f"train: {str(err).strip().splitlines()[0]}") from None
-        return args, lora
+        return training_arguments(self.training_settings(round_dir, seed_offset))
 
     # Keys that do not change what a round computes: changing them on resume is allowed. (`device`, `backend` and
     # the number of training processes do change results, through what they resolve to: see `resolved`.)
@@ -358,6 +348,20 @@ class IterateConfig:
         return diff
 
 
+def training_arguments(train: dict):
+    """(CringeConfig, LoraArguments) from flat training settings (IterateConfig.training_settings): what a round
+    trains with, in this process or in a launched one (cringe.loop.executor.TrainJob)."""
+    lora_keys = {f.name for f in dataclasses.fields(LoraArguments)}
+    lora = LoraArguments(**{k: v for k, v in train.items() if k in lora_keys})
+    try:
+        args = CringeConfig(**{k: v for k, v in train.items() if k not in lora_keys})
+    except (TypeError, ValueError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(f"train: {str(err).strip().splitlines()[0]}") from None
+    return args, lora
+
+
 # state.json's layout and what its hash covers; 2: only what changes results (IterateConfig.result_dict/resolved)
 STATE_VERSION = 2
 _NONE = object()
@@ -387,7 +391,7 @@ ITERATE_HELP = """sections (YAML mappings; dotted flags reach their keys, e.g. -
                         per_device_train_batch_size, beta, alpha, margin, ...) and LoRA (use_peft, lora_r, ...)
   vllm                  vLLM engine options: tensor_parallel_size, gpu_memory_utilization, dtype,
                         max_model_len, enforce_eager, ... (passed to vllm.LLM as given)
-  accelerate            each round's training as `accelerate launch ... -m cringe train`: config_file,
+  accelerate            each round's training under `accelerate launch` (cringe.loop.executor): config_file,
                         num_processes, any other launch flag (main_process_port, ...), and sample: true to
                         sample data-parallel over the same processes (transformers sampler)
 

@@ -6,12 +6,16 @@ Rows come out already tokenised (the sampled token ids themselves), ready for `C
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from cringe.data import PreparedData, ValidationReport
 from cringe.generation import Sample
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,6 +133,40 @@ def by_threshold(
                 }
             )
     report.kept = len(rows)
+    return rows, report
+
+
+def training_rows(
+    samples: Sequence[Sample],
+    scores: Sequence[float],
+    data_kind: str,
+    *,
+    min_gap: float = 0.0,
+    binary_threshold: float | None = None,
+    drop_truncated: bool = False,
+    name: str = "this round",
+) -> tuple[list[dict], PairingReport]:
+    """A round's rows of the kind its loss trains on (data_kind: pairwise, binary or sft). Binary rows are labelled
+    against binary_threshold, by default just above the round's mean reward (a median would call every sample
+    good when more than half share the lowest score). A round labelled all one way is logged as a warning: equal
+    scores, for one, label every sample bad."""
+    if data_kind == "sft":
+        return best_only(samples, scores, min_gap=min_gap, drop_truncated=drop_truncated)
+    if data_kind != "binary":
+        return best_vs_worst(samples, scores, min_gap=min_gap, drop_truncated=drop_truncated)
+    threshold = binary_threshold
+    if threshold is None:
+        threshold = math.nextafter(sum(scores) / len(scores), math.inf)
+    rows, report = by_threshold(samples, scores, threshold=threshold, drop_truncated=drop_truncated)
+    labels = {row["label"] for row in rows}
+    if len(labels) == 1:
+        logger.warning(
+            "%s: all %d samples labelled %s (threshold %g)",
+            name,
+            len(rows),
+            "good" if labels.pop() else "bad",
+            threshold,
+        )
     return rows, report
 
 

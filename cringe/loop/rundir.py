@@ -33,6 +33,8 @@ EVAL = "eval.json"
 EVAL_SAMPLES = "eval_samples.jsonl"
 EVAL_SCORES = "eval_scores.jsonl"
 CHECKPOINTS = "checkpoints"
+MODEL_TMP = ".model.tmp"  # M_k while it is saved; renamed to model/ once complete
+TRAIN_ROWS = ".train_rows.jsonl"  # a round's training rows while it trains (a launched training reads them)
 BASELINE_SAMPLES = "baseline_samples.jsonl"
 BASELINE_SCORES = "baseline_scores.jsonl"
 # The demo's second opinion on held-out samples: the proxy reward beside the gold judge's scores.

@@ -37,6 +37,17 @@ def select_prompts(prompts: list, start: int = 0, count: int | None = None) -> l
     return (prompts + prompts)[start : start + count]
 
 
+def prompt_slice(prompts: list, everything: list) -> dict:
+    """{start, count} such that select_prompts(everything, start, count) gives `prompts` (select_prompts'
+    inverse): how a sampling job names its prompts."""
+    ids = [p.prompt_id for p in prompts]
+    if [p.prompt_id for p in everything] == ids:
+        return {"start": 0, "count": None}
+    if [p.prompt_id for p in select_prompts(everything, ids[0], len(ids))] != ids:
+        raise ValueError(f"the prompts {ids[:3]}... are not a (wrapping) slice of the prompt list")
+    return {"start": ids[0], "count": len(ids)}
+
+
 def _contiguous_runs(prompts):
     """Split prompts into runs of consecutive prompt ids (a wrapped round slice has two)."""
     runs: list[list] = []
@@ -140,6 +151,19 @@ def score_to_file(reward, samples, out_path: Path, prompts=None) -> list[float]:
         scores = score_samples(reward, samples, prompts)
         write_jsonl(out_path, per_sample(scores, samples))
     return scores
+
+
+def with_prompt_text(samples, prompts):
+    """The samples, each carrying its prompt's text and messages: those written before samples carried them get
+    them from `prompts` (cringe.data.Prompt, matched by prompt id)."""
+    by_id = {p.prompt_id: p for p in prompts}
+    missing = sorted({s.prompt_id for s in samples if s.prompt is None} - set(by_id))
+    if missing:
+        raise ValueError(f"samples refer to prompt ids that are not in the prompt list: {missing[:5]}")
+    for s in samples:
+        if s.prompt is None:
+            s.prompt, s.prompt_messages = by_id[s.prompt_id].text, by_id[s.prompt_id].messages
+    return samples
 
 
 def score_samples(reward, samples, prompts=None) -> list[float]:

@@ -14,8 +14,6 @@ import logging
 import os
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from cringe.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -108,14 +106,3 @@ def round_metrics(evaluation: dict | None, pairing: dict | None, train_log: list
     if pairing is not None:
         out.update({f"pairs/{k}": v for k, v in pairing.items() if isinstance(v, (int, float))})
     return out
-
-
-def trainer_callback(trackers: Trackers, step_offset: int):
-    """A TrainerCallback that forwards the Trainer's log lines with the run's global step."""
-
-    class ForwardLogs(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and state.is_world_process_zero:
-                trackers.log_training(logs, step=step_offset + state.global_step)
-
-    return ForwardLogs()
