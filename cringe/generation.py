@@ -24,6 +24,8 @@ import hashlib
 import importlib.metadata
 import inspect
 import logging
+import math
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -262,14 +264,93 @@ class TransformersSampler:
 # token budget.
 CPU_ENGINE_DEFAULTS = {"enable_chunked_prefill": False}
 
+# vLLM's CPU engine reserves gpu_memory_utilization (default 0.92) of its memory node's total at start-up, and
+# refuses to start when less than that is free: with more than 8% of a machine in use it failed after 30-45 s
+# ("Available memory on node 0 ... is less than desired CPU memory utilization"). Unless the user sets the share or
+# the KV cache's size, cringe asks for what is free less ENGINE_START_MEMORY: the engine's processes took 1.0 GiB
+# of it before the check, and its worker holds 1.6 GiB of the reservation before any KV cache (SmolLM2-135M in
+# fp32, 2 cores), so a reservation below ENGINE_START_MEMORY leaves the cache nothing.
+VLLM_CPU_DEFAULT_UTILIZATION = 0.92
+ENGINE_START_MEMORY = 2 << 30
+GIB = 1 << 30
+
+
+def kv_cache_size_given(options: dict) -> bool:
+    """Whether the KV cache's size is set (kv_cache_memory_bytes, VLLM_CPU_KVCACHE_SPACE): vLLM's CPU engine then
+    reserves no share of the memory node, and ignores gpu_memory_utilization."""
+    return options.get("kv_cache_memory_bytes") is not None or bool(os.environ.get("VLLM_CPU_KVCACHE_SPACE"))
+
+
+def cpu_memory_utilization(total: int, available: int, headroom: int = ENGINE_START_MEMORY) -> float:
+    """The share of a memory node of `total` bytes, `available` of them free, that vLLM's CPU engine can reserve:
+    what is free less `headroom`, rounded down to a hundredth, at most vLLM's own default; 0.0 when none is."""
+    share = math.floor((available - headroom) / total * 100) / 100
+    return max(0.0, min(VLLM_CPU_DEFAULT_UTILIZATION, share))
+
+
+def cpu_memory_shortfall(share: float, total: int, available: int) -> str | None:
+    """Why vLLM's CPU engine cannot start reserving `share` of a memory node of `total` bytes with `available` free
+    (one line naming the option), or None."""
+    reserved = share * total
+    if ENGINE_START_MEMORY <= reserved <= available - ENGINE_START_MEMORY:
+        return None
+    low, high = math.ceil(ENGINE_START_MEMORY / total * 100) / 100, cpu_memory_utilization(total, available)
+    if low <= high:
+        fix = f"set --vllm.gpu_memory_utilization (now {share}) between {low} and {high}"
+    else:
+        fix = f"free memory (--vllm.gpu_memory_utilization is {share})"
+    return (
+        f"vLLM could not reserve memory: its CPU engine reserves gpu_memory_utilization x the memory node "
+        f"({share} x {total / GIB:.1f} GiB = {reserved / GIB:.1f} GiB), which needs {ENGINE_START_MEMORY / GIB:.0f} "
+        f"GiB at least and {ENGINE_START_MEMORY / GIB:.0f} GiB more free to start, and {available / GIB:.1f} GiB "
+        f"are free; {fix}"
+    )
+
+
+def engine_memory_node() -> tuple[int, int]:
+    """(total, available) bytes of the memory node vLLM's CPU engine reserves from, counted as vLLM counts them
+    (its NUMA node's meminfo, within a cgroup's limit), or the machine's where this vLLM has no such helper."""
+    try:
+        from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
+
+        node = get_memory_node_info(get_allowed_cpu_list()[0].numa_node)
+        return node.total_memory, node.available_memory
+    except (ImportError, AttributeError, IndexError):
+        import psutil  # a dependency of vLLM
+
+        memory = psutil.virtual_memory()
+        return memory.total, memory.available
+
+
+def cpu_engine_options(options: dict) -> dict:
+    """Engine options for vLLM's CPU build: CPU_ENGINE_DEFAULTS under the user's, and the share of memory the engine
+    reserves sized from what is free now unless the user set it (or the KV cache's size). A share that cannot work
+    is refused here, before the engine's start-up (30 s or more) fails on it."""
+    options = {**CPU_ENGINE_DEFAULTS, **options}
+    if kv_cache_size_given(options):
+        return options
+    total, available = engine_memory_node()
+    if "gpu_memory_utilization" not in options:
+        options["gpu_memory_utilization"] = cpu_memory_utilization(total, available)
+        logger.info(
+            "vLLM's CPU engine reserves %.2f of %.1f GiB (%.1f GiB free)",
+            options["gpu_memory_utilization"],
+            total / GIB,
+            available / GIB,
+        )
+    short = cpu_memory_shortfall(options["gpu_memory_utilization"], total, available)
+    if short:
+        raise UserError(short)
+    return options
+
 
 class VLLMSampler:
     """The same interface on vLLM's offline engine (GPU, or vllm-cpu's CPU build): one engine for the whole
     sampling stage.
 
     engine_options go to `vllm.LLM` (tensor_parallel_size, gpu_memory_utilization, dtype, max_model_len,
-    enforce_eager, ...), over CPU_ENGINE_DEFAULTS on a CPU. Prompts are token ids (`TokensPrompt`), so vLLM sees
-    exactly what the trainer will; all n samples of a prompt are one request (they share its prefix cache), each
+    enforce_eager, ...), over cpu_engine_options' defaults on a CPU. Prompts are token ids (`TokensPrompt`), so vLLM
+    sees exactly what the trainer will; all n samples of a prompt are one request (they share its prefix cache), each
     request with its own seed. tests/test_vllm_engine.py runs it on the real CPU engine (`make test-vllm`).
     """
 
@@ -277,10 +358,19 @@ class VLLMSampler:
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        if current_platform.is_cpu():
-            engine_options = {**CPU_ENGINE_DEFAULTS, **engine_options}
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            engine_options = cpu_engine_options(engine_options)
         self.tokenizer = tokenizer
-        self.llm = LLM(model=model_path, **engine_options)
+        try:
+            self.llm = LLM(model=model_path, **engine_options)
+        except RuntimeError as err:  # "Engine core initialization failed"
+            if on_cpu and not kv_cache_size_given(engine_options):
+                # The cause stays in the engine process's log; this one can tell whether memory is short now.
+                short = cpu_memory_shortfall(engine_options["gpu_memory_utilization"], *engine_memory_node())
+                if short:
+                    raise UserError(short) from err
+            raise
 
     def sample(
         self, prompts: list[list[int]], config: SamplingConfig, prompt_ids_offset: int = 0, progress: bool = True

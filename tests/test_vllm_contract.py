@@ -55,6 +55,7 @@ def test_on_a_cpu_engine_chunked_prefill_is_off_unless_the_user_says(fake_vllm, 
     from cringe.generation import VLLMSampler
 
     monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cpu")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # no memory sizing: tested below
     VLLMSampler("some/model", tokenizer, enforce_eager=True)
     VLLMSampler("some/model", tokenizer, enable_chunked_prefill=True)
     monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cuda")
@@ -66,11 +67,70 @@ def test_on_a_cpu_engine_chunked_prefill_is_off_unless_the_user_says(fake_vllm, 
     ]
 
 
+def test_the_share_of_memory_a_cpu_engine_reserves_is_what_is_free():
+    from cringe.generation import GIB, cpu_memory_shortfall, cpu_memory_utilization
+
+    assert cpu_memory_utilization(16 * GIB, 10 * GIB) == 0.5  # 2 GiB left for the engine's processes
+    assert cpu_memory_utilization(16 * GIB, 16 * GIB - 1) == 0.87  # rounded down
+    assert cpu_memory_utilization(64 * GIB, 64 * GIB) == 0.92  # never more than vLLM's default
+    assert cpu_memory_utilization(16 * GIB, GIB) == 0.0
+    # the issue's machine: 3 GiB held, 11.47 of 14.71 GiB free; vLLM's default asked for 13.54 GiB
+    total, free = int(14.71 * GIB), int(11.47 * GIB)
+    share = cpu_memory_utilization(total, free)
+    assert share == 0.64 and cpu_memory_shortfall(share, total, free) is None
+    short = cpu_memory_shortfall(0.92, total, free)
+    assert short.startswith("vLLM could not reserve memory") and "\n" not in short
+    assert "set --vllm.gpu_memory_utilization (now 0.92) between 0.14 and 0.64" in short
+    assert "free memory" in cpu_memory_shortfall(0.1, 16 * GIB, 3 * GIB)  # room for neither engine nor cache
+    assert cpu_memory_shortfall(0.05, 16 * GIB, 16 * GIB) is not None  # 0.8 GiB: less than its worker holds
+
+
+def test_a_cpu_engine_is_sized_from_free_memory_unless_the_user_says(fake_vllm, tokenizer, monkeypatch):
+    from cringe import generation
+    from cringe.errors import UserError
+    from cringe.generation import GIB, VLLMSampler
+
+    monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cpu")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setattr(generation, "engine_memory_node", lambda: (16 * GIB, 10 * GIB))
+    VLLMSampler("some/model", tokenizer)
+    VLLMSampler("some/model", tokenizer, gpu_memory_utilization=0.3)
+    with pytest.raises(UserError, match=r"\(now 0.92\) between 0.13 and 0.5$"):
+        VLLMSampler("some/model", tokenizer, gpu_memory_utilization=0.92)  # refused before the engine starts
+    VLLMSampler("some/model", tokenizer, kv_cache_memory_bytes=GIB)  # the cache's size given: nothing reserved
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    VLLMSampler("some/model", tokenizer)
+    assert [c["options"] for c in calls(fake_vllm)] == [
+        {"enable_chunked_prefill": False, "gpu_memory_utilization": 0.5},
+        {"enable_chunked_prefill": False, "gpu_memory_utilization": 0.3},
+        {"enable_chunked_prefill": False, "kv_cache_memory_bytes": GIB},
+        {"enable_chunked_prefill": False},
+    ]
+
+
+def test_a_cpu_engine_that_fails_to_start_short_of_memory_names_the_option(fake_vllm, tokenizer, monkeypatch):
+    from cringe import generation
+    from cringe.errors import UserError
+    from cringe.generation import GIB, VLLMSampler
+
+    monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cpu")
+    monkeypatch.setenv("FAKE_VLLM_START_FAILS", "1")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    free = iter([10 * GIB, 6 * GIB])  # sized with 10 GiB free; 6 when the engine checked (taken meanwhile)
+    monkeypatch.setattr(generation, "engine_memory_node", lambda: (16 * GIB, next(free)))
+    with pytest.raises(UserError, match=r"^vLLM could not reserve memory: .*\(now 0.5\) between 0.13 and 0.25$"):
+        VLLMSampler("some/model", tokenizer)
+    monkeypatch.setattr(generation, "engine_memory_node", lambda: (16 * GIB, 10 * GIB))
+    with pytest.raises(RuntimeError, match="Engine core initialization failed"):  # not memory: vLLM's own error
+        VLLMSampler("some/model", tokenizer)
+
+
 @pytest.mark.slow  # about 10-40 s (subprocesses); make test-slow runs it
 def test_loop_runs_one_engine_per_sampling_stage_in_its_own_process(fake_vllm, tmp_path):
     """backend vllm: every sampling stage is a `cringe sample` subprocess with one engine for all its shards;
     engine options from the config reach vllm.LLM; seeds never repeat across prompts, samples or rounds."""
     from cringe.loop.run import IterativeRun, load_config
+    from cringe.models import cpu_prefers_bf16
     from cringe.testbeds.toy import prompts as toy_prompts
 
     prompts = tmp_path / "prompts.jsonl"
@@ -107,10 +167,12 @@ def test_loop_runs_one_engine_per_sampling_stage_in_its_own_process(fake_vllm, t
     assert engines[0]["model"].endswith("tiny-random-llama") and engines[1]["model"] == str(
         tmp_path / "run" / "round-1" / "model"
     )
+    # the sampling dtype on a CPU is the machine's: bfloat16 where the CPU computes it natively (IterateConfig)
+    dtype = "bfloat16" if cpu_prefers_bf16() else "float32"
     assert all(
         c["options"]
         == {
-            "dtype": "float32",
+            "dtype": dtype,
             "trust_remote_code": False,
             "gpu_memory_utilization": 0.6,
             "max_model_len": 512,

@@ -144,6 +144,65 @@ def test_sample_verb_on_the_real_engine_matches_the_transformers_files(vllm_pyth
     assert engine_processes() == []
 
 
+@pytest.fixture
+def memory_in_use(vllm_python):
+    """Memory held by another process, as on a user's machine: enough that vLLM's default reservation (0.92 of its
+    memory node) cannot be met, at least 2 GiB. Yields the engine's memory node's (total, available) bytes."""
+    node = "from cringe.generation import engine_memory_node; print(*engine_memory_node())"
+    out = subprocess.run([vllm_python, "-c", node], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    total, available = map(int, out.stdout.split())
+    held = max(2 << 30, available - int(0.85 * total))
+    assert available - held > 6 << 30, f"{available / 2**30:.1f} GiB free: too little for this test"
+    touched = f"b = bytearray({held}); b[::4096] = b'x' * len(b[::4096])"  # touched: resident, as in use
+    hold = f"import time; {touched}; print('held', flush=True); time.sleep(900)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield total, available - held
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_engine_starts_beside_memory_in_use_or_names_the_option(vllm_python, engine_model, memory_in_use, tmp_path):
+    """With memory in use and no KV cache size set, the CPU engine reserves what is free and samples; a reservation
+    that cannot fit is refused in one line naming the option, before the engine starts."""
+    model, tokenizer = engine_model
+    prompts = long_prompts(tmp_path / "prompts.jsonl", 3)
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    command = [vllm_python, "-m", "cringe", "sample", "--backend", "vllm", "--dtype", "float32", *ENGINE]
+    command += ["--model", str(model), "--prompts", str(prompts), "--n", "2", "--max_new_tokens", "8"]
+
+    t0 = time.time()
+    refused = subprocess.run(
+        [*command, "--output", str(tmp_path / "refused.jsonl"), "--vllm.gpu_memory_utilization", "0.92"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode == 2, refused.stderr[-4000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("cringe sample: error: vLLM could not reserve memory") and "(now 0.92)" in last, last
+    assert time.time() - t0 < 60 and "EngineCore" not in refused.stderr and engine_processes() == []
+
+    out = subprocess.run(
+        [*command, "--output", str(tmp_path / "samples.jsonl")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    check_samples(read(tmp_path / "samples.jsonl"), 2, 8, tokenizer.eos_token_id)
+    share = float(out.stderr.split("vLLM's CPU engine reserves ")[1].split()[0])
+    total, available = memory_in_use
+    assert 0 < share < 0.92 and share * total < available
+    assert engine_processes() == []
+
+
 def test_two_rounds_of_iterate_sample_with_vllm_in_its_own_environment(vllm_python, engine_model, tmp_path):
     """backend vllm, sampling_python .venv-vllm: training samples and evaluation samples come from the engine,
     training runs here (transformers 5.24 saves what vLLM's transformers 5.19 loads); each engine's process is

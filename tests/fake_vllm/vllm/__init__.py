@@ -70,6 +70,8 @@ class LLM:
     def __init__(self, model, **options):
         if not os.path.isdir(model) and "/" not in model:
             raise ValueError(f"fake vllm: {model!r} is neither a folder nor a hub id")
+        if os.environ.get("FAKE_VLLM_START_FAILS"):  # as vLLM reports any failure of its engine process
+            raise RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")
         self.model = model
         _record({"event": "LLM", "model": model, "options": options, "pid": os.getpid()})
 
