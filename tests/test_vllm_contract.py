@@ -216,3 +216,31 @@ def test_auto_backend_weighs_vllm_start_up_on_a_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(generation, "vllm_build", lambda: "vllm")
     assert resolve_backend("auto", small) == "vllm"
+
+
+def test_a_config_starts_no_process_the_run_asks_the_sampling_python(tmp_path):
+    """backend auto with sampling_python: what the sampler is there takes a process, started where a run starts
+    (once), not when a config is made; vllm options for a sampler that is not vLLM are refused there."""
+    from cringe.errors import UserError
+    from cringe.loop.config import IterateConfig
+    from cringe.loop.run import IterativeRun
+
+    asked = tmp_path / "asked"
+    python = tmp_path / "python"  # a sampling Python whose cringe resolves `auto` to transformers
+    python.write_text(f"#!/bin/sh\necho once >> {asked}\necho transformers\n")
+    python.chmod(0o755)
+    config = IterateConfig(
+        model="tiny-random-llama",
+        prompts=str(tmp_path / "prompts.jsonl"),
+        output_dir=str(tmp_path / "run"),
+        reward={"type": "callable", "function": "cringe.testbeds.toy:vowel_share"},
+        sampling_python=str(python),
+        vllm={"enforce_eager": True},
+    )
+    assert not asked.exists()
+    with pytest.raises(
+        UserError, match=r"vllm engine options \['enforce_eager'\] given, but the sampler is transformers"
+    ):
+        with IterativeRun(config).session():
+            pass
+    assert asked.read_text() == "once\n" and not (tmp_path / "run" / "state.json").exists()

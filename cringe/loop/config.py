@@ -202,17 +202,27 @@ class IterateConfig:
                     "(`make vllm` builds .venv-vllm/bin/python)"
                 )
             self.sampling_python = str(Path(python).absolute())
+        if not self.backend_in_sampling_python():
+            self.check_backend()  # known here; otherwise where a run starts (IterativeRun.session)
+
+    def prompt_errors(self) -> str:
+        return "skip" if self.skip_invalid_prompts else "error"
+
+    def backend_in_sampling_python(self) -> bool:
+        """Whether the backend is what `auto` resolves to under sampling_python: a Python process tells, so it is
+        asked where a run starts, not when a config is made."""
+        return self.sampling_python is not None and self.backend == "auto"
+
+    def check_backend(self) -> None:
+        """vllm engine options need the vllm sampler. Starts sampling_python when backend_in_sampling_python."""
         if self.vllm and self.resolved_backend() != "vllm":
             raise UserError(
                 f"vllm engine options {sorted(self.vllm)} given, but the sampler is "
                 f"{self.resolved_backend()} (backend: {self.backend})"
             )
 
-    def prompt_errors(self) -> str:
-        return "skip" if self.skip_invalid_prompts else "error"
-
     def resolved_backend(self) -> str:
-        if self.sampling_python is not None and self.backend == "auto":
+        if self.backend_in_sampling_python():
             return _backend_in(self.sampling_python)  # 'auto' means what is installed there, not here
         return resolve_backend(self.backend)
 

@@ -169,6 +169,7 @@ class IterativeRun(HeldOutEvaluation):
         (cringe.durable.interrupt), a full disk named, the directory's config checked against this one, and the
         trackers open."""
         with signals_interrupt(), RunLock(self.dir), disk_full_reported(self.dir):
+            self.config.check_backend()  # may start sampling_python: not a config's to do, and the hash needs it
             self.check_state()
             if self.config.report_to:
                 self.trackers = Trackers(
