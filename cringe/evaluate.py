@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from cringe import chunked as C
 from cringe.data import Collator
 from cringe.denormals import flush_denormals
+from cringe.errors import UserError
 from cringe.losses import sequence_logps
 
 
@@ -243,6 +244,13 @@ def compare(
     baseline_reward: {...}, kl: {mean, sem, ci_low, ci_high, n} | None, text: {length_tokens, truncated_rate,
     distinct_1, distinct_2, repeated_3gram_rate}, baseline_text: {...}}.
     """
+    for side, scores in (("policy", policy_scores), ("baseline", baseline_scores)):
+        missing = sum(r is None for r in scores)
+        if missing:
+            raise UserError(
+                f"evaluation: {missing} of {len(scores)} {side} samples got no reward (None); a comparison needs a "
+                "reward for every sample: set eval_reward to a source that scores them all"
+            )
     outcomes = win_outcomes(policy_samples, policy_scores, baseline_samples, baseline_scores)
     policy, baseline = (
         summarise(policy_samples, policy_scores, seed=seed),

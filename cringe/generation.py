@@ -85,6 +85,9 @@ class Sample:
     prompt: str | None = None  # the prompt's text, what reward sources see (set by the sampling stage)
     # a conversational prompt's messages, for reward models that render the conversation (cringe.rewards)
     prompt_messages: list[dict] | None = None
+    # the prompt row's other columns (cringe.data.Prompt.columns), for rewards that read them; None in files
+    # written before samples carried them, and for rows without any
+    columns: dict | None = None
     num_tokens: int = field(init=False)
 
     def __post_init__(self):

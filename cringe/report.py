@@ -513,6 +513,7 @@ def run_results(runs: list[str | Path], examples: int = 3, seed: int = 0) -> dic
             round_seconds = run.seconds(rundir.MODEL, k) - run.seconds(rundir.MODEL, k - 1)
             pairing = run.pairing(k) or {}
             scores = run.scores(run.file(k, rundir.SCORES)) if run.file(k, rundir.SCORES).exists() else []
+            scores = [r for r in scores if r is not None]  # samples the reward gave none
             training.append(
                 {
                     "label": label,

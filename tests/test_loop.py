@@ -168,7 +168,11 @@ def test_a_round_whose_pairing_kept_nothing_reruns_with_other_settings(tmp_path,
             {"type": "model", "path": "rm", "max_lenght": 512},
             "reward (model): unknown keys ['max_lenght'] (did you mean 'max_length'?)",
         ),
-        ("eval_reward", {"type": "modle", "path": "rm"}, "eval_reward: type must be callable, model or judge"),
+        (
+            "eval_reward",
+            {"type": "modle", "path": "rm"},
+            "eval_reward: type must be callable, model, judge or instructions",
+        ),
     ],
 )
 def test_the_reward_sections_are_checked_when_the_config_is_read(tmp_path, capsys, section, reward, message):

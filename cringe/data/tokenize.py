@@ -250,6 +250,9 @@ class Prompt:
     text: str
     ids: list[int]
     messages: list[dict] | None = None  # a conversational prompt's messages (system turn included)
+    # the row's other columns (IFEval's instruction_id_list and kwargs, a GRPO dataset's answer), for reward
+    # sources that read them (cringe.rewards); None when the row has none
+    columns: dict | None = None
 
 
 def _prompt_text(ex: Example) -> str:
@@ -263,6 +266,17 @@ def _prompt_text(ex: Example) -> str:
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in turns)
 
 
+# What TRL's GRPOTrainer keeps out of a reward function's keyword arguments (it passes them under their own names).
+NOT_COLUMNS = ("prompt", "completion", "completion_ids")
+
+
+def _extra_columns(dataset) -> list[str]:
+    """The columns a prompt row carries to reward sources: every one but those its format reads (the prompt, a
+    pair's sides) and those TRL passes under their own names."""
+    used = set(FORMATS[_format_of(dataset)]) | set(NOT_COLUMNS)
+    return [c for c in column_names(dataset) if c not in used]
+
+
 def load_prompts(
     source: Any,
     tokenizer,
@@ -274,12 +288,14 @@ def load_prompts(
 ) -> list[Prompt]:
     """Prompts from any accepted format but `text` (the prompt column; for implicit-prompt pairs, the shared
     prefix; for `messages`, the conversation before the last answer), validated and tokenised exactly as for
-    training."""
+    training. Each prompt keeps its row's other columns (`Prompt.columns`), which travel with its samples to the
+    reward (IFEval's `instruction_id_list` and `kwargs`, a GRPO dataset's reference answer)."""
 
     dataset = prompt_rows(load_rows(source, split=split))  # preference rows: only the prompt is needed
     if _format_of(dataset) == "text":
         raise UserError("a 'text' dataset has no prompts to generate from")
     examples, report = validate(dataset, on_invalid=on_invalid)
+    extra = _extra_columns(dataset)
     prompts = []
     for ex in examples[:limit] if limit else examples:
         try:
@@ -288,9 +304,12 @@ def load_prompts(
         except DataValidationError as err:
             _skip(err, on_invalid, report)
             continue
-        prompts.append(
-            Prompt(len(prompts), _prompt_text(ex), ids, [dict(m) for m in ex.prompt] if ex.conversational else None)
-        )
+        messages = [dict(m) for m in ex.prompt] if ex.conversational else None
+        columns = None
+        if extra:
+            row = dataset[ex.row]
+            columns = {c: row[c] for c in extra}
+        prompts.append(Prompt(len(prompts), _prompt_text(ex), ids, messages, columns))
     if not prompts:
         raise UserError("no prompts left after validation")
     return prompts

@@ -24,18 +24,28 @@ class PairingReport:
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
-    def drop(self, reason: str):
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+    def drop(self, reason: str, count: int = 1):
+        if count:
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _group(samples: Sequence[Sample], scores: Sequence[float], drop_truncated: bool, report: PairingReport):
+def _group(
+    samples: Sequence[Sample], scores: Sequence[float | None], drop_truncated: bool, report: PairingReport
+) -> dict[int, list[tuple[Sample, float]]]:
+    """Each prompt's pairable (sample, score)s. A sample without a reward (score None: a reward function's "no
+    reward") is left out and counted; a prompt none of whose samples has one is dropped and counted."""
     if len(samples) != len(scores):
         raise ValueError(f"{len(samples)} samples but {len(scores)} scores")
     groups: dict[int, list[tuple[Sample, float]]] = defaultdict(list)
+    rewarded = {s.prompt_id for s, r in zip(samples, scores) if r is not None}
+    report.drop("no reward for any sample", len({s.prompt_id for s in samples} - rewarded))
     for s, r in zip(samples, scores):
+        if r is None:
+            report.drop("sample without a reward")
+            continue
         if drop_truncated and s.finish_reason == "length":
             report.drop("truncated sample")
             continue
@@ -115,10 +125,22 @@ def best_only(
 
 
 def by_threshold(
-    samples: Sequence[Sample], scores: Sequence[float], *, threshold: float, drop_truncated: bool = False
+    samples: Sequence[Sample],
+    scores: Sequence[float | None],
+    *,
+    threshold: float,
+    drop_truncated: bool = False,
+    labels: Sequence[bool | None] | None = None,
 ) -> tuple[list[dict], PairingReport]:
-    """Binary feedback: every sample labelled good (score >= threshold) or bad, for binary Cringe."""
+    """Binary feedback: every sample labelled good (score >= threshold) or bad, for binary Cringe; or, where the
+    reward source stored a label per sample (`labels`: the instruction checks' "all followed, strict"), by that."""
     report = PairingReport()
+    if labels is not None:
+        if len(labels) != len(samples):
+            raise ValueError(f"{len(samples)} samples but {len(labels)} labels")
+        # a sample without a label has no reward to pair by
+        label_of = {(s.prompt_id, s.sample_id): label for s, label in zip(samples, labels)}
+        scores = [None if label is None else r for r, label in zip(scores, labels)]
     rows = []
     for prompt_id, group in sorted(_group(samples, scores, drop_truncated, report).items()):
         for s, r in group:
@@ -127,7 +149,7 @@ def by_threshold(
                     "row": prompt_id,
                     "prompt_ids": s.prompt_ids,
                     "completion_ids": [s.completion_ids],
-                    "label": r >= threshold,
+                    "label": bool(label_of[s.prompt_id, s.sample_id]) if labels is not None else r >= threshold,
                     "score": r,
                     "completion": s.completion,
                 }
@@ -138,36 +160,48 @@ def by_threshold(
 
 def training_rows(
     samples: Sequence[Sample],
-    scores: Sequence[float],
+    scores: Sequence[float | None],
     data_kind: str,
     *,
     min_gap: float = 0.0,
     binary_threshold: float | None = None,
     drop_truncated: bool = False,
     name: str = "this round",
+    labels: Sequence[bool | None] | None = None,
 ) -> tuple[list[dict], PairingReport]:
-    """A round's rows of the kind its loss trains on (data_kind: pairwise, binary or sft). Binary rows are labelled
-    against binary_threshold, by default just above the round's mean reward (a median would call every sample
-    good when more than half share the lowest score). A round labelled all one way is logged as a warning: equal
-    scores, for one, label every sample bad."""
+    """A round's rows of the kind its loss trains on (data_kind: pairwise, binary or sft). Binary rows take the
+    labels the reward source stored (`labels`), or else are labelled against binary_threshold, by default just
+    above the round's mean reward (a median would call every sample good when more than half share the lowest
+    score). A round labelled all one way is logged as a warning: equal scores, for one, label every sample bad.
+    Samples without a reward (None) are left out (`_group`); a round where half or more have none warns."""
+    _log_missing_rewards(scores, name)
     if data_kind == "sft":
         return best_only(samples, scores, min_gap=min_gap, drop_truncated=drop_truncated)
     if data_kind != "binary":
         return best_vs_worst(samples, scores, min_gap=min_gap, drop_truncated=drop_truncated)
     threshold = binary_threshold
-    if threshold is None:
-        threshold = math.nextafter(sum(scores) / len(scores), math.inf)
-    rows, report = by_threshold(samples, scores, threshold=threshold, drop_truncated=drop_truncated)
-    labels = {row["label"] for row in rows}
-    if len(labels) == 1:
+    rewarded = [r for r in scores if r is not None]
+    if threshold is None and rewarded:
+        threshold = math.nextafter(sum(rewarded) / len(rewarded), math.inf)
+    rows, report = by_threshold(samples, scores, threshold=threshold, drop_truncated=drop_truncated, labels=labels)
+    kept_labels = {row["label"] for row in rows}
+    if len(kept_labels) == 1:
         logger.warning(
-            "%s: all %d samples labelled %s (threshold %g)",
+            "%s: all %d samples labelled %s (%s)",
             name,
             len(rows),
-            "good" if labels.pop() else "bad",
-            threshold,
+            "good" if kept_labels.pop() else "bad",
+            "by the reward source's labels" if labels is not None else f"threshold {threshold:g}",
         )
     return rows, report
+
+
+def _log_missing_rewards(scores: Sequence[float | None], name: str) -> None:
+    missing = sum(r is None for r in scores)
+    if not missing:
+        return
+    level = logging.WARNING if 2 * missing >= len(scores) else logging.INFO
+    logger.log(level, "%s: %d of %d samples got no reward (None); pairing leaves them out", name, missing, len(scores))
 
 
 def as_training_data(rows: list[dict], kind: str) -> PreparedData:

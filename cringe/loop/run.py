@@ -150,9 +150,9 @@ class IterativeRun(HeldOutEvaluation):
 
     def pair_round(self, k: int) -> None:
         round_dir = self.run_dir.round(k)
-        self.pair(
-            self.run_dir.samples(round_dir / rundir.SAMPLES), self.run_dir.scores(round_dir / rundir.SCORES), round_dir
-        )
+        scores = round_dir / rundir.SCORES
+        samples = self.run_dir.samples(round_dir / rundir.SAMPLES)
+        self.pair(samples, self.run_dir.scores(scores), round_dir, labels=self.run_dir.labels(scores))
 
     def train_round(self, k: int) -> None:
         self.train(k, read_jsonl(self.run_dir.file(k, rundir.PAIRS)), self.run_dir.round(k))
@@ -171,6 +171,7 @@ class IterativeRun(HeldOutEvaluation):
         with signals_interrupt(), RunLock(self.dir), disk_full_reported(self.dir):
             self.config.check_backend()  # may start sampling_python: not a config's to do, and the hash needs it
             self.check_state()
+            self.check_prompts()
             if self.config.report_to:
                 self.trackers = Trackers(
                     self.config.report_to,
@@ -210,6 +211,17 @@ class IterativeRun(HeldOutEvaluation):
             return
         metrics = round_metrics(self.run_dir.evaluation(k), self.run_dir.pairing(k), self.run_dir.train_log(k))
         self.trackers.log(metrics, step=k)
+
+    def check_prompts(self) -> None:
+        """What the reward sources need of the prompts (the instructions reward: IFEval's columns on every row),
+        checked before anything is sampled."""
+        from cringe.rewards import check_prompts, checks_prompts  # imported late: the judge pulls in a lot
+
+        c = self.config
+        uses = [(False, c.reward)] + ([(True, c.eval_reward or c.reward)] if c.eval_prompts else [])
+        for evaluation, spec in uses:
+            if checks_prompts(spec):
+                check_prompts(spec, self.prompts(evaluation))
 
     def check_state(self) -> dict:
         """Create state.json, or refuse a resume that would change results (cringe.loop.resume)."""
@@ -283,8 +295,9 @@ class IterativeRun(HeldOutEvaluation):
             samples_path.unlink(missing_ok=True)
         return self.run_dir.scores(out_path)
 
-    def pair(self, samples, scores, round_dir: Path) -> list[dict]:
-        """The round's training rows, of the kind the loss needs (cringe.loop.pairing)."""
+    def pair(self, samples, scores, round_dir: Path, labels=None) -> list[dict]:
+        """The round's training rows, of the kind the loss needs (cringe.loop.pairing); `labels`: the binary labels
+        the reward source stored beside the scores, if any."""
         c = self.config
         rows, report = training_rows(
             samples,
@@ -294,6 +307,7 @@ class IterativeRun(HeldOutEvaluation):
             binary_threshold=c.binary_threshold,
             drop_truncated=c.drop_truncated,
             name=round_dir.name,
+            labels=labels,
         )
         write_json(round_dir / rundir.PAIRING, {**report.as_dict(), "settings": c.pairing_settings()})
         logger.info("round %s pairing: %s", round_dir.name, report.as_dict())

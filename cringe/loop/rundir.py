@@ -136,10 +136,29 @@ class RunDir:
         return [Sample.from_dict(d) for d in read_jsonl(path)]
 
     @staticmethod
-    def scores(path: Path, samples: Path | None = None) -> list[float]:
-        """The scores in `path`, checked row by row against the samples file they score (`samples`; default: the
-        samples file this layout pairs with a scores file of that name), so a damaged file is never paired with
-        the wrong samples. A scores file of another name must say which samples it scores."""
+    def scores(path: Path, samples: Path | None = None) -> list[float | None]:
+        """The scores in `path` (None: the reward source gave that sample none), checked row by row against the
+        samples file they score (`samples`; default: the samples file this layout pairs with a scores file of that
+        name), so a damaged file is never paired with the wrong samples. A scores file of another name must say
+        which samples it scores."""
+        rows = RunDir.score_rows(path, samples)
+        try:
+            return [None if r["score"] is None else float(r["score"]) for r in rows]
+        except (KeyError, TypeError, ValueError):
+            raise DamagedFileError(f"{path}: a row without a numeric 'score'") from None
+
+    @staticmethod
+    def labels(path: Path, samples: Path | None = None) -> list[bool | None] | None:
+        """The binary labels a reward source stored beside its scores (the instruction checks' "all followed"),
+        None when it stored none: binary pairing then labels by a threshold on the scores."""
+        rows = RunDir.score_rows(path, samples)
+        if not any("label" in r for r in rows):
+            return None
+        return [r.get("label") for r in rows]
+
+    @staticmethod
+    def score_rows(path: Path, samples: Path | None = None) -> list[dict]:
+        """The rows of a scores file, checked against its samples file (see `scores`)."""
         path = Path(path)
         if samples is None:
             if path.name not in SCORED_SAMPLES:
@@ -154,10 +173,7 @@ class RunDir:
                     f"{path}: {len(rows)} scores do not match the {len(expected)} samples of "
                     f"{Path(samples).name}; delete it to score again"
                 )
-        try:
-            return [float(r["score"]) for r in rows]
-        except (KeyError, TypeError, ValueError):
-            raise DamagedFileError(f"{path}: a row without a numeric 'score'") from None
+        return rows
 
     # ----- bookkeeping -----------------------------------------------------------------------------------------
     def create(self, state: dict) -> dict:

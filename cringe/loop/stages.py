@@ -81,8 +81,7 @@ def sample_to_file(
     out_path = Path(out_path)
     shard_dir = out_path.parent / f".{out_path.stem}-shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    text = {p.prompt_id: p.text for p in prompts}
-    messages = {p.prompt_id: p.messages for p in prompts}
+    by_id = {p.prompt_id: p for p in prompts}
     starts = list(range(0, len(prompts), shard_prompts))
     sampler = None
     try:
@@ -99,7 +98,7 @@ def sample_to_file(
             for run in _contiguous_runs(prompts[start : start + shard_prompts]):
                 drawn += sampler.sample([p.ids for p in run], sampling, prompt_ids_offset=run[0].prompt_id)
             for s in drawn:
-                s.prompt, s.prompt_messages = text[s.prompt_id], messages[s.prompt_id]
+                carry_prompt(s, by_id[s.prompt_id])
             write_jsonl(shard, [s.to_dict() for s in drawn])
     finally:
         if sampler is not None and hasattr(sampler, "close"):
@@ -143,33 +142,72 @@ def open_sampler(
     return TransformersSampler(load_model(model_spec, tokenizer, dtype, trust_remote_code, device=device), tokenizer)
 
 
-def score_to_file(reward, samples, out_path: Path, prompts=None) -> list[float]:
-    """score_samples, written to out_path as scores.jsonl rows. A judge's answers are kept beside out_path as
-    they arrive (cringe.durable.answerlog), so a stage that fails midway is resumed by asking only the rest."""
+def score_to_file(reward, samples, out_path: Path, prompts=None) -> list[float | None]:
+    """score_records, written to out_path as scores.jsonl rows; returns the scores. A judge's answers are kept
+    beside out_path as they arrive (cringe.durable.answerlog), so a stage that fails midway is resumed by asking
+    only the rest."""
 
     with answers_kept(reward, out_path):
-        scores = score_samples(reward, samples, prompts)
-        write_jsonl(out_path, per_sample(scores, samples))
+        records = score_records(reward, samples, prompts)
+        scores = [r["score"] for r in records]
+        write_jsonl(out_path, per_sample(scores, samples, details=records))
     return scores
 
 
+def carry_prompt(sample, prompt) -> None:
+    """What a sample carries of its prompt (cringe.data.Prompt) for the reward: its text, its messages, the row's
+    other columns."""
+    sample.prompt, sample.prompt_messages, sample.columns = prompt.text, prompt.messages, prompt.columns
+
+
 def with_prompt_text(samples, prompts):
-    """The samples, each carrying its prompt's text and messages: those written before samples carried them get
-    them from `prompts` (cringe.data.Prompt, matched by prompt id)."""
+    """The samples, each carrying its prompt's text, messages and columns: those written before samples carried
+    them get them from `prompts` (cringe.data.Prompt, matched by prompt id)."""
     by_id = {p.prompt_id: p for p in prompts}
-    missing = sorted({s.prompt_id for s in samples if s.prompt is None} - set(by_id))
+
+    def lacking(s) -> bool:
+        prompt = by_id.get(s.prompt_id)
+        return s.prompt is None or (s.columns is None and prompt is not None and prompt.columns is not None)
+
+    to_fill = [s for s in samples if lacking(s)]
+    missing = sorted({s.prompt_id for s in to_fill} - set(by_id))
     if missing:
         raise ValueError(f"samples refer to prompt ids that are not in the prompt list: {missing[:5]}")
-    for s in samples:
-        if s.prompt is None:
-            s.prompt, s.prompt_messages = by_id[s.prompt_id].text, by_id[s.prompt_id].messages
+    for s in to_fill:
+        carry_prompt(s, by_id[s.prompt_id])
     return samples
 
 
-def score_samples(reward, samples, prompts=None) -> list[float]:
+def score_records(reward, samples, prompts=None) -> list[dict]:
+    """One {score, ...} per sample: the reward (None where the source gives none) and what else the source keeps
+    per sample (a binary label, per-instruction results, a reward function's log_extra columns). A source that
+    reads whole samples (`takes_samples`: a Python function, which may read the prompt row's columns and the token
+    ids; the instruction checks) gets them, filled in from `prompts` where written before they carried their
+    prompt; the others get prompts and completions (score_samples)."""
+    if not getattr(reward, "takes_samples", False):
+        return [{"score": s} for s in score_samples(reward, samples, prompts)]
+    if prompts is not None:
+        samples = with_prompt_text(samples, prompts)
+    else:
+        _require_prompt_text(samples)
+    return reward.score_samples(samples)
+
+
+def _require_prompt_text(samples) -> None:
+    if any(s.prompt is None for s in samples):
+        raise UserError(
+            "these samples carry no prompt text (written by an older version): score them with "
+            "the prompts file, or sample them again"
+        )
+
+
+def score_samples(reward, samples, prompts=None) -> list[float | None]:
     """One reward per sample. Reward sources see the prompt's text: the sample's own (`Sample.prompt`) or, for
     samples written before they carried it, the text of `prompts` (cringe.data.Prompt) with the same prompt id.
-    A reward source that renders conversations (`takes_messages`) gets a conversational prompt's messages."""
+    A reward source that renders conversations (`takes_messages`) gets a conversational prompt's messages; one
+    that reads whole samples (`takes_samples`) gets them (score_records)."""
+    if getattr(reward, "takes_samples", False):
+        return [r["score"] for r in score_records(reward, samples, prompts)]
     chat = getattr(reward, "takes_messages", False)
     if prompts is not None:
         text = {p.prompt_id: (p.messages or p.text) if chat else p.text for p in prompts}
@@ -178,11 +216,7 @@ def score_samples(reward, samples, prompts=None) -> list[float]:
             raise ValueError(f"samples refer to prompt ids that are not in the prompt list: {missing[:5]}")
         prompt_texts = [text[s.prompt_id] for s in samples]
     else:
-        if any(s.prompt is None for s in samples):
-            raise UserError(
-                "these samples carry no prompt text (written by an older version): score them with "
-                "the prompts file, or sample them again"
-            )
+        _require_prompt_text(samples)
         prompt_texts = [(s.prompt_messages or s.prompt) if chat else s.prompt for s in samples]
     return reward.score(prompt_texts, [s.completion for s in samples])
 
@@ -194,6 +228,11 @@ def completion_logprobs(model, samples, pad_token_id: int, batch_size: int = 32)
     return sequence_logprobs(model, rows, pad_token_id, batch_size=batch_size)
 
 
-def per_sample(values: Sequence[float], samples) -> list[dict]:
-    """Rows for scores.jsonl: {prompt_id, sample_id, score}."""
-    return [{"prompt_id": s.prompt_id, "sample_id": s.sample_id, "score": r} for s, r in zip(samples, values)]
+def per_sample(values: Sequence[float | None], samples, details: Sequence[dict] | None = None) -> list[dict]:
+    """Rows for scores.jsonl: {prompt_id, sample_id, score} (score null: no reward), and each sample's details
+    when given (a `label`, per-instruction results, ...)."""
+    details = details or [{}] * len(samples)
+    return [
+        {"prompt_id": s.prompt_id, "sample_id": s.sample_id, "score": r, **d}
+        for s, r, d in zip(samples, values, details)
+    ]

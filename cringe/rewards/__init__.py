@@ -1,8 +1,10 @@
 """Reward sources behind one interface, `score(prompts, completions) -> list[float]`:
 
 * sources.py: `RewardModel` (a sequence-classification model, scored on the conversation rendered with its own
-  chat template), `CallableReward` (a Python function), and `check_reward_spec` / `load_reward_source`, which
-  turn a config's reward mapping into one of them (`SOURCE_TYPES`);
+  chat template), `CallableReward` (a Python function, called TRL's way when it takes **kwargs),
+  `InstructionsReward` (IFEval's checks on each prompt row's instructions), and `check_reward_spec` /
+  `load_reward_source`, which turn a config's reward mapping into one of them (`SOURCE_TYPES`), and
+  `check_prompts`, what a source needs of the prompts, checked before sampling;
 * judge.py: `PairwiseJudge`, an LLM judge over the OpenAI-compatible chat API that asks each pair in both orders;
 * training.py: `train_reward_model`, a one-logit reward model from labelled or pairwise rows.
 """
@@ -23,9 +25,12 @@ from cringe.rewards.sources import (
     REWARD_INPUTS,
     SOURCE_TYPES,
     CallableReward,
+    InstructionsReward,
     RewardModel,
     SourceType,
+    check_prompts,
     check_reward_spec,
+    checks_prompts,
     load_reward_source,
 )
 from cringe.rewards.training import train_reward_model
@@ -37,6 +42,7 @@ __all__ = [
     "SOURCE_TYPES",
     "VERDICTS",
     "CallableReward",
+    "InstructionsReward",
     "JudgePositionBiasError",
     "JudgeStats",
     "JudgeUnavailableError",
@@ -44,7 +50,9 @@ __all__ = [
     "PairwiseJudge",
     "RewardModel",
     "SourceType",
+    "check_prompts",
     "check_reward_spec",
+    "checks_prompts",
     "load_reward_source",
     "read_logprob_verdict",
     "read_text_verdict",

@@ -3,14 +3,22 @@ reward mapping becomes one (`SOURCE_TYPES`: each type's keys and builder):
 
   * `RewardModel`: a Hugging Face sequence-classification model (one logit, or two: logit[1] - logit[0]) with
     its own tokenizer: the conversation rendered with its chat template (or raw text), batched, on its device;
-  * `CallableReward`: a Python function named as "module:function" (or passed directly);
+  * `CallableReward`: a Python function named as "module:function" (or passed directly), called as TRL's
+    GRPOTrainer calls reward functions when it takes **kwargs (the prompt row's columns included);
+  * `InstructionsReward`: IFEval's verifiable-instruction checks (cringe.instructions) on each prompt row's
+    `instruction_id_list` and `kwargs`;
   * `PairwiseJudge` (cringe.rewards.judge): an LLM judge over the OpenAI-compatible chat API.
+
+Sources that read more of a sample than its prompt and completion (`takes_samples`) have
+`score_samples(samples) -> [{score, ...}]` (cringe.loop.stages.score_records): the score (None: no reward, which
+pairing leaves out) and what else the source keeps per sample in scores.jsonl (a binary `label`, per-instruction
+results, a function's `log_extra` columns).
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
-import functools
 import importlib
 import inspect
 import logging
@@ -30,29 +38,210 @@ from cringe.rewards.judge import VERDICTS, PairwiseJudge
 logger = logging.getLogger(__name__)
 
 
-def _check_scores(scores, n: int, source: str) -> list[float]:
-    scores = [float(s) for s in scores]
+def _check_scores(scores, n: int, source: str, allow_none: bool = False) -> list[float | None]:
+    """One finite float per completion; None kept where `allow_none` (a reward function's "no reward")."""
+    if scores is None or isinstance(scores, (str, bytes)) or not hasattr(scores, "__len__"):
+        raise UserError(f"{source} must return a list of scores, got {type(scores).__name__}")
+    scores = [None if s is None and allow_none else float(s) for s in scores]
     if len(scores) != n:
         raise UserError(f"{source} returned {len(scores)} scores for {n} completions")
-    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    bad = [i for i, s in enumerate(scores) if s is not None and not math.isfinite(s)]
     if bad:
-        raise UserError(f"{source} returned non-finite scores at positions {bad[:10]}")
+        raise UserError(f"{source} returned non-finite scores at positions {bad[:10]} (None means no reward)")
     return scores
 
 
-class CallableReward:
-    """Wraps `fn(prompts, completions) -> list[float]`; `spec` may be "package.module:function"."""
+# The keyword arguments TRL's GRPOTrainer passes under their own names; a prompt column of one of these names
+# could not reach the function.
+TRL_ARGUMENTS = ("prompts", "completions", "completion_ids", "log_extra", "log_metric")
 
-    def __init__(self, spec: str | Callable):
+
+class CallableReward:
+    """A Python function as a reward; `spec` may be "package.module:function". `kwargs` (the config's) are passed
+    on every call. It is called one of two ways, read from its signature:
+
+      * `fn(prompts, completions) -> list[float]`, positionally, prompts as text: a function without **kwargs;
+      * TRL's way (GRPOTrainer._calculate_rewards, TRL 1.16), for a function that takes **kwargs:
+        `fn(prompts=, completions=, completion_ids=, log_extra=, log_metric=, **columns)`. A chat prompt comes as
+        its messages and its completion as `[{"role": "assistant", "content": text}]`; a text prompt and its
+        completion as text. completion_ids are the sampled token ids (a final EOS kept, as TRL keeps it). Each
+        column of the prompt rows but `prompt` (IFEval's `instruction_id_list`, a dataset's answer) is a keyword
+        argument holding one value per completion. `log_extra(column, values)` stores one value per completion
+        in scores.jsonl (under `log_extra`), `log_metric(name, value)` logs a scalar. TRL's `trainer_state` and
+        `environments` are not passed: the loop has no trainer while it scores.
+
+    Either way it returns one score per completion; None is "no reward" (TRL reads it as NaN): pairing leaves the
+    sample out. An async function is run to completion.
+    """
+
+    takes_samples = True  # score_samples reads the prompt rows' columns and the token ids
+
+    def __init__(self, spec: str | Callable, kwargs: dict | None = None):
         if isinstance(spec, str):
             module, _, name = spec.partition(":")
             if not module or not name:
                 raise UserError(f"reward function must be given as 'module:function', got {spec!r}")
             spec = getattr(importlib.import_module(module), name)
         self.fn, self.name = spec, getattr(spec, "__qualname__", repr(spec))
+        self.kwargs = dict(kwargs or {})
+        try:
+            parameters = inspect.signature(spec).parameters
+        except (TypeError, ValueError):  # a builtin or extension function: called the plain way
+            parameters = {}
+        self.trl_style = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        self._required = [
+            n
+            for n, p in parameters.items()
+            if p.default is inspect.Parameter.empty
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        return _check_scores(self.fn(list(prompts), list(completions)), len(completions), self.name)
+    def score(self, prompts: Sequence, completions: Sequence[str]) -> list[float | None]:
+        """Scores of bare prompts and completions (no columns, no token ids)."""
+        if not self.trl_style:
+            return self._positional(list(prompts), completions)
+        return [r["score"] for r in self._trl(list(prompts), list(completions), None, {})]
+
+    def score_samples(self, samples) -> list[dict]:
+        """{score} per sample (cringe.generation.Sample, carrying its prompt's text, messages and columns), and
+        `log_extra` where the function logged any."""
+        if not self.trl_style:
+            return [
+                {"score": r} for r in self._positional([s.prompt for s in samples], [s.completion for s in samples])
+            ]
+        names = sorted({c for s in samples for c in (s.columns or {})})
+        columns = {c: [(s.columns or {}).get(c) for s in samples] for c in names}
+        prompts = [s.prompt_messages if s.prompt_messages is not None else s.prompt for s in samples]
+        ids = [list(s.completion_ids) for s in samples]
+        return self._trl(prompts, [s.completion for s in samples], ids, columns)
+
+    def _positional(self, prompts: list, completions: Sequence[str]) -> list[float | None]:
+        out = _run(self.fn(list(prompts), list(completions), **self.kwargs))
+        return _check_scores(out, len(completions), self.name, allow_none=True)
+
+    def _trl(self, prompts: list, completions: list[str], completion_ids, columns: dict) -> list[dict]:
+        clash = sorted(set(columns) & (set(TRL_ARGUMENTS) | set(self.kwargs)))
+        if clash:
+            raise UserError(
+                f"reward function {self.name}: the prompt rows' column(s) {clash} clash with the arguments it "
+                f"gets under those names ({', '.join(TRL_ARGUMENTS)}, and the config's kwargs); rename them"
+            )
+        completions = [
+            [{"role": "assistant", "content": c}] if isinstance(p, list) else c for p, c in zip(prompts, completions)
+        ]
+        extra: dict[str, list] = {}
+        metrics: dict[str, list[float]] = {}
+        arguments = {
+            "prompts": prompts,
+            "completions": completions,
+            **({"completion_ids": completion_ids} if completion_ids is not None else {}),
+            "log_extra": lambda column, values: extra.setdefault(column, []).extend(values),
+            "log_metric": lambda name, value: metrics.setdefault(name, []).append(float(value)),
+            **columns,
+            **self.kwargs,
+        }
+        missing = [n for n in self._required if n not in arguments]
+        if missing:
+            have = ", ".join(sorted(columns)) or "none"
+            raise UserError(
+                f"reward function {self.name} needs {', '.join(missing)}, which the prompt rows do not have "
+                f"(their columns: {have}; samples written before samples carried their prompt's columns have none: "
+                "sample them again)"
+            )
+        scores = _check_scores(_run(self.fn(**arguments)), len(prompts), self.name, allow_none=True)
+        for name, values in metrics.items():
+            logger.info(
+                "reward function %s: %s = %g (mean of %d)", self.name, name, sum(values) / len(values), len(values)
+            )
+        records = [{"score": score} for score in scores]
+        for column, values in extra.items():
+            if len(values) != len(records):
+                raise UserError(
+                    f"reward function {self.name}: log_extra({column!r}) got {len(values)} values for "
+                    f"{len(records)} completions"
+                )
+            for record, value in zip(records, values):
+                record.setdefault("log_extra", {})[column] = value
+        return records
+
+
+def _run(result):
+    """An async reward function's result (TRL runs those too)."""
+    return asyncio.run(result) if inspect.isawaitable(result) else result
+
+
+class InstructionsReward:
+    """IFEval's verifiable instructions (cringe.instructions) as the reward: each prompt row's `instruction_id_list`
+    and `kwargs` columns, checked on its completion. The score is the fraction of the row's instructions followed
+    (loose, IFEval's variants of the response; strict with `strict`), the label beside it "all followed, strict"
+    (binary pairing takes it instead of a threshold), and the per-instruction results stay in scores.jsonl. A
+    completion of fewer than `min_words` words scores 0 (checks of form alone pass a near-empty answer)."""
+
+    takes_samples = True
+
+    def __init__(self, strict: bool = False, min_words: int = 0):
+        from cringe.instructions import package  # the checkers' package: an optional extra, named when missing
+
+        package()
+        self.strict, self.min_words = strict, min_words
+
+    @staticmethod
+    def rows(samples) -> list[dict]:
+        """The prompt rows the samples answer, as cringe.instructions reads them."""
+        rows = []
+        for s in samples:
+            columns = s.columns or {}
+            missing = [c for c in INSTRUCTION_COLUMNS if c not in columns]
+            if missing:
+                raise UserError(
+                    f"sample {s.sample_id} of prompt {s.prompt_id}: no {' or '.join(missing)} column; the "
+                    "instructions reward reads IFEval's columns of each prompt row (samples written before samples "
+                    "carried their prompt's columns have none: sample them again)"
+                )
+            rows.append({"prompt": s.prompt_messages if s.prompt_messages is not None else s.prompt, **columns})
+        return rows
+
+    def score_samples(self, samples) -> list[dict]:
+        from cringe.instructions import score_rows
+
+        results = score_rows(
+            self.rows(samples), [s.completion for s in samples], strict=self.strict, min_words=self.min_words
+        )
+        return [
+            {
+                "score": r["score"],
+                "label": r["label"],
+                "instructions": {k: r[k] for k in ("instruction_id_list", "strict", "loose")},
+                "words": r["words"],
+            }
+            for r in results
+        ]
+
+    def score(self, prompts: Sequence, completions: Sequence[str]) -> list[float]:
+        raise UserError(
+            "the instructions reward checks each prompt row's instruction_id_list and kwargs: it scores samples "
+            "that carry them (cringe iterate, cringe score), not bare prompts and completions"
+        )
+
+
+INSTRUCTION_COLUMNS = ("instruction_id_list", "kwargs")
+
+
+def _check_instruction_prompts(spec: dict, prompts) -> None:
+    """Every prompt row has IFEval's columns, valid (cringe.instructions.validate_rows names the row and field)."""
+    from cringe.instructions import validate_rows
+
+    rows = []
+    for p in prompts:
+        columns = p.columns or {}
+        missing = [c for c in INSTRUCTION_COLUMNS if c not in columns]
+        if missing:
+            raise UserError(
+                f"prompt {p.prompt_id}: no {' or '.join(missing)} column; the instructions reward needs prompt rows "
+                "in IFEval's format (key, prompt, instruction_id_list, kwargs)"
+            )
+        rows.append({"prompt": p.messages if p.messages is not None else p.text, **columns})
+    validate_rows(rows)
 
 
 class RewardModel:
@@ -212,12 +401,14 @@ def _prompt_text(prompt) -> str:
 @dataclass(frozen=True)
 class SourceType:
     """What a reward mapping of one `type` takes: its required keys (each with a hint for the error), every key it
-    knows, a check of its values that needs nothing loaded, and the builder (spec without `type`, device) -> source."""
+    knows, a check of its values that needs nothing loaded, the builder (spec without `type`, device) -> source, and
+    what it needs of the prompts (spec, prompts), checked before anything is sampled (None: nothing)."""
 
     required: dict[str, str]
     known: frozenset[str]
     build: Callable[[dict, str | None], object]
     check_values: Callable[[dict, str], None] = lambda spec, where: None
+    check_prompts: Callable[[dict, list], None] | None = None
 
 
 def _parameters(fn, *leave_out: str) -> frozenset[str]:
@@ -226,10 +417,19 @@ def _parameters(fn, *leave_out: str) -> frozenset[str]:
 
 
 def _build_callable(spec: dict, device: str | None) -> CallableReward:
-    reward = CallableReward(spec["function"])
-    if spec.get("kwargs"):
-        reward.fn = functools.partial(reward.fn, **spec["kwargs"])
-    return reward
+    return CallableReward(spec["function"], spec.get("kwargs"))
+
+
+def _build_instructions(spec: dict, device: str | None) -> InstructionsReward:
+    return InstructionsReward(**spec)
+
+
+def _check_instructions_values(spec: dict, where: str) -> None:
+    if not isinstance(spec.get("strict", False), bool):
+        raise UserError(f"{where}: strict must be true or false; got {spec['strict']!r}")
+    words = spec.get("min_words", 0)
+    if not isinstance(words, int) or isinstance(words, bool) or words < 0:
+        raise UserError(f"{where}: min_words must be a whole number >= 0; got {words!r}")
 
 
 def _build_model(spec: dict, device: str | None) -> RewardModel:
@@ -269,6 +469,13 @@ SOURCE_TYPES: dict[str, SourceType] = {
         _build_judge,
         _check_judge_values,
     ),
+    "instructions": SourceType(
+        {},
+        _parameters(InstructionsReward.__init__),
+        _build_instructions,
+        _check_instructions_values,
+        _check_instruction_prompts,
+    ),
 }
 
 
@@ -301,7 +508,21 @@ def check_reward_spec(spec, where: str = "reward") -> str:
 def load_reward_source(spec: dict, device: str | None = None):
     """From a config mapping: {type: callable, function: "mod:fn", kwargs: {...}}
     | {type: model, path: ..., input: auto|conversation|completion|prompt+completion, system, max_length, ...}
-    | {type: judge, base_url: ..., model: ..., api_key_env: ...}. device: where a reward model runs unless its spec
+    | {type: judge, base_url: ..., model: ..., api_key_env: ...} | {type: instructions, strict: false}. device: where a reward model runs unless its spec
     says (auto: cuda when available); on a GPU it loads in bfloat16 unless its spec gives a dtype."""
     kind = check_reward_spec(spec)
     return SOURCE_TYPES[kind].build({k: v for k, v in spec.items() if k != "type"}, device)
+
+
+def checks_prompts(spec: dict | None) -> bool:
+    """Whether the reward source of `spec` needs something of the prompts (check_prompts)."""
+    return (
+        isinstance(spec, dict) and spec.get("type") in SOURCE_TYPES and bool(SOURCE_TYPES[spec["type"]].check_prompts)
+    )
+
+
+def check_prompts(spec: dict | None, prompts) -> None:
+    """What the reward source of `spec` needs of the prompts (cringe.data.Prompt), checked before anything is
+    sampled: for the instructions reward, IFEval's columns on every row, valid."""
+    if checks_prompts(spec):
+        SOURCE_TYPES[spec["type"]].check_prompts(spec, prompts)
