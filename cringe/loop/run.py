@@ -171,7 +171,7 @@ class IterativeRun(HeldOutEvaluation):
         with signals_interrupt(), RunLock(self.dir), disk_full_reported(self.dir):
             self.config.check_backend()  # may start sampling_python: not a config's to do, and the hash needs it
             self.check_state()
-            self.check_prompts()
+            check_reward_prompts(self.config, self.prompts)
             if self.config.report_to:
                 self.trackers = Trackers(
                     self.config.report_to,
@@ -211,17 +211,6 @@ class IterativeRun(HeldOutEvaluation):
             return
         metrics = round_metrics(self.run_dir.evaluation(k), self.run_dir.pairing(k), self.run_dir.train_log(k))
         self.trackers.log(metrics, step=k)
-
-    def check_prompts(self) -> None:
-        """What the reward sources need of the prompts (the instructions reward: IFEval's columns on every row),
-        checked before anything is sampled."""
-        from cringe.rewards import check_prompts, checks_prompts  # imported late: the judge pulls in a lot
-
-        c = self.config
-        uses = [(False, c.reward)] + ([(True, c.eval_reward or c.reward)] if c.eval_prompts else [])
-        for evaluation, spec in uses:
-            if checks_prompts(spec):
-                check_prompts(spec, self.prompts(evaluation))
 
     def check_state(self) -> dict:
         """Create state.json, or refuse a resume that would change results (cringe.loop.resume)."""
@@ -412,3 +401,14 @@ def evaluate_policy(
             shutil.rmtree(work, ignore_errors=True)
     result.pop("round")
     return result
+
+
+def check_reward_prompts(config, prompts_of) -> None:
+    """What the reward sources need of the prompts (the instructions reward: IFEval's columns on every row),
+    checked before anything is sampled. `prompts_of(evaluation)` gives the training or held-out prompts."""
+    from cringe.rewards import check_prompts, checks_prompts  # imported late: the judge pulls in a lot
+
+    uses = [(False, config.reward)] + ([(True, config.eval_reward or config.reward)] if config.eval_prompts else [])
+    for evaluation, spec in uses:
+        if checks_prompts(spec):
+            check_prompts(spec, prompts_of(evaluation))
