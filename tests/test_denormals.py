@@ -99,8 +99,8 @@ def cringe_env(extra_env=None, launcher=()):
 
 
 def test_every_cringe_process_flushes_unless_turned_off():
-    """Every stage subprocess runs `python -m cringe VERB` (cringe.loop.processes.run_stage_process), which flushes
-    before the verb; CRINGE_FLUSH_DENORMAL=0 reaches the child and turns it off."""
+    """`python -m cringe VERB` flushes before the verb (the loop's stage children, `python -m cringe.loop.child`,
+    flush the same way); CRINGE_FLUSH_DENORMAL=0 reaches the child and turns it off."""
     threads = {"OMP_NUM_THREADS": "2"}
     assert cringe_env(threads) == [
         "- CPU denormal floats: flushed to zero on all 2 CPU threads (CRINGE_FLUSH_DENORMAL=0 turns it off)"
