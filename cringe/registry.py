@@ -36,6 +36,9 @@ class LossSpec:
     chunked: Callable  # (settings, hidden, weight, bias, targets, seq_index, batch, *, generator, num_items,
     #                     chunk_size, reference) -> (loss, stats)
     length_average: bool = False  # sequence log-probs divided by their length (IPO)
+    # Both answers of a pair may share one row, [prompt | chosen | rejected] (cringe.prefix_sharing): the loss
+    # reads the answers' tokens as 2B sequences, chosen first, and never the prompt's.
+    shares_prefix: bool = False
     summary: str = ""
 
     @property
@@ -212,6 +215,7 @@ def _dpo_spec(name: str, loss_type: str, summary: str, length_average: bool = Fa
         plain=plain,
         chunked=chunked,
         length_average=length_average,
+        shares_prefix=True,
         summary=summary,
     )
 
@@ -227,6 +231,7 @@ LOSSES: dict[str, LossSpec] = {
             normalised_by="tokens",
             plain=_pairwise_cringe_plain,
             chunked=_pairwise_cringe_chunked,
+            shares_prefix=True,
             summary="cross-entropy on the chosen answer plus binary Cringe on the rejected one, gated by how "
             "far the model still prefers it (Xu et al. 2023)",
         ),
@@ -301,6 +306,11 @@ EXTERNAL_METHODS: dict[str, ExternalMethod] = {
         "rloo",
         settings=("beta", "num_generations"),
         summary="REINFORCE leave-one-out (Ahmadian et al. 2024), trained by TRL's RLOOTrainer",
+    ),
+    "grpo": ExternalMethod(
+        "grpo",
+        settings=("beta", "num_generations", "loss_type", "learning_rate"),
+        summary="group relative policy optimisation (Shao et al. 2024), trained by TRL's GRPOTrainer",
     ),
 }
 

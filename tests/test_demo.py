@@ -35,6 +35,7 @@ def test_demo_smoke_runs_every_method_and_writes_the_report(tmp_path, monkeypatc
         for r in map(json.loads, (out / "methods" / name / "round-1" / "samples.jsonl").open()):
             assert m0[(r["prompt_id"], r["sample_id"])] == r
     assert 0 < results["meta"]["reward_models"]["gold_judge"]["accuracy"] <= 1
+    assert json.loads((out / "preset.json").read_text())["eval_prompts"] == 6  # what a resume is checked against
     # where the time went, stage by stage (the quick preset was sized from these: bench/results/demo_time-*.md)
     stages = results["meta"]["stage_seconds"]
     assert {
@@ -137,9 +138,9 @@ def test_the_demo_trains_where_its_models_are(tmp_path, monkeypatch):
     assert args.use_cpu is False
     import inspect
 
-    import cringe.demo.rloo
+    import cringe.demo.online
 
-    assert "use_cpu=True" not in inspect.getsource(cringe.demo.rloo)
+    assert "use_cpu=True" not in inspect.getsource(cringe.demo.online)
 
 
 def test_the_demos_m0_stage_holds_the_run_lock(tmp_path):
@@ -151,3 +152,38 @@ def test_the_demos_m0_stage_holds_the_run_lock(tmp_path):
     with RunLock(tmp_path / "demo" / "m0"), pytest.raises(RunLockedError, match="one process per run"):
         demo.m0()
     assert not (tmp_path / "demo" / "m0" / "samples.jsonl").exists()
+
+
+def test_a_directory_made_with_another_preset_is_refused_before_anything_is_rewritten(tmp_path, capsys):
+    # The loop compares each run's config, not how many prompts its files hold: a directory the old quick preset
+    # made (2 rounds of 12 prompts, 48 evaluation prompts) would otherwise resume with its prompt files rewritten.
+    import dataclasses
+
+    from cringe.cli import main as cli_main
+    from cringe.demo.pipeline import PRESET_FILE, Demo
+    from cringe.durable.files import write_json, write_jsonl
+    from cringe.errors import UserError
+
+    smoke = PRESETS["smoke"]
+    out = tmp_path / "demo"
+    write_json(out / PRESET_FILE, Demo(smoke, str(out)).recorded_preset())
+    Demo(dataclasses.replace(smoke, methods=("dpo",)), str(out)).check_preset()  # a method may be added or left out
+    with pytest.raises(UserError, match=r"another preset or seed \(differences: eval_prompts, rounds\)"):
+        Demo(dataclasses.replace(smoke, rounds=3, eval_prompts=5), str(out)).check_preset()
+    with pytest.raises(UserError, match=r"differences: seed\)"):
+        Demo(smoke, str(out), seed=1).check_preset()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["demo", "--quick", "--output-dir", str(out)])
+    assert exit_info.value.code == 2 and "use another --output-dir" in capsys.readouterr().err
+    assert not (out / "data").exists()
+
+    # a directory from before preset.json: its prompt files' lengths
+    (out / PRESET_FILE).unlink()
+    (out / "m0").mkdir()
+    (out / "m0" / "state.json").write_text("{}")
+    write_jsonl(out / "data" / "train_prompts.jsonl", [{"prompt": "p"}] * 24)
+    write_jsonl(out / "data" / "eval_prompts.jsonl", [{"prompt": "p"}] * 48)
+    old_quick = dataclasses.replace(PRESETS["quick"], rounds=2, round_prompts=12, eval_prompts=48)
+    Demo(old_quick, str(out)).check_preset()
+    with pytest.raises(UserError, match=r"eval_prompts \(48 prompts, this preset 6\)"):
+        Demo(dataclasses.replace(old_quick, eval_prompts=6), str(out)).check_preset()

@@ -17,6 +17,7 @@ again resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import platform
@@ -26,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from cringe.demo.rloo import run_rloo
-from cringe.durable.files import read_jsonl, write_jsonl
+from cringe.demo.online import OnlineSettings, run_online
+from cringe.durable.files import read_json, read_jsonl, write_json, write_jsonl
+from cringe.errors import UserError
 from cringe.evaluate import mean_with_ci, summarise
 from cringe.loop import rundir
 from cringe.loop.run import IterateConfig, IterativeRun
@@ -55,6 +57,7 @@ METHODS = {
     "iterative_sft": ("sft", True),
 }
 OPT_IN = ("rloo", "iterative_sft")
+PRESET_FILE = "preset.json"  # the preset (less its methods) and seed an output directory was made with
 LABELS = {
     "sft": "SFT (start, baseline)",
     "dpo": "DPO",
@@ -380,16 +383,29 @@ class Demo:
             run = IterativeRun(config, on_step=lambda k, step, s, name=name: self._step_done(name, k, step, s))
             if name == "rloo":
                 p = self.preset
-                run_rloo(
+                n = p.samples_per_prompt
+                run_online(
                     run,
-                    samples_per_prompt=p.samples_per_prompt,
-                    learning_rate=p.learning_rate,
-                    epochs=p.epochs,
-                    batch_size=p.pairs_per_step * 2,
-                    max_new_tokens=p.max_new_tokens,
-                    beta=p.rloo_beta,
-                    bf16=p.resolved_bf16(),
-                    seed=self.seed,
+                    "rloo",
+                    OnlineSettings(
+                        num_generations=n,
+                        max_completion_length=p.max_new_tokens,
+                        epochs=p.epochs,
+                        bf16=p.resolved_bf16(),
+                        seed=self.seed,
+                        # the demo's other methods' optimiser settings and sampling, so that only the method differs
+                        overrides=dict(
+                            learning_rate=p.learning_rate,
+                            lr_scheduler_type="constant",
+                            per_device_train_batch_size=p.pairs_per_step * 2 // n * n or n,
+                            temperature=1.0,
+                            top_p=1.0,
+                            top_k=0,
+                            beta=p.rloo_beta,
+                            logging_steps=5,
+                            disable_dropout=True,
+                        ),
+                    ),
                 )
                 continue
             for k, step in self.method_steps.get(name, []):  # finished on an earlier run of this command
@@ -511,12 +527,47 @@ class Demo:
             for i in ids
         ]
 
+    # ----- one preset per output directory -------------------------------------------------------------------
+    def recorded_preset(self) -> dict:
+        """What decides the directory's contents: the preset less its methods (a finished run may gain a method)."""
+        recorded = {**dataclasses.asdict(self.preset), "seed": self.seed}
+        del recorded["methods"]
+        return json.loads(json.dumps(recorded))  # as read back (tuples become lists)
+
+    def check_preset(self) -> None:
+        """Refuse a directory another preset made, before its prompt files are rewritten: the loop checks each
+        run's config but not how many prompts its files hold, so rounds would mix. A directory from before
+        preset.json existed is checked by its prompt files' lengths, then by the loop."""
+        path = self.out / PRESET_FILE
+        if path.exists():
+            saved, now = read_json(path), self.recorded_preset()
+            diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        elif RunDir(self.out / "m0").state_path.exists():
+            p = self.preset
+            expected = {"train_prompts": p.rounds * p.round_prompts, "eval_prompts": p.eval_prompts}
+            diff = [
+                f"{name} ({len(read_jsonl(self.out / 'data' / f'{name}.jsonl'))} prompts, this preset {n})"
+                for name, n in expected.items()
+                if (self.out / "data" / f"{name}.jsonl").exists()
+                and len(read_jsonl(self.out / "data" / f"{name}.jsonl")) != n
+            ]
+        else:
+            return
+        if diff:
+            raise UserError(
+                f"{self.out} holds a demo run made with another preset or seed (differences: {', '.join(diff)}); "
+                "use another --output-dir, or delete that one"
+            )
+
     def run(self, command: str) -> dict:
         started = time.time()
+        self.check_preset()
         self.out.mkdir(parents=True, exist_ok=True)
         self.plan()
         accuracies = self.assets()
-        m0 = self.m0()
+        m0 = self.m0()  # the loop accepted the directory's M0 run: this preset's from now on
+        if not (self.out / PRESET_FILE).exists():
+            write_json(self.out / PRESET_FILE, self.recorded_preset())
         self.run_methods(m0)
         t0 = time.time()
         results = self.collect(m0)

@@ -32,6 +32,7 @@ from cringe.rewards.sources import (
     check_reward_spec,
     checks_prompts,
     load_reward_source,
+    trl_reward_function,
 )
 from cringe.rewards.training import train_reward_model
 
@@ -57,4 +58,5 @@ __all__ = [
     "read_logprob_verdict",
     "read_text_verdict",
     "train_reward_model",
+    "trl_reward_function",
 ]

@@ -526,3 +526,41 @@ def check_prompts(spec: dict | None, prompts) -> None:
     sampled: for the instructions reward, IFEval's columns on every row, valid."""
     if checks_prompts(spec):
         SOURCE_TYPES[spec["type"]].check_prompts(spec, prompts)
+
+
+# What TRL's online trainers pass a reward function besides the prompt rows' columns (GRPOTrainer 1.16).
+TRL_CALL_EXTRAS = ("trainer_state", "log_extra", "log_metric", "environments")
+
+
+def trl_reward_function(source, name: str = "reward") -> Callable:
+    """A loaded reward source as the reward function TRL's online trainers (GRPOTrainer, RLOOTrainer) call:
+    `fn(prompts=, completions=, completion_ids=, **columns) -> list[float | None]`. A source that reads whole
+    samples (the instructions reward, a TRL-style function) gets each completion as a `Sample` carrying its prompt
+    row's columns, exactly as the loop's scoring stage gives it; the others get prompts and completion texts. So a
+    method trained by TRL sees the same reward, computed by the same code, as the loop's methods."""
+    from cringe.generation import Sample
+
+    def reward(prompts, completions, completion_ids=None, **columns):
+        for key in TRL_CALL_EXTRAS:
+            columns.pop(key, None)
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        if not getattr(source, "takes_samples", False):
+            return _check_scores(source.score(list(prompts), texts), len(texts), name, allow_none=True)
+        samples = [
+            Sample(
+                prompt_id=i,
+                sample_id=0,
+                prompt_ids=[],
+                completion_ids=list(completion_ids[i]) if completion_ids is not None else [],
+                completion=text,
+                finish_reason="stop",
+                prompt=_prompt_text(prompt),
+                prompt_messages=[dict(m) for m in prompt] if isinstance(prompt, list) else None,
+                columns={c: values[i] for c, values in columns.items()},
+            )
+            for i, (prompt, text) in enumerate(zip(prompts, texts))
+        ]
+        return _check_scores([r["score"] for r in source.score_samples(samples)], len(texts), name, allow_none=True)
+
+    reward.__name__ = name  # TRL logs each reward function under its name
+    return reward
