@@ -45,13 +45,15 @@ class OnlineSettings:
 
 def run_online(run, method: str, settings: OnlineSettings) -> None:
     """Train M_1 from M_0 with TRL's `method` ("grpo" or "rloo") on every training prompt of `run` (a
-    cringe.loop.run.IterativeRun; its config's reward is the reward), then evaluate it like a loop round.
+    cringe.loop.run.IterativeRun; its config's reward is the reward), then evaluate it like a loop round when the
+    run has held-out prompts.
     Resumable: a finished step is skipped, and an interrupted training resumes from its last checkpoint."""
     if method not in ONLINE_METHODS:
         raise ValueError(f"unknown online method {method!r}; known: {', '.join(ONLINE_METHODS)}")
     with run.session():
         run.step(1, rundir.MODEL, lambda: _train(run, method, settings))
-        run.step(1, rundir.EVAL, lambda: run.evaluate(1))
+        if run.config.eval_prompts:
+            run.step(1, rundir.EVAL, lambda: run.evaluate(1))
 
 
 def trl_config(method: str, settings: OnlineSettings, output_dir: str, *, use_cpu: bool):
