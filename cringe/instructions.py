@@ -27,7 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from cringe.errors import UserError
-from cringe.evaluate import _percentile_interval
+from cringe.evaluate import _percentile_interval, format_table
 
 INSTALL_HINT = "pip install 'pairwise-cringe[instructions]' (if-verifiable==0.1.2, which needs Python >= 3.11)"
 
@@ -278,3 +278,78 @@ def accuracies(results: Sequence[dict], *, seed: int = 0, n_boot: int = 2_000, l
         out[f"prompt_level_{mode}"] = _ratio_with_ci(prompt_level, seed, n_boot, level)
         out[f"instruction_level_{mode}"] = _ratio_with_ci(instruction_level, seed, n_boot, level)
     return out
+
+
+def per_type(results: Sequence[dict]) -> dict[str, dict]:
+    """Instruction-level accuracy of each instruction type, strict and loose: {id: {strict, loose, n}}, n the
+    instructions of that type checked (over all responses)."""
+    counts: dict[str, list[int]] = {}
+    for r in results:
+        for instruction_id, strict, loose in zip(r["instruction_id_list"], r["strict"], r["loose"]):
+            c = counts.setdefault(instruction_id, [0, 0, 0])
+            c[0], c[1], c[2] = c[0] + strict, c[1] + loose, c[2] + 1
+    return {k: {"strict": s / n, "loose": lo / n, "n": n} for k, (s, lo, n) in sorted(counts.items())}
+
+
+def evaluation_results(samples, score_rows: Sequence[dict]) -> list[dict] | None:
+    """`score_rows`-like results of a scored samples file (samples with a `prompt_id`; their scores.jsonl rows),
+    keyed by prompt, or None when the reward that scored them kept no per-instruction results."""
+    if not score_rows or not all(isinstance(r.get("instructions"), dict) for r in score_rows):
+        return None
+    return [{**r["instructions"], "key": s.prompt_id} for s, r in zip(samples, score_rows)]
+
+
+def evaluation_summary(results: Sequence[dict], *, seed: int = 0) -> dict:
+    """One side of an evaluation: IFEval's four accuracies with 95% intervals (`accuracies`), the responses and
+    prompts they cover, and the accuracy per instruction type (`per_type`)."""
+    return {
+        **accuracies(results, seed=seed),
+        "responses": len(results),
+        "prompts": len({r["key"] for r in results}),
+        "per_type": per_type(results),
+    }
+
+
+ACCURACIES = (
+    ("prompt strict", "prompt_level_strict"),
+    ("prompt loose", "prompt_level_loose"),
+    ("instruction strict", "instruction_level_strict"),
+    ("instruction loose", "instruction_level_loose"),
+)
+
+
+def accuracy_tables(evaluations: Sequence[dict], label_key: str, baseline: str) -> str:
+    """Markdown tables of the `instructions` blocks of evaluations (cringe.loop.evaluation's, each named by its
+    `label_key`): IFEval's four accuracies of the baseline (the first evaluation's) and of each policy, with 95%
+    intervals; then instruction-level accuracy per type, strict / loose. "" when none has the block."""
+    blocks = [(e[label_key], e["instructions"]) for e in evaluations if e.get("instructions")]
+    if not blocks:
+        return ""
+    sides = [(baseline, blocks[0][1]["baseline"])] + [(str(label), block["policy"]) for label, block in blocks]
+    cell = lambda a: f"{a['mean']:.3f} ({a['ci_low']:.3f}..{a['ci_high']:.3f})"  # noqa: E731
+    accuracy_rows = [
+        {"label": label, "n": side["prompts"], **{key: cell(side[key]) for _, key in ACCURACIES}}
+        for label, side in sides
+    ]
+    types = sorted({t for _, side in sides for t in side["per_type"]})
+    type_rows = [
+        {
+            "type": t,
+            "n": sides[0][1]["per_type"].get(t, {}).get("n", ""),
+            **{
+                label: f"{side['per_type'][t]['strict']:.2f} / {side['per_type'][t]['loose']:.2f}"
+                if t in side["per_type"]
+                else "—"
+                for label, side in sides
+            },
+        }
+        for t in types
+    ]
+    return "\n\n".join(
+        [
+            "IFEval accuracies (95% intervals, resampling prompts):",
+            format_table(accuracy_rows, [("model", "label"), ("prompts", "n"), *ACCURACIES]),
+            "Instruction-level accuracy per instruction type, strict / loose (n: the baseline's instructions):",
+            format_table(type_rows, [("instruction", "type"), ("n", "n"), *((label, label) for label, _ in sides)]),
+        ]
+    )

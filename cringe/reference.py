@@ -23,17 +23,21 @@ sides' lengths are always reported, so a win bought with length shows.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from cringe.data import load_prompts
-from cringe.data.formats import instruction_text  # noqa: F401 - part of this module's interface (tests, callers)
+from cringe.data.formats import (
+    FORMATS,
+    instruction_text,  # noqa: F401 - part of this module's interface (tests, callers)
+)
 from cringe.durable.files import read_json, read_jsonl, write_json
 from cringe.errors import UserError
 from cringe.evaluate import _outcome, text_metrics, win_rate_from_outcomes
-from cringe.generation import SamplingConfig
-from cringe.loop.stages import open_sampler
+from cringe.generation import Sample, SamplingConfig
+from cringe.loop.stages import carry_prompt, open_sampler, score_samples
 from cringe.models import free_memory, load_tokenizer, resolve_device
-from cringe.rewards import check_reward_spec, load_reward_source
+from cringe.rewards import check_prompts, check_reward_spec, load_reward_source
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,18 @@ def read_outputs(path: str) -> list[dict]:
         if row.get("input") is not None and not isinstance(row["input"], str):
             raise UserError(f"{path}: row {i}, field 'input': expected a string")
     return rows
+
+
+# What an outputs row holds besides its prompt: none of it travels to the reward as a column.
+OUTPUT_FIELDS = frozenset({"output", "generator"} | {c for columns in FORMATS.values() for c in columns})
+
+
+def row_columns(rows: list[dict]) -> list[dict]:
+    """The outputs rows' other columns (IFEval's instruction_id_list and kwargs, a dataset name), which travel with
+    each prompt to reward sources that read them, as a prompts file's do; a column some rows lack is None there,
+    as in a prompts file read through Arrow."""
+    names = sorted({k for row in rows for k in row} - OUTPUT_FIELDS)
+    return [{k: row.get(k) for k in names} for row in rows]
 
 
 def outputs_rows(instructions: list[dict], outputs: list[str], generator: str) -> list[dict]:
@@ -124,15 +140,46 @@ def length_controlled(annotations: list[dict], n_reference: int) -> dict:
     }
 
 
-def judge_outcomes(reward, prompts: list[str], policy: list[str], reference: list[str]) -> list[float | None]:
-    """Per row, P(policy better than the reference): a judge's both-order verdict, or 1 / 0.5 / 0 from two scores."""
+def judge_outcomes(reward, prompts: list, policy: list, reference: list) -> list[float | None]:
+    """Per row, P(policy better than the reference): a judge's both-order verdict, or 1 / 0.5 / 0 from two scores
+    (None where either side got no reward).
+
+    prompts: texts, or cringe.data.Prompt (carrying the row's other columns); policy and reference: completion
+    texts, or cringe.generation.Sample (with their token ids). Scores come from the loop's own scoring of samples
+    (cringe.loop.stages.score_samples), so a source that reads whole samples (the instructions reward, a TRL-style
+    function reading the row's columns) scores both sides as it scores a round's samples."""
 
     if hasattr(reward, "compare"):
-        outcomes = reward.compare(prompts, policy, reference)
+        texts = [p if isinstance(p, str) else p.text for p in prompts]
+        outcomes = reward.compare(texts, _texts(policy), _texts(reference))
         reward.check_readable()
         return outcomes
-    scores = reward.score(prompts + prompts, policy + reference)
-    return [_outcome(p, r) for p, r in zip(scores[: len(policy)], scores[len(policy) :])]
+    samples = [
+        _as_sample(i, side, prompt, answer)
+        for side, answers in enumerate((policy, reference))
+        for i, (prompt, answer) in enumerate(zip(prompts, answers))
+    ]
+    scores = score_samples(reward, samples)
+    return [
+        None if p is None or r is None else _outcome(p, r) for p, r in zip(scores[: len(policy)], scores[len(policy) :])
+    ]
+
+
+def _texts(answers: list) -> list[str]:
+    return [a if isinstance(a, str) else a.completion for a in answers]
+
+
+def _as_sample(row: int, side: int, prompt, answer) -> Sample:
+    """One answer to row `row` as a scored sample: sample 0 the policy's, sample 1 the reference's."""
+    if isinstance(answer, Sample):
+        sample = replace(answer, prompt_id=row, sample_id=side)
+    else:
+        sample = Sample(row, side, prompt_ids=[], completion_ids=[], completion=answer, finish_reason="stop")
+    if isinstance(prompt, str):
+        sample.prompt, sample.prompt_messages, sample.columns = prompt, None, None
+    else:
+        carry_prompt(sample, prompt)
+    return sample
 
 
 def evaluate_against_outputs(
@@ -164,10 +211,11 @@ def evaluate_against_outputs(
     texts = [instruction_text(r) for r in rows]
     chat = bool(getattr(tokenizer, "chat_template", None))
     prompts = load_prompts(
-        [{"prompt": [{"role": "user", "content": t}] if chat else t} for t in texts],
+        [{"prompt": [{"role": "user", "content": t}] if chat else t, **c} for t, c in zip(texts, row_columns(rows))],
         tokenizer,
         max_prompt_length=max_prompt_length,
     )
+    check_prompts(reward_spec, prompts)  # the instructions reward: IFEval's columns on every row, before sampling
     sampler = open_sampler(
         "transformers", policy, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code
     )
@@ -176,8 +224,13 @@ def evaluate_against_outputs(
     del sampler
     free_memory()
     outputs = [s.completion for s in samples]
+    reference_ids = [tokenizer(r["output"], add_special_tokens=False)["input_ids"] for r in rows]
+    references = [
+        Sample(i, 1, prompt_ids=p.ids, completion_ids=ids, completion=r["output"], finish_reason="stop")
+        for i, (p, r, ids) in enumerate(zip(prompts, rows, reference_ids))
+    ]
     reward = load_reward_source(reward_spec, device=device)
-    outcomes = judge_outcomes(reward, texts, outputs, [r["output"] for r in rows])
+    outcomes = judge_outcomes(reward, prompts, samples, references)
     decided = [o for o in outcomes if o is not None]
     if not decided:
         raise UserError("the judge decided none of the comparisons")
@@ -190,7 +243,7 @@ def evaluate_against_outputs(
         annotations_path = export.with_name(export.stem + "-annotations.json")
         write_json(annotations_path, annotations)
         files = {"model_outputs": str(export), "annotations": str(annotations_path)}
-    reference_tokens = [len(tokenizer(r["output"], add_special_tokens=False)["input_ids"]) for r in rows]
+    reference_tokens = [len(ids) for ids in reference_ids]
     return {
         "n_prompts": len(rows),
         "undecided": len(outcomes) - len(decided),

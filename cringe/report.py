@@ -31,6 +31,7 @@ from markdown.treeprocessors import Treeprocessor
 from cringe.durable.files import write_atomic, write_json
 from cringe.errors import UserError
 from cringe.evaluate import format_table, summarise
+from cringe.instructions import accuracy_tables
 from cringe.loop import rundir
 from cringe.loop.rundir import RunDir
 
@@ -648,6 +649,9 @@ def run_markdown(results: dict, images: list[Path]) -> str:
             format_table([_run_cells(r) for r in results["rows"][:1] + evaluated], RUN_COLUMNS),
         ]
         lines += [""] + [f"Note: {n}" for n in results["notes"]]
+        ifeval = accuracy_tables([{**r, "name": f"{r['label']}, round {r['round']}"} for r in evaluated], "name", "M0")
+        if ifeval:
+            lines += ["", "## Instruction following (IFEval)", "", ifeval]
     else:
         lines += [
             "No evaluated rounds: the run has no `eval_prompts` (or no round has reached its evaluation yet).",

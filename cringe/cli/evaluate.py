@@ -1,5 +1,6 @@
 """`cringe evaluate`: sample from a policy and a baseline on held-out prompts, score both, report win rate (with
-its 95% interval), reward, KL(policy || baseline), length and repetition."""
+its 95% interval), reward, KL(policy || baseline), length and repetition; with the instructions reward on
+IFEval-format prompts, also IFEval's four accuracies (95% intervals) and the accuracy per instruction type."""
 
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ class EvaluateArguments:
             "generator): cringe.reference"
         }
     )
-    reward: str = field(metadata={"help": "YAML file of a reward source (type: callable | model | judge)"})
+    reward: str = field(
+        metadata={
+            "help": "YAML file of a reward source (type: callable | model | judge | instructions); with "
+            "instructions (IFEval-format prompts), IFEval's four accuracies are reported too"
+        }
+    )
     prompts: str | None = field(
         default=None,
         metadata={
@@ -64,6 +70,7 @@ def main(argv: list[str]) -> None:
     (args,) = parse(parsers()[""], argv, 1)
     # Imported after parsing: they import torch, which `cringe evaluate --help` does without.
     from cringe.evaluate import comparison_table
+    from cringe.instructions import accuracy_tables
     from cringe.loop.run import evaluate_policy
     from cringe.reference import evaluate_against_outputs, is_outputs_file
     from cringe.reference import report as reference_report
@@ -111,7 +118,11 @@ def main(argv: list[str]) -> None:
         seed=args.seed,
         trust_remote_code=args.trust_remote_code,
     )
-    print(comparison_table([{**result, "model": args.policy}], "model", "policy"))
+    tagged = [{**result, "model": args.policy}]
+    print(comparison_table(tagged, "model", "policy"))
+    ifeval = accuracy_tables(tagged, "model", "baseline")
+    if ifeval:
+        print("\n" + ifeval)
     w = result["win_rate"]
     print(
         f"\nwin rate of policy vs baseline: {w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}..{w['ci_high']:.3f}, "

@@ -9,6 +9,7 @@ import shutil
 from cringe.durable.files import write_json
 from cringe.errors import UserError
 from cringe.evaluate import compare, comparison_table
+from cringe.instructions import accuracy_tables, evaluation_results, evaluation_summary
 from cringe.loop import rundir
 from cringe.loop.rundir import RunDir
 from cringe.loop.stages import completion_logprobs
@@ -54,13 +55,16 @@ class HeldOutEvaluation:
         return logps
 
     def compare(self, k: int) -> dict:
-        """M_k against M_0 on the held-out prompts (cringe.evaluate.compare's schema plus the round)."""
+        """M_k against M_0 on the held-out prompts: cringe.evaluate.compare's schema plus the round, and, where the
+        evaluation reward keeps per-instruction results (the instructions reward), `instructions`: {policy,
+        baseline}, each IFEval's four accuracies with 95% intervals, keyed by prompt, and the accuracy per
+        instruction type (cringe.instructions.evaluation_summary)."""
         round_dir = self.run_dir.round(k)
         round_dir.mkdir(parents=True, exist_ok=True)
         prompts, base_samples, base_scores = self.baseline()
         samples = self._load_or_sample(k, prompts, round_dir / rundir.EVAL_SAMPLES)
         scores = self._load_or_score(prompts, samples, round_dir / rundir.EVAL_SCORES)
-        return {
+        result = {
             "round": k,
             **compare(
                 samples,
@@ -72,6 +76,20 @@ class HeldOutEvaluation:
                 seed=self.config.seed,
             ),
         }
+        policy = self._instruction_results(samples, round_dir / rundir.EVAL_SCORES, round_dir / rundir.EVAL_SAMPLES)
+        baseline = self._instruction_results(base_samples, self.run_dir.baseline_scores, self.run_dir.baseline_samples)
+        if policy is not None and baseline is not None:
+            seed = self.config.seed
+            result["instructions"] = {
+                "policy": evaluation_summary(policy, seed=seed),
+                "baseline": evaluation_summary(baseline, seed=seed),
+            }
+        return result
+
+    def _instruction_results(self, samples, scores_path, samples_path) -> list[dict] | None:
+        """Per-instruction results of held-out samples, keyed by prompt, where the evaluation reward kept them
+        (the instructions reward): IFEval's accuracies are computed from these, not from the scores."""
+        return evaluation_results(samples, self.run_dir.score_rows(scores_path, samples_path))
 
     def evaluate(self, k: int) -> dict:
         """Round k's evaluation step: `compare`, added to M_k's model card, and eval.json (the step's marker)."""
@@ -86,4 +104,6 @@ class HeldOutEvaluation:
 
 
 def evaluation_table(evaluations: list[dict]) -> str:
-    return comparison_table(evaluations, "round", "round", baseline="M0")
+    """The comparison table, and IFEval's accuracy tables where the evaluations have them."""
+    ifeval = accuracy_tables([{**e, "name": f"round {e['round']}"} for e in evaluations], "name", "M0")
+    return comparison_table(evaluations, "round", "round", baseline="M0") + (f"\n\n{ifeval}" if ifeval else "")
