@@ -20,6 +20,7 @@ from transformers import Trainer, TrainingArguments
 
 from cringe import chunked as C
 from cringe import losses as L
+from cringe import prefix_sharing as P
 from cringe.data import Collator, PreparedData, prepare
 from cringe.denormals import flush_denormals
 from cringe.errors import UserError
@@ -78,6 +79,16 @@ class CringeConfig(TrainingArguments):
             "needs chunked_loss and a model whose attention honours packed position_ids"
         },
     )
+    prefix_sharing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "pairwise losses: one sequence per pair, [prompt | chosen | rejected], so the prompt runs "
+            "once (cringe.prefix_sharing); same values and gradients. Default (unset): on for the pairwise "
+            "losses wherever the model supports it; false turns it off",
+            "nargs": "?",
+            "const": True,
+        },
+    )
     precompute_ref_logps: bool = field(
         default=False,
         metadata={"help": "DPO family: one pass of the reference before training, then no reference model in memory"},
@@ -131,6 +142,12 @@ class CringeConfig(TrainingArguments):
     def loss_settings(self):
         """The loss's typed settings (cringe.losses): the fields given here over the loss's defaults."""
         return loss_spec(self.loss).make_settings(self)
+
+
+def wants_prefix_sharing(loss: str, setting: bool | None) -> bool:
+    """Whether a run of `loss` with `prefix_sharing: setting` shares each pair's prompt: where the loss reads two
+    answers per pair and sharing is not turned off. (The trainer still falls back where the model cannot.)"""
+    return setting is not False and loss_spec(loss).shares_prefix
 
 
 @dataclass
@@ -222,7 +239,9 @@ class CringeTrainer(Trainer):
     train_dataset may be anything `cringe.data.prepare` loads (a path, a `datasets` name or Dataset, a list of
     dicts) or an already prepared `PreparedData`. DPO-family losses use `ref_model` when given, else a frozen
     copy of the starting model (with peft: the base model with adapters disabled), or, with
-    `precompute_ref_logps`, one reference pass before training and no reference model afterwards.
+    `precompute_ref_logps`, one reference pass before training and no reference model afterwards. Pairs train as
+    one [prompt | chosen | rejected] row each where the loss and the models allow (`prefix_sharing`,
+    cringe.prefix_sharing); the reference pass runs on the same rows.
     """
 
     # compute_loss divides by the global item count itself (see `_get_num_items_in_batch`).
@@ -263,7 +282,11 @@ class CringeTrainer(Trainer):
             _check_both_labels(train_dataset)
         if processing_class.pad_token_id is None:
             raise UserError("the tokenizer has no pad token; set tokenizer.pad_token (EOS is fine)")
-        kwargs.setdefault("data_collator", Collator(processing_class.pad_token_id, padding_free=args.padding_free))
+        self.share_prefix = self._resolve_prefix_sharing(args, model, ref_model)
+        kwargs.setdefault(
+            "data_collator",
+            Collator(processing_class.pad_token_id, padding_free=args.padding_free, share_prefix=self.share_prefix),
+        )
         super().__init__(
             model=model,
             args=args,
@@ -293,6 +316,26 @@ class CringeTrainer(Trainer):
         self.ref_model = None
         if self.loss_spec.needs_reference:
             self._setup_reference(ref_model)
+
+    def _resolve_prefix_sharing(self, args: CringeConfig, model, ref_model) -> bool:
+        """Whether each pair runs as one [prompt | chosen | rejected] row (cringe.prefix_sharing).
+        bench/prefix_sharing.py measured it faster on every shape it ran (docs/performance.md), so unset means on
+        wherever the loss and the models can take it; the policy and any reference model given run the same
+        batches, so both must."""
+        if not wants_prefix_sharing(args.loss, args.prefix_sharing):
+            if args.prefix_sharing:
+                logger.warning("prefix_sharing off: loss %s has one answer per row", args.loss)
+            return False
+        models = [("the model", model)]
+        if self.loss_spec.needs_reference and ref_model is not None:
+            models.append(("the reference model", ref_model))
+        for what, candidate in models:
+            ok, reason = P.can_share_prefix(candidate)
+            if not ok:
+                log = logger.warning if args.prefix_sharing else logger.info
+                log("prefix sharing off, the plain path is used: %s: %s", what, reason)
+                return False
+        return True
 
     def create_optimizer(self, model=None):
         if not self.args.optimizer_in_backward or self.optimizer is not None:
@@ -379,7 +422,10 @@ class CringeTrainer(Trainer):
     # ----- forward and loss ------------------------------------------------------------------------------------
 
     def _forward(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [S, T-1, V] and the labels they predict [S, T-1]."""
+        """Logits [S, T-1, V] and the labels they predict [S, T-1] (shared rows: [S, L, V] and [S, L] over the
+        answers only, the same sequences in the same order)."""
+        if P.is_shared_batch(batch):
+            return P.answer_logits(model, batch, self.accelerator.unwrap_model(model), ignore_index=L.IGNORE_INDEX)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         return logits[:, :-1], batch["labels"][:, 1:]
 
@@ -392,6 +438,9 @@ class CringeTrainer(Trainer):
         """
         lm = C.causal_lm(self.accelerator.unwrap_model(model))
         head = lm.get_output_embeddings()
+        if P.is_shared_batch(batch):
+            hidden, targets, seq_index = P.answer_hidden(model, batch, lm)
+            return hidden, targets, seq_index, whole_head_weight(lm, head), head.bias
         packed = "position_ids" in batch
         inputs = {"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]}
         hidden, targets, mask = C.completion_hidden(
@@ -442,6 +491,8 @@ class CringeTrainer(Trainer):
         """What the loss is normalised by: pairs for the DPO family, completion tokens otherwise."""
         if self.loss_spec.normalised_by == "pairs":
             return batch["num_sequences"] // 2
+        if P.is_shared_batch(batch):
+            return torch.tensor(batch["answer_targets"].numel())
         return (batch["labels"][:, 1:] != L.IGNORE_INDEX).sum()
 
     def _get_num_items_in_batch(self, batch_samples, device):

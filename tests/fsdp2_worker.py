@@ -1,6 +1,7 @@
 """Run by tests/test_fsdp2.py under torchrun with 2 CPU processes (gloo): the tiny model sharded with torch's
-fully_shard (FSDP2), the pairwise Cringe loss on each rank's half of the pairs, plain and chunked, against the
-unsharded model on all pairs in one process. Writes the largest differences as JSON to argv[1]."""
+fully_shard (FSDP2), the pairwise Cringe loss on each rank's half of the pairs, plain and chunked (or, with argv[2]
+"shared", chunked on prefix-shared rows), against the unsharded model on all pairs in one process. Writes the
+largest differences as JSON to argv[1]."""
 
 import json
 import os
@@ -10,13 +11,14 @@ import torch
 import torch.distributed as dist
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, variant: str = "plain") -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
     from cringe import chunked as C
     from cringe import losses as L
+    from cringe import prefix_sharing as P
     from cringe.data import Collator, prepare
     from cringe.models import build_tiny_model, build_tiny_tokenizer
     from cringe.trainer import whole_head_weight
@@ -40,6 +42,7 @@ def main(out_path: str) -> None:
     full_batch = collate(rows)
     num_items = (full_batch["labels"][:, 1:] != L.IGNORE_INDEX).sum()  # every rank divides by the global count
     local = collate(rows[rank::world])
+    local_shared = P.build_shared_rows(rows[rank::world], tokenizer.pad_token_id)
 
     def plain(model, batch):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -56,6 +59,14 @@ def main(out_path: str) -> None:
             num_items=num_items,
         ).loss
 
+    def chunked_loss(model, hidden, targets, seq, pairs):
+        head_seen.append(type(model.lm_head.weight).__name__)  # before whole_head_weight
+        weight = whole_head_weight(model, model.lm_head)
+        loss, _ = C.pairwise_cringe_loss(
+            hidden, weight, None, targets, seq, pairs, alpha=0.5, k=1, margin=100.0, num_items=num_items
+        )
+        return loss
+
     def chunked(model, batch):
         captured = {}
         handle = model.model.register_forward_hook(lambda m, a, out: captured.update(h=out.last_hidden_state))
@@ -68,21 +79,11 @@ def main(out_path: str) -> None:
         labels = batch["labels"][:, 1:]
         mask = labels != L.IGNORE_INDEX
         seq = torch.arange(labels.shape[0]).unsqueeze(-1).expand_as(labels)[mask]
-        head_seen.append(type(model.lm_head.weight).__name__)  # before whole_head_weight
-        weight = whole_head_weight(model, model.lm_head)
-        loss, _ = C.pairwise_cringe_loss(
-            captured["h"][:, :-1][mask],
-            weight,
-            None,
-            labels[mask],
-            seq,
-            labels.shape[0] // 2,
-            alpha=0.5,
-            k=1,
-            margin=100.0,
-            num_items=num_items,
-        )
-        return loss
+        return chunked_loss(model, captured["h"][:, :-1][mask], labels[mask], seq, labels.shape[0] // 2)
+
+    def shared(model, batch):
+        hidden, targets, seq = P.answer_hidden(model, batch)
+        return chunked_loss(model, hidden, targets, seq, int(batch["num_sequences"]) // 2)
 
     def build(tied: bool):
         model = build_tiny_model(tokenizer)
@@ -93,7 +94,8 @@ def main(out_path: str) -> None:
 
     result, head_seen = {}, []
     mesh = init_device_mesh("cpu", (world,))
-    cases = [(p, t, r) for t in (True, False) for r in (False, True) for p in (("plain", plain), ("chunked", chunked))]
+    paths = (("shared", shared),) if variant == "shared" else (("plain", plain), ("chunked", chunked))
+    cases = [(p, t, r) for t in (True, False) for r in (False, True) for p in paths]
     for (name, path), tied, reshard in cases:
         reference = build(tied)
         ref_loss = plain(reference, full_batch)
@@ -106,7 +108,7 @@ def main(out_path: str) -> None:
         # keeps the root's parameters unsharded after forward by default, and then the head is whole).
         fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
         sharded = all(isinstance(p, DTensor) for p in model.parameters())
-        loss = path(model, local)
+        loss = path(model, local_shared if name == "shared" else local)
         # The trainer's convention: each rank's loss is over the global count, times the number of ranks, since
         # FSDP averages the ranks' gradients.
         (loss * world).backward()
@@ -138,4 +140,4 @@ def main(out_path: str) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main(sys.argv[1])
+    main(*sys.argv[1:])

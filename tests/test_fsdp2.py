@@ -19,7 +19,7 @@ from cringe.trainer import CringeConfig, CringeTrainer, whole_head_weight
 from .conftest import pair_rows
 
 
-def test_fsdp2_sharded_model_gives_the_unsharded_loss_and_gradients(tmp_path):
+def run_fsdp2_worker(tmp_path, *variant: str) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -36,6 +36,7 @@ def test_fsdp2_sharded_model_gives_the_unsharded_loss_and_gradients(tmp_path):
             str(port),
             str(Path(__file__).parent / "fsdp2_worker.py"),
             str(out),
+            *variant,
         ],
         env=env,
         capture_output=True,
@@ -44,13 +45,35 @@ def test_fsdp2_sharded_model_gives_the_unsharded_loss_and_gradients(tmp_path):
     )
     # whether the cases finished says if a failure came in the computation or only in the teardown
     assert result.returncode == 0, (f"results written: {out.exists()}", result.stderr[-3000:])
-    cases = json.loads(out.read_text())
-    # the chunked loss met the head both whole (root kept unsharded) and as a sharded DTensor (root resharded)
-    assert cases.pop("head_types_seen_by_the_chunked_loss") == ["Parameter", "DTensor", "Parameter", "DTensor"]
-    assert len(cases) == 8
+    return json.loads(out.read_text())
+
+
+def assert_sharded_equals_unsharded(cases: dict) -> None:
     for name, c in cases.items():
         assert c["sharded"], f"{name}: the parameters were not DTensors: nothing was sharded"
         assert c["loss_diff"] < 1e-5 and c["grad_diff"] < 1e-5, (name, c)  # gradients up to ~0.15
+
+
+def test_fsdp2_sharded_model_gives_the_unsharded_loss_and_gradients(tmp_path):
+    cases = run_fsdp2_worker(tmp_path)
+    # the chunked loss met the head both whole (root kept unsharded) and as a sharded DTensor (root resharded)
+    assert cases.pop("head_types_seen_by_the_chunked_loss") == ["Parameter", "DTensor", "Parameter", "DTensor"]
+    assert len(cases) == 8
+    assert_sharded_equals_unsharded(cases)
+
+
+@pytest.mark.slow
+def test_fsdp2_prefix_shared_rows_give_the_unsharded_plain_loss_and_gradients(tmp_path):
+    """Each rank's pairs as prefix-shared rows (cringe.prefix_sharing) on the sharded model, against the unsharded
+    model's plain rows over all pairs."""
+    cases = run_fsdp2_worker(tmp_path, "shared")
+    assert cases.pop("head_types_seen_by_the_chunked_loss") == ["Parameter", "DTensor", "Parameter", "DTensor"]
+    assert sorted(cases) == sorted(
+        f"shared, {tied} head, root {root} after forward"
+        for tied in ("tied", "untied")
+        for root in ("kept whole", "resharded")
+    )
+    assert_sharded_equals_unsharded(cases)
 
 
 def test_a_head_that_stays_partitioned_is_refused():

@@ -1,5 +1,6 @@
 """Batches for the trainer: pairs as 2B sequences (chosen first), binary rows with their labels, right padding
-or one packed row (padding-free); labels mask the prompt and the padding."""
+or one packed row (padding-free); labels mask the prompt and the padding. Pairs may instead share their prompt:
+one [prompt | chosen | rejected] segment per pair (cringe.prefix_sharing)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from cringe.losses import IGNORE_INDEX
+from cringe.prefix_sharing import build_shared_rows
 
 
 def _pad(sequences: list[list[int]], value: int) -> torch.Tensor:
@@ -26,14 +28,29 @@ class Collator:
     position_ids (restarting at 0 for each sequence, which is how transformers recognises packed sequences and
     keeps attention within each) and seq_id (the sequence of each position), all [1, total]; no attention_mask.
     A prompt always has at least one token, so no counted label is ever predicted across a boundary.
-    Both: num_sequences [] (S), is_positive [S] for binary data, ref_logps [S] when precomputed on the rows.
+    Prefix-shared (`share_prefix=True`, pairs only): `cringe.prefix_sharing.build_shared_rows`, one row per pair,
+    right-padded, or with `padding_free` every pair in one row; no labels, the answer tokens and the positions that
+    predict them are listed instead (answer_index, answer_targets, seq_index, in the 2B sequences' order).
+    All: num_sequences [] (S), is_positive [S] for binary data, ref_logps [S] when precomputed on the rows.
     """
 
     pad_token_id: int
     padding_free: bool = False
+    share_prefix: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         n_completions = len(rows[0]["completion_ids"])
+        if self.share_prefix and n_completions == 2:
+            batch = build_shared_rows(rows, self.pad_token_id, pack=self.padding_free)
+        else:
+            batch = self._sequences(rows, n_completions)
+        if rows[0].get("label") is not None and n_completions == 1:
+            batch["is_positive"] = torch.tensor([bool(r["label"]) for r in rows])
+        if "ref_logps" in rows[0]:
+            batch["ref_logps"] = torch.tensor([r["ref_logps"][j] for j in range(n_completions) for r in rows])
+        return batch
+
+    def _sequences(self, rows: list[dict], n_completions: int) -> dict[str, torch.Tensor]:
         sequences, label_rows = [], []
         for j in range(n_completions):
             for r in rows:
@@ -54,8 +71,4 @@ class Collator:
                 "labels": _pad(label_rows, IGNORE_INDEX),
             }
         batch["num_sequences"] = torch.tensor(len(sequences))
-        if rows[0].get("label") is not None and n_completions == 1:
-            batch["is_positive"] = torch.tensor([bool(r["label"]) for r in rows])
-        if "ref_logps" in rows[0]:
-            batch["ref_logps"] = torch.tensor([r["ref_logps"][j] for j in range(n_completions) for r in rows])
         return batch

@@ -29,7 +29,7 @@ from cringe.loop.tracking import check_trackers
 from cringe.models import cpu_prefers_bf16, default_dtype, resolve_device
 from cringe.registry import LOSSES, loss_spec
 from cringe.rewards import check_reward_spec
-from cringe.trainer import CringeConfig, LoraArguments
+from cringe.trainer import CringeConfig, LoraArguments, wants_prefix_sharing
 
 
 def _help(text: str, **extra) -> dict:
@@ -305,6 +305,9 @@ class IterateConfig:
             "training_processes": self.training_processes(),
             # the loss's settings with its defaults filled in: a resume after a default changed is refused
             "loss_settings": dataclasses.asdict(self.loss_settings()),
+            # one [prompt | chosen | rejected] row per pair (where the model can take it), or two rows: the same
+            # values to float precision, recorded so a resume across a changed default shows it
+            "prefix_sharing": "shared" if wants_prefix_sharing(self.loss, train.get("prefix_sharing")) else "plain",
         }
 
     def training_processes(self) -> int:
