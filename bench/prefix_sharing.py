@@ -1,6 +1,7 @@
 """Prefix-shared rows against the plain batch: forward + backward of the Pairwise Cringe loss, side by side.
 
     python bench/prefix_sharing.py [--shapes long,quick,hh,uf] [--pairs 8] [--repeats 3] [--out PATH]
+    python bench/prefix_sharing.py --trainer [--shapes ...] [--pairs 4] [--warmup 1] [--steps 2] [--out PATH]
 
 The plain variant is the trainer's chunked path: 2B rows (prompt + chosen, then prompt + rejected), right-padded,
 `cringe.chunked.completion_hidden`. The shared variant is one row per pair, [prompt | chosen | rejected]
@@ -16,6 +17,12 @@ is reported, with the growth over the resident set at the reset. Plain-equivalen
 plain batch feeds the model (pairs x (2 prompt + chosen + rejected)) for both variants: the same work delivered.
 Writes a markdown table to bench/results/prefix_sharing-<date>-<cpu>.md and the raw numbers next to it (.json);
 a later run into the same file (same settings) adds its shapes, so the shapes can be measured a few at a time.
+
+`--trainer`: whole optimiser steps through `CringeTrainer` (Pairwise Cringe, its defaults: the chunked loss, AdamW),
+`prefix_sharing` false against true, everything else equal. Each (shape, variant) runs in a fresh subprocess: the
+median of `--steps` step times (a TrainerCallback around each step, collation included) after `--warmup` steps,
+and the peak resident set over all its steps (reset after the model is loaded; the first step allocates Adam's
+state). Writes bench/results/prefix_sharing-trainer-<date>-<cpu>.md (and .json).
 """
 
 from __future__ import annotations
@@ -119,6 +126,107 @@ def measure_memory(shape: str, variant: str, pairs: int) -> dict:
     return {"peak_mib": peak_kb / 1024, "growth_mib": (peak_kb - base_kb) / 1024}
 
 
+def trainer_worker(shape: str, variant: str, pairs: int, warmup: int, steps: int) -> dict:
+    """In this (fresh) process: `warmup + steps` CringeTrainer steps of one variant; step times and peak RSS."""
+    from transformers import TrainerCallback
+
+    from cringe.data import PreparedData, ValidationReport
+    from cringe.trainer import CringeConfig, CringeTrainer
+
+    model, tokenizer = load()
+    rows = pair_rows(len(tokenizer), pairs * (warmup + steps), shape)
+    data = PreparedData("pairwise", rows, ValidationReport("bench", False, kept=len(rows)))
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.start)
+
+    args = CringeConfig(
+        output_dir="/tmp/cringe-bench-prefix-sharing",
+        loss="pairwise_cringe",
+        prefix_sharing=variant == "shared",
+        per_device_train_batch_size=pairs,
+        max_steps=warmup + steps,
+        max_prompt_length=None,
+        max_completion_length=None,
+        learning_rate=1e-6,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+        use_cpu=True,
+    )
+    trainer = CringeTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()])
+    assert trainer.share_prefix == (variant == "shared")
+    base_kb = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    trainer.train()
+    peak_kb = _status_kb("VmHWM")
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "seconds": times[warmup:],
+        "warmup_seconds": times[:warmup],
+        "loss": losses[0],
+        "peak_mib": peak_kb / 1024,
+        "growth_mib": (peak_kb - base_kb) / 1024,
+    }
+
+
+def render_trainer(saved: dict) -> str:
+    meta, results = saved["meta"], {s: saved["results"][s] for s in SHAPES if s in saved["results"]}
+    commands = "; ".join(f"`python bench/prefix_sharing.py {c}`" for c in saved["commands"])
+    lines = [
+        "# Prefix sharing through CringeTrainer: whole optimiser steps, plain against shared",
+        "",
+        f"Commands: {commands}  ",
+        f"Date: {saved['date']}; CPU: {meta['cpu']} ({meta['cores']} threads); torch {meta['torch']}, "
+        f"transformers {meta['transformers']}",
+        "",
+        f"SmolLM2-135M-Instruct, fp32, sdpa, Pairwise Cringe with the trainer's defaults (chunked loss, AdamW), "
+        f"{meta['pairs']} pairs per step; `prefix_sharing` false (plain) against true (shared). A fresh process per "
+        f"row: median of {meta['steps']} step times after {meta['warmup']} warm-up step(s) (collation, forward, "
+        "backward, optimiser); peak RSS over all its steps, reset after the model is loaded.",
+        "",
+        "| shape (prompt / chosen / rejected) | variant | s / step | pairs/s | plain-equiv. tokens/s | speed-up "
+        "| peak RSS MiB (growth) | first loss |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for shape, r in results.items():
+        prompt, chosen, rejected, label = SHAPES[shape]
+        plain_tokens = meta["pairs"] * (2 * prompt + chosen + rejected)
+        base = statistics.median(r["plain"]["seconds"])
+        for v in VARIANTS:
+            s = statistics.median(r[v]["seconds"])
+            lines.append(
+                f"| {label}: {prompt} / {chosen} / {rejected} | {v} | {s:.2f} | {meta['pairs'] / s:.2f} "
+                f"| {plain_tokens / s:.0f} | {base / s:.2f}x | {r[v]['peak_mib']:.0f} ({r[v]['growth_mib']:+.0f}) "
+                f"| {r[v]['loss']:.6f} |"
+            )
+    lines += [
+        "",
+        "Goals (issue 29): >= 1.4x on the long-prompt shape, >= 1.25x on the quick preset's pairs, >= 0.98x on the "
+        "UltraFeedback-like one. The first step's loss is the same for both variants: the same objective.",
+        "",
+        "Per-step seconds (warm-up in brackets):",
+        "",
+        *(
+            f"- {shape} {v}: [{', '.join(f'{t:.2f}' for t in r[v]['warmup_seconds'])}] "
+            f"{', '.join(f'{t:.2f}' for t in r[v]['seconds'])}"
+            for shape, r in results.items()
+            for v in VARIANTS
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def measure_time(model, tokenizer, shape: str, pairs: int, repeats: int) -> dict:
     rows = pair_rows(len(tokenizer), pairs, shape)
     times = {v: [] for v in VARIANTS}
@@ -180,15 +288,52 @@ def render(saved: dict) -> str:
     return "\n".join(lines)
 
 
+def _worker(*flags: str) -> dict:
+    """Runs this script with `flags` in a fresh process; its last line of output is the JSON result."""
+    out = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure_raw(shapes: list[str], args) -> dict:
+    model, tokenizer = load()
+    results = {}
+    for shape in shapes:
+        results[shape] = measure_time(model, tokenizer, shape, args.pairs, args.repeats)
+        results[shape]["memory"] = {}
+        if not args.no_memory:
+            for v in VARIANTS:
+                results[shape]["memory"][v] = _worker("--memory-worker", shape, v, "--pairs", str(args.pairs))
+        print(shape, json.dumps(results[shape]), flush=True)
+    return results
+
+
+def measure_trainer(shapes: list[str], args) -> dict:
+    results = {}
+    for shape in shapes:
+        counts = ("--pairs", str(args.pairs), "--warmup", str(args.warmup), "--steps", str(args.steps))
+        results[shape] = {v: _worker("--trainer-worker", shape, v, *counts) for v in VARIANTS}
+        print(shape, json.dumps(results[shape]), flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--pairs", type=int, default=None, help="pairs per step (default: 8; --trainer: 4)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trainer", action="store_true", help="whole CringeTrainer steps, a process per variant")
+    parser.add_argument("--warmup", type=int, default=1, help="--trainer: untimed steps first")
+    parser.add_argument("--steps", type=int, default=2, help="--trainer: timed steps")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     parser.add_argument("--out", default=None, help="the markdown file (default under bench/results/)")
     parser.add_argument("--memory-worker", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--trainer-worker", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pairs is None:
+        args.pairs = 4 if args.trainer or args.trainer_worker else 8
+    if args.trainer_worker:
+        print(json.dumps(trainer_worker(*args.trainer_worker, args.pairs, args.warmup, args.steps)))
+        return
     if args.memory_worker:
         print(json.dumps(measure_memory(*args.memory_worker, args.pairs)))
         return
@@ -202,25 +347,12 @@ def main() -> None:
     unknown = sorted(set(shapes) - set(SHAPES))
     if unknown:
         parser.error(f"unknown shapes {unknown}; choose from {', '.join(SHAPES)}")
-    model, tokenizer = load()
-    results = {}
-    for shape in shapes:
-        results[shape] = measure_time(model, tokenizer, shape, args.pairs, args.repeats)
-        results[shape]["memory"] = {}
-        if not args.no_memory:
-            for v in VARIANTS:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--memory-worker", shape, v, "--pairs", str(args.pairs)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                results[shape]["memory"][v] = json.loads(out.strip().splitlines()[-1])
-        print(shape, json.dumps(results[shape]), flush=True)
+    results = measure_trainer(shapes, args) if args.trainer else measure_raw(shapes, args)
     cpu = cpu_name()
     date = datetime.date.today().isoformat()
     tag = "xeon" if "xeon" in cpu.lower() else "epyc" if "epyc" in cpu.lower() else cpu.split()[0].lower()
-    out = Path(args.out) if args.out else RESULTS / f"prefix_sharing-{date}-{tag}.md"
+    name = "prefix_sharing-trainer" if args.trainer else "prefix_sharing"
+    out = Path(args.out) if args.out else RESULTS / f"{name}-{date}-{tag}.md"
     raw = out.with_suffix(".json")
     # Shapes measured by earlier runs into the same file are kept (a run per few shapes keeps each job short);
     # every run must have used the same settings.
@@ -230,7 +362,7 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "pairs": args.pairs,
-        "repeats": args.repeats,
+        **({"warmup": args.warmup, "steps": args.steps} if args.trainer else {"repeats": args.repeats}),
     }
     saved = read_json(raw) if raw.exists() else {"meta": meta, "commands": [], "results": {}}
     if saved["meta"] != meta:
@@ -239,7 +371,7 @@ def main() -> None:
     saved["commands"].append(" ".join(sys.argv[1:]))
     saved["date"] = date
     write_json(raw, saved)
-    text = render(saved)
+    text = render_trainer(saved) if args.trainer else render(saved)
     write_atomic(out, text)
     print(text)
 
