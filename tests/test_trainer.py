@@ -157,6 +157,7 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, token
 
 def test_lora_reference_is_the_base_model_with_adapters_disabled(tmp_path, tokenizer):
     peft = pytest.importorskip("peft")
+    from cringe.data import Collator
     from cringe.losses import sequence_logps
 
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -169,11 +170,13 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled(tmp_path, token
     )
     trainer.train()
     assert [h for h in trainer.state.log_history if "loss" in h][-1]["rewards/margins"] > 0.0
-    batch = trainer.data_collator(trainer.train_dataset.rows[:4])
+    rows = trainer.train_dataset.rows[:4]
+    batch = trainer.data_collator(rows)  # the trainer's own batch (prefix-shared rows by default)
+    plain = Collator(tokenizer.pad_token_id)(rows)
     start = build_tiny_model(tokenizer).eval()  # the same seed: the weights the adapters were put on
     with torch.no_grad():
-        logits = start(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        expected, _ = sequence_logps(logits[:, :-1], batch["labels"][:, 1:])
+        logits = start(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+        expected, _ = sequence_logps(logits[:, :-1], plain["labels"][:, 1:])
         trained = trainer._sequence_logps(trainer.model, batch)
     torch.testing.assert_close(trainer._reference_logps(batch), expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(trained, expected, atol=1e-3)  # the adapters did move the policy
