@@ -346,20 +346,11 @@ def summarise(results: list[dict], seed: int = 0) -> dict:
     }
 
 
-def per_type(results: list[dict]) -> dict[str, dict]:
-    counts = defaultdict(lambda: [0, 0, 0])  # strict hits, loose hits, total
-    for r in results:
-        for instruction, strict, loose in zip(r["instruction_id_list"], r["strict"], r["loose"]):
-            c = counts[instruction]
-            c[0] += strict
-            c[1] += loose
-            c[2] += 1
-    return {k: {"strict": s / n, "loose": lo / n, "n": n} for k, (s, lo, n) in sorted(counts.items())}
-
-
 def combine(seeds: dict[int, dict]) -> dict:
     """Per method: the last evaluated round of every seed, results pooled (intervals resample prompts of all
     seeds), KL and time averaged over seeds; and per round, the same (the frontier)."""
+    from cringe.instructions import per_type
+
     names = sorted({m for points in seeds.values() for m in points}, key=_order)
     table, curves = {}, {}
     for name in names:

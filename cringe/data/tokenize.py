@@ -308,7 +308,7 @@ def load_prompts(
         columns = None
         if extra:
             row = dataset[ex.row]
-            columns = {c: row[c] for c in extra}
+            columns = {c: row.get(c) for c in extra}  # a list of dicts may leave a key out of some rows
         prompts.append(Prompt(len(prompts), _prompt_text(ex), ids, messages, columns))
     if not prompts:
         raise UserError("no prompts left after validation")

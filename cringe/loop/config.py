@@ -59,7 +59,7 @@ class IterateConfig:
     model: str = field(metadata=_help("the initial policy M_0: hub id, local folder or packaged spec"))
     prompts: str = field(metadata=_help("training prompts (any accepted data format; the prompt column is used)"))
     output_dir: str = field(metadata=_help("the run directory; rerun the same command to resume"))
-    reward: dict = field(default=None, metadata=_help("reward source: {type: callable|model|judge, ...}"))
+    reward: dict = field(default=None, metadata=_help("reward source: {type: callable|model|judge|instructions, ...}"))
     rounds: int = field(default=3, metadata=_help("rounds of sample -> score -> pair -> train"))
     loss: str = field(
         default="pairwise_cringe",
@@ -165,7 +165,7 @@ class IterateConfig:
 
     def __post_init__(self):
         if self.reward is None:
-            raise UserError("reward is required: a section {type: callable|model|judge, ...}")
+            raise UserError("reward is required: a section {type: callable|model|judge|instructions, ...}")
         check_reward_spec(self.reward, "reward")
         if self.eval_reward is not None:
             check_reward_spec(self.eval_reward, "eval_reward")
