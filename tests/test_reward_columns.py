@@ -320,3 +320,10 @@ def test_cringe_score_reads_the_instructions_from_the_samples_file_alone(tmp_pat
         r["columns"]["instruction_id_list"] for r in drawn
     ]
     assert all(r["score"] == sum(r["instructions"]["strict"]) / len(r["instructions"]["strict"]) for r in rows)
+
+
+def test_prompt_rows_given_as_dicts_may_leave_a_column_out(tokenizer):
+    # A Python list of rows whose keys differ (IFEval rows beside plain ones): a column a row lacks reads as None,
+    # as Arrow fills it when the rows come from a file.
+    prompts = load_prompts([{"prompt": "a", "target": "x"}, {"prompt": "b"}], tokenizer)
+    assert [p.columns for p in prompts] == [{"target": "x"}, {"target": None}]
