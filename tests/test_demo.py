@@ -166,6 +166,7 @@ def test_a_directory_made_with_another_preset_is_refused_before_anything_is_rewr
 
     smoke = PRESETS["smoke"]
     out = tmp_path / "demo"
+    out.mkdir()
     write_json(out / PRESET_FILE, Demo(smoke, str(out)).recorded_preset())
     Demo(dataclasses.replace(smoke, methods=("dpo",)), str(out)).check_preset()  # a method may be added or left out
     with pytest.raises(UserError, match=r"another preset or seed \(differences: eval_prompts, rounds\)"):
@@ -180,6 +181,7 @@ def test_a_directory_made_with_another_preset_is_refused_before_anything_is_rewr
     # a directory from before preset.json: its prompt files' lengths
     (out / PRESET_FILE).unlink()
     (out / "m0").mkdir()
+    (out / "data").mkdir()
     (out / "m0" / "state.json").write_text("{}")
     write_jsonl(out / "data" / "train_prompts.jsonl", [{"prompt": "p"}] * 24)
     write_jsonl(out / "data" / "eval_prompts.jsonl", [{"prompt": "p"}] * 48)
@@ -187,3 +189,9 @@ def test_a_directory_made_with_another_preset_is_refused_before_anything_is_rewr
     Demo(old_quick, str(out)).check_preset()
     with pytest.raises(UserError, match=r"eval_prompts \(48 prompts, this preset 6\)"):
         Demo(dataclasses.replace(old_quick, eval_prompts=6), str(out)).check_preset()
+    # the old quick preset's counts equal today's (24 and 48): its proxy's length and its rounds tell them apart
+    write_json(out / "m0" / "state.json", {"config": {"reward": {"max_length": 40}}})
+    (out / "methods" / "iterative_dpo").mkdir(parents=True)
+    write_json(out / "methods" / "iterative_dpo" / "state.json", {"config": {"rounds": 2}})
+    with pytest.raises(UserError, match=r"proxy_max_length \(40, this preset 48\), iterative_dpo rounds \(2, this "):
+        Demo(PRESETS["quick"], str(out)).check_preset()

@@ -25,13 +25,20 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=40)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="the demo's seed: its splits and training")
+    parser.add_argument("--test-reviews", type=int, default=500, help="classifier_test size (the quick preset's: 500)")
     args = parser.parse_args()
+    for seed in args.seeds:
+        measure(args, seed)
 
+
+def measure(args, seed: int) -> None:
     from cringe.rewards import RewardModel, train_reward_model
     from cringe.testbeds import sentiment as S
 
-    splits = S.make_splits(0, S.SplitSizes(proxy_train=args.reviews, gold_train=5000, classifier_test=500))
-    rng = random.Random(0)
+    sizes = S.SplitSizes(proxy_train=args.reviews, gold_train=5000, classifier_test=args.test_reviews)
+    splits = S.make_splits(seed, sizes)
+    rng = random.Random(seed)
 
     def snippet(text: str) -> str:
         words = text.split()
@@ -52,7 +59,7 @@ def main() -> None:
             learning_rate=args.lr,
             batch_size=32,
             max_length=args.max_length,
-            seed=0,
+            seed=seed,
             truncation_side="left",
             use_cpu=True,
         )
@@ -65,9 +72,10 @@ def main() -> None:
     finally:
         shutil.rmtree(out, ignore_errors=True)
     print(
-        f"reviews {args.reviews}, words {args.words or 'all'}, max_length {args.max_length}, epochs {args.epochs}, "
-        f"lr {args.lr}: training {seconds:.0f} s, held-out accuracy on the same kind of text {snippets:.3f}, "
-        f"on whole reviews (left-truncated) {whole:.3f}"
+        f"seed {seed}, reviews {args.reviews}, words {args.words or 'all'}, max_length {args.max_length}, epochs {args.epochs}, "
+        f"lr {args.lr}: training {seconds:.0f} s, held-out accuracy ({len(test)} reviews) on the same kind of "
+        f"text {snippets:.3f}, on whole reviews (left-truncated) {whole:.3f}",
+        flush=True,
     )
 
 

@@ -6,7 +6,8 @@ Each variant changes a few preset fields (VARIANTS) and runs the chosen methods 
 models and seed (both reward models come from the cache after the first variant, so variants are timed without
 set-up). Prints each variant's gold win rate with its 95% interval, KL and the wall seconds of its methods.
 The preset's aim: the Iterative Pairwise Cringe row's interval above 0.5, the whole `cringe demo --quick` at most
-5 minutes from an empty cache on 2 CPU cores.
+5 minutes from an empty cache on 2 CPU cores. Reused reward models mean this measures neither the cold time nor the
+proxy's accuracy spread: bench/research/quick_cold.py runs the real command from an empty cache.
 """
 
 from __future__ import annotations

@@ -17,7 +17,11 @@ from cringe.errors import UserError
 class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "where everything lands; rerun to resume"})
     quick: bool = field(
-        default=False, metadata={"help": "the small preset (6-9 minutes on 2 CPU cores from an empty cache)"}
+        default=False,
+        metadata={
+            "help": "the small preset: the iterative comparison only (start model, DPO, Iterative DPO, Iterative "
+            "Pairwise Cringe), about 5 minutes on 2 CPU cores from an empty cache"
+        },
     )
     preset: str | None = field(
         default=None, metadata={"help": "default | quick | smoke (tests)", "choices": tuple(sorted(PRESETS))}

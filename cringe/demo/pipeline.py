@@ -111,25 +111,32 @@ class Preset:
 
 PRESETS = {
     "default": Preset(),
-    # 6-9 minutes from an empty cache on 2 cores (5 min 41 s on a Xeon with AMX bf16, 8 min 37 s on an AMD EPYC in
-    # fp32, docs/results/demo.md): smaller classifiers (their set-up is most of the difference), 2 rounds
-    # Its proxy: 600 whole reviews at lr 1e-4 reached 0.58-0.60 held-out accuracy (noise for a labeller); 2,400
-    # review endings of 40 tokens at lr 3e-4 reach 0.75-0.79 in about a minute of training on 2 cores
-    # (bench/research/proxy_reward.py, 2026-11-27; CPU training is not bit-reproducible). The policy's lr 3e-4:
-    # at 1e-4 Iterative Pairwise Cringe scored 0.375 (2-3 steps a round barely move it); at 3e-4, 0.708
-    # (0.583..0.833) on 48 prompts, seed 0 (bench/research/quick_preset.py, 2026-11-27; seeds 1-2 and other variants in
-    # bench/results/quick_preset-2026-11-27.md). 48 evaluation prompts, not 24: intervals of +/-0.13 instead of
-    # +/-0.2, for about 55 s more (5 min 41 s cold against 4 min 29 s; docs/results/demo.md).
+    # The iterative comparison only: the start model, DPO, Iterative DPO and Iterative Pairwise Cringe. Binary
+    # Cringe and one-round Pairwise Cringe stay in the default preset: with them, at 2 rounds of 12 prompts and 48
+    # evaluation prompts, the quick demo took 307-362 s cold on 2 cores and Iterative Pairwise Cringe's interval
+    # cleared 0.5 on 1 of 3 seeds (docs/results/demo.md). The time they cost buys a third round (iterating is what
+    # makes Pairwise Cringe work) and a proxy that clears 0.75. 3 rounds of 8 prompts and 48 evaluation prompts,
+    # not 12 or 10 prompts with 96 or 64: those cleared 0.5 with room to spare (Iterative Pairwise Cringe's
+    # interval low 0.72 and 0.81, seeds 1 and 0) but took 344 s and 327 s cold.
+    # Its proxy: 2,400 reviews' last 48 tokens at lr 3e-4. 40 tokens gave 0.752-0.780 held-out accuracy over seeds
+    # 0-2, 64 tokens 0.764-0.792 for 20 s more, and one seed's accuracy moved by up to 0.018 run to run
+    # (bench/research/proxy_reward.py, 2026-12-03). Scored on 1,000 held-out reviews rather than 500: a standard
+    # error of 0.013 instead of 0.019 on an accuracy that must clear 0.75.
+    # The policy's lr 3e-4: at 1e-4 Iterative Pairwise Cringe scored 0.375 (2-3 steps a round barely move it); at
+    # 3e-4, 0.708 (bench/research/quick_preset.py, 2026-11-27). Measured cold on 3 seeds:
+    # bench/results/quick_cold-2026-12-03-xeon.md (bench/research/quick_cold.py).
     "quick": Preset(
-        rounds=2,
-        round_prompts=12,
+        rounds=3,
+        round_prompts=8,
         max_new_tokens=16,
         eval_prompts=48,
-        eval_every=2,
+        eval_every=3,  # the last round only: each evaluation costs as much as a round's training
         learning_rate=3e-4,
-        proxy_max_length=40,
+        pairs_per_step=4,  # two steps a round from 8 prompts, as 12 prompts at 8 pairs a step gave (8 + 4)
+        proxy_max_length=48,
         proxy_learning_rate=3e-4,
-        sizes=SplitSizes(proxy_train=2400, gold_train=5000, classifier_test=500),
+        sizes=SplitSizes(proxy_train=2400, gold_train=5000, classifier_test=1000),
+        methods=("dpo", "iterative_dpo", "iterative_pairwise_cringe"),
     ),
     # what `make test` runs: the whole pipeline on a tiny random policy, in seconds
     "smoke": Preset(
@@ -551,6 +558,15 @@ class Demo:
                 if (self.out / "data" / f"{name}.jsonl").exists()
                 and len(read_jsonl(self.out / "data" / f"{name}.jsonl")) != n
             ]
+            # the old quick preset had this preset's prompt counts: its proxy read 40 tokens and it ran 2 rounds
+            m0_reward = read_json(RunDir(self.out / "m0").state_path).get("config", {}).get("reward", {})
+            if m0_reward.get("max_length", p.proxy_max_length) != p.proxy_max_length:
+                diff.append(f"proxy_max_length ({m0_reward['max_length']}, this preset {p.proxy_max_length})")
+            for name in p.methods:
+                run = RunDir(self.out / "methods" / name)
+                rounds = read_json(run.state_path).get("config", {}).get("rounds") if run.exists() else None
+                if METHODS[name][1] and rounds not in (None, p.rounds):
+                    diff.append(f"{name} rounds ({rounds}, this preset {p.rounds})")
         else:
             return
         if diff:
