@@ -143,43 +143,25 @@ class Comparison:
             backend="transformers",
         )
 
-    def train_args(self, name: str, loss: str) -> dict:
-        from cringe.registry import loss_spec
+    def training(self, name: str):
+        from cringe.demo.methods import Training
 
-        g, spec = self.grid, loss_spec(loss)
-        args = {
-            "per_device_train_batch_size": g.pairs_per_step * (2 if spec.data_kind == "binary" else 1),
-            "learning_rate": LEARNING_RATES.get(name, g.learning_rate),
-            "num_train_epochs": g.epochs,
-            "lr_scheduler_type": "constant",
-            "warmup_steps": 0,
-            "logging_steps": 5,
-            "save_strategy": "no",
-            "bf16": self.bf16,
-        }
-        if spec.needs_reference:
-            args.update(beta=g.beta, precompute_ref_logps=True)
-        return args
+        g = self.grid
+        return Training(LEARNING_RATES.get(name, g.learning_rate), g.pairs_per_step, g.epochs, g.beta, self.bf16)
 
     def m0(self):
         """The start model's samples on every training prompt, scored once (every loop method's round 1 trains on
-        them), and its held-out samples (every method's baseline)."""
+        them; m0_seconds.json: the seconds that took), and its held-out samples (every method's baseline)."""
+        from cringe.demo.methods import draw_m0
         from cringe.durable.files import read_json, write_json
-        from cringe.loop import rundir
-        from cringe.loop.run import IterateConfig, IterativeRun
 
-        run = IterativeRun(IterateConfig(**self.base_config(), output_dir=str(self.out / "m0"), rounds=1))
-        timing_path = run.dir / "m0_seconds.json"
-        with run.session():
-            samples, scores = run.dir / rundir.SAMPLES, run.dir / rundir.SCORES
-            prompts = run.prompts()
-            t0 = time.time()
-            if not samples.exists():
-                run.sample(0, prompts, samples)
-            if not scores.exists():
-                run.score(prompts, run.run_dir.samples(samples), scores)
-                write_json(timing_path, {"seconds": round(time.time() - t0, 1)})
-            run.baseline()
+        timing_path = self.out / "m0" / "m0_seconds.json"
+
+        def record(seconds: float, scored_now: bool) -> None:
+            if scored_now:
+                write_json(timing_path, {"seconds": round(seconds, 1)})
+
+        run = draw_m0(self.base_config(), self.out / "m0", on_samples=record)
         self.m0_seconds = read_json(timing_path)["seconds"] if timing_path.exists() else None
         return run
 
@@ -199,20 +181,19 @@ class Comparison:
                 run.score(prompts, run.run_dir.samples(samples), scores, evaluation=True)
 
     def method_config(self, name: str):
-        from cringe.loop.run import IterateConfig
+        from cringe.demo.methods import method_config
 
         g = self.grid
         loss, iterative = LOOP_METHODS.get(name, ("pairwise_cringe", False))  # grpo: the run directory only
-        m0 = str(self.out / "m0")
-        return IterateConfig(
-            **self.base_config(),
-            output_dir=str(self.out / "methods" / name),
+        return method_config(
+            self.base_config(),
+            self.out / "methods" / name,
             loss=loss,
-            rounds=g.rounds if iterative else 1,
-            round_prompts=g.round_prompts if iterative else None,
-            train=self.train_args(name, loss),
-            first_round_from=m0,
-            baseline_from=m0,
+            iterative=iterative,
+            rounds=g.rounds,
+            round_prompts=g.round_prompts,
+            training=self.training(name),
+            m0_dir=self.out / "m0",
         )
 
     def grpo_settings(self):

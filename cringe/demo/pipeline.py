@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
+from cringe.demo import methods
 from cringe.demo.online import OnlineSettings, run_online
 from cringe.durable.files import read_json, read_jsonl, write_json, write_jsonl
 from cringe.errors import UserError
 from cringe.evaluate import mean_with_ci, summarise
 from cringe.loop import rundir
-from cringe.loop.run import IterateConfig, IterativeRun
+from cringe.loop.run import IterativeRun
 from cringe.loop.rundir import RunDir
 from cringe.loop.stages import per_sample
 from cringe.losses import PairwiseCringeSettings
@@ -279,23 +280,9 @@ class Demo:
             backend="transformers",
         )
 
-    def train_args(self, loss: str) -> dict:
+    def training(self) -> methods.Training:
         p = self.preset
-        spec = loss_spec(loss)
-        rows_per_pair = 2 if spec.data_kind == "binary" else 1  # binary rows are single sequences
-        args = {
-            "per_device_train_batch_size": p.pairs_per_step * rows_per_pair,
-            "learning_rate": p.learning_rate,
-            "num_train_epochs": p.epochs,
-            "lr_scheduler_type": "constant",
-            "warmup_steps": 0,
-            "logging_steps": 5,
-            "save_strategy": "no",
-            "bf16": p.resolved_bf16(),
-        }
-        if spec.needs_reference:
-            args.update(beta=p.beta, precompute_ref_logps=True)
-        return args
+        return methods.Training(p.learning_rate, p.pairs_per_step, p.epochs, p.beta, p.resolved_bf16())
 
     # ----- stage 2: the shared M0 samples -------------------------------------------------------------------
     def m0(self):
@@ -304,24 +291,18 @@ class Demo:
         every method's round 1 trains on its rows (first_round_from) and compares with its baseline."""
 
         p = self.preset
-        run = IterativeRun(IterateConfig(**self.base_config(), output_dir=str(self.out / "m0"), rounds=1))
-        with run.session():
-            samples_path, scores_path = run.dir / rundir.SAMPLES, run.dir / rundir.SCORES
-            t0 = time.time()
-            prompts = run.prompts()
-            if not samples_path.exists():
-                run.sample(0, prompts, samples_path)
-            if not scores_path.exists():
-                run.score(prompts, run.run_dir.samples(samples_path), scores_path)
-            self.progress.finish(
+        return methods.draw_m0(
+            self.base_config(),
+            self.out / "m0",
+            on_samples=lambda seconds, _: self.progress.finish(
                 "M0 samples",
-                time.time() - t0,
+                seconds,
                 note=f"{p.samples_per_prompt} x {p.rounds * p.round_prompts} training prompts, proxy-labelled",
-            )
-            t0 = time.time()
-            run.baseline()
-            self.progress.finish("M0 held-out", time.time() - t0, note=f"{p.eval_prompts} prompts, gold-scored")
-        return run
+            ),
+            on_held_out=lambda seconds: self.progress.finish(
+                "M0 held-out", seconds, note=f"{p.eval_prompts} prompts, gold-scored"
+            ),
+        )
 
     # ----- stage 3: the methods -----------------------------------------------------------------------------
     def method_config(self, name: str):
@@ -329,16 +310,15 @@ class Demo:
         loss, iterative = METHODS[name]
         if loss == "rloo":  # trained by TRL; the run directory is used for sampling and evaluation only
             loss = "pairwise_cringe"
-        m0 = str(self.out / "m0")
-        return IterateConfig(
-            **self.base_config(),
-            output_dir=str(self.out / "methods" / name),
+        return methods.method_config(
+            self.base_config(),
+            self.out / "methods" / name,
             loss=loss,
-            rounds=p.rounds if iterative else 1,
-            round_prompts=p.round_prompts if iterative else None,
-            train=self.train_args(loss),
-            first_round_from=m0,
-            baseline_from=m0,
+            iterative=iterative,
+            rounds=p.rounds,
+            round_prompts=p.round_prompts,
+            training=self.training(),
+            m0_dir=self.out / "m0",
         )
 
     def plan(self) -> None:
