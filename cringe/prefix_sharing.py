@@ -22,7 +22,14 @@ What the row layout changes, and how this module keeps the results equal to the 
 * **Sliding windows.** A model with both full and sliding-window layers takes a dict of masks keyed by layer type
   (Gemma-2/3, Qwen2/3, ...): the sliding mask here limits the distance in position ids (q_pos - k_pos < window),
   which is what the plain row's window limits. A model with one window for every layer (Mistral) gets it built into
-  its single mask. Only eager and sdpa attention read such masks; see `can_share_prefix` for the rest.
+  its single mask. Only eager, sdpa and flex attention read such masks; see `can_share_prefix` for the rest.
+* **FlexAttention.** A model loaded with `attn_implementation="flex_attention"` gets a `BlockMask` instead (one per
+  layer type, likewise), built from a `mask_mod` over per-token tensors (pair, part, position id): the same allowed
+  attention as `allowed_attention`, without an [R, T, T] tensor, and with the blocks nothing may attend to skipped.
+  transformers passes a 4D `BlockMask` given as `attention_mask` through untouched
+  (`masking_utils._preprocess_mask_arguments`). PyTorch runs FlexAttention's backward on CUDA (and XPU/HPU) only,
+  so on a CPU it is forward-only: its parity is tested there without gradients (tests/test_prefix_sharing_flex.py);
+  training with it has not run on a GPU yet (bench/gpu/prefix_sharing_flex.py is prepared for that).
 """
 
 from __future__ import annotations
@@ -57,7 +64,8 @@ RECURRENT_MODEL_TYPES = (
     "lfm2",
     "qwen3_next",
 )
-MASK_ATTENTION = ("eager", "sdpa")
+FLEX_ATTENTION = "flex_attention"
+MASK_ATTENTION = ("eager", "sdpa", FLEX_ATTENTION)
 
 
 # ----- rows --------------------------------------------------------------------------------------------------------
@@ -179,6 +187,52 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
+def shared_mask_mod(batch: dict, sliding_window: int | None = None):
+    """FlexAttention's `mask_mod(b, h, q_idx, kv_idx) -> bool` for shared rows: exactly `allowed_attention`, read
+    from the per-token tensors (pair_id, part, position_ids), so nothing of size T x T is held.
+
+    The tensors are padded (as padding tokens) to a multiple of FlexAttention's block size, so that the indices of
+    a partial last block past T, should a kernel evaluate them, read inside the tensors (transformers' own mask
+    functions index unpadded tensors; this costs O(T) and removes the question).
+    """
+    from torch.nn.attention.flex_attention import _DEFAULT_SPARSE_BLOCK_SIZE as BLOCK
+
+    t = batch["pair_id"].shape[1]
+    extra = -t % BLOCK
+
+    def padded(x: torch.Tensor, fill: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, extra), value=fill)
+
+    pair, part, pos = padded(batch["pair_id"], -1), padded(batch["part"], PADDING), padded(batch["position_ids"], 0)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        same_pair = (pair[b, q_idx] == pair[b, kv_idx]) & (pair[b, q_idx] >= 0)
+        rejected_sees_chosen = (part[b, q_idx] == REJECTED) & (part[b, kv_idx] == CHOSEN)
+        allowed = (q_idx >= kv_idx) & same_pair & ~rejected_sees_chosen
+        if sliding_window is not None:
+            allowed = allowed & (pos[b, q_idx] - pos[b, kv_idx] < sliding_window)
+        return allowed | (q_idx == kv_idx)
+
+    return mask_mod
+
+
+def block_mask(batch: dict, sliding_window: int | None = None):
+    """A FlexAttention `BlockMask` [R, 1, T, T] of `shared_mask_mod`, on the device of the batch's input_ids.
+
+    The device is passed explicitly: `create_block_mask` has defaulted to CUDA. On an accelerator the mask's
+    creation is compiled (as transformers does), which builds it block by block instead of evaluating a dense
+    [R, 1, T, T] mask first; a CPU runs it eagerly (FlexAttention is forward-only there, and this keeps its tests
+    free of a C++ compile).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    rows, t = batch["input_ids"].shape
+    device = batch["input_ids"].device
+    return create_block_mask(
+        shared_mask_mod(batch, sliding_window), rows, None, t, t, device=device, _compile=device.type != "cpu"
+    )
+
+
 # ----- the model side ----------------------------------------------------------------------------------------------
 
 
@@ -205,15 +259,17 @@ def _takes_mask_per_layer_type(decoder) -> bool:
 def can_share_prefix(model) -> tuple[bool, str]:
     """Whether `model` gives the plain path's results on shared rows, and why not when it does not.
 
-    Needs: an attention implementation that reads a 4D float mask (eager, sdpa; flash attention takes none, and
-    FlexAttention is not wired here), rotary or learned positions taken from position_ids, attention-only layers
+    Needs: an attention implementation that takes a 4D mask (eager and sdpa a float one, flex_attention a
+    BlockMask; flash attention takes none), rotary or learned positions taken from position_ids, attention-only layers
     (full or sliding window; a model with both must take a mask per layer type), and a decoder to hook.
     """
     lm = C.causal_lm(model)
     config = _text_config(lm)
-    implementation = getattr(config, "_attn_implementation", None) or getattr(lm.config, "_attn_implementation", None)
+    implementation = _attention_implementation(lm)
     if implementation not in MASK_ATTENTION:
-        return False, f"attention implementation {implementation!r} does not read a 4D mask (needs eager or sdpa)"
+        return False, (
+            f"attention implementation {implementation!r} does not read a 4D mask (needs eager, sdpa or flex_attention)"
+        )
     if getattr(config, "model_type", None) in RECURRENT_MODEL_TYPES or getattr(config, "layers_block_type", None):
         return False, f"{config.model_type} has recurrent or linear-attention layers (state a mask cannot restart)"
     layer_types = _layer_types(config)
@@ -233,19 +289,31 @@ def can_share_prefix(model) -> tuple[bool, str]:
     return True, "ok"
 
 
-def attention_masks(lm, batch: dict, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The mask to pass as `attention_mask`: one [R, 1, T, T] float tensor, or a dict keyed by layer type when the
-    model has both full and sliding-window layers."""
+def _attention_implementation(lm) -> str | None:
+    config = _text_config(lm)
+    return getattr(config, "_attn_implementation", None) or getattr(lm.config, "_attn_implementation", None)
+
+
+def attention_masks(lm, batch: dict, dtype: torch.dtype):
+    """The mask to pass as `attention_mask`: one [R, 1, T, T] float tensor (a FlexAttention `BlockMask` when the
+    model runs flex_attention), or a dict of them keyed by layer type when the model has both full and
+    sliding-window layers."""
     config = _text_config(lm)
     window = getattr(config, "sliding_window", None)
     layer_types = _layer_types(config)
+    if _attention_implementation(lm) == FLEX_ATTENTION:
+
+        def build(window):
+            return block_mask(batch, window)
+    else:
+
+        def build(window):
+            return additive_mask(allowed_attention(batch, window), dtype)
+
     if layer_types is None:
         # A single kind of layer: a configured window applies to all of them (Mistral, Mixtral, Phi-3).
-        return additive_mask(allowed_attention(batch, window), dtype)
-    masks = {
-        kind: additive_mask(allowed_attention(batch, window if kind == "sliding_attention" else None), dtype)
-        for kind in set(layer_types)
-    }
+        return build(window)
+    masks = {kind: build(window if kind == "sliding_attention" else None) for kind in set(layer_types)}
     return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
