@@ -30,12 +30,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cringe.machine import cpu_label, cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "smollm2-135m-instruct"
@@ -54,14 +55,6 @@ def _status_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def pair_rows(vocab: int, pairs: int, shape: str, seed: int = 0) -> list[dict]:
@@ -348,9 +341,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown shapes {unknown}; choose from {', '.join(SHAPES)}")
     results = measure_trainer(shapes, args) if args.trainer else measure_raw(shapes, args)
-    cpu = cpu_name()
+    cpu = cpu_model()
     date = datetime.date.today().isoformat()
-    tag = "xeon" if "xeon" in cpu.lower() else "epyc" if "epyc" in cpu.lower() else cpu.split()[0].lower()
+    tag = cpu_label()
     name = "prefix_sharing-trainer" if args.trainer else "prefix_sharing"
     out = Path(args.out) if args.out else RESULTS / f"{name}-{date}-{tag}.md"
     raw = out.with_suffix(".json")

@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cringe.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,14 +48,6 @@ def prompts_for(tokenizer, count: int) -> list[list[int]]:
     return [
         tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False) for m in messages
     ]
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def worker(spec: dict) -> dict:
@@ -204,7 +197,7 @@ def main() -> None:
             )
     table = "\n".join(lines)
     print(table)
-    cpu = cpu_name()
+    cpu = cpu_model()
     if a.device == "cuda":
         import torch
 

@@ -34,6 +34,7 @@ import cringe
 from cringe.durable.files import write_atomic
 from cringe.durable.integrity import refuse_pickle_only
 from cringe.errors import UserError
+from cringe.machine import cpuinfo
 from cringe.registry import method_of
 
 logger = logging.getLogger(__name__)
@@ -205,11 +206,7 @@ def resolve_device(device: str | None = "auto") -> str:
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags as /proc/cpuinfo lists them; empty where the file is not there."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return set(cpuinfo("flags").split())
 
 
 def cpu_bf16_flags() -> list[str]:

@@ -34,6 +34,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from cringe.machine import cpu_label, machine_description
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 # name -> (loss, iterative); grpo is trained by TRL, best_of_n is not trained
@@ -103,11 +105,6 @@ GRIDS = {
         types=("punctuation:no_comma", "length_constraints:number_words", "keywords:forbidden_words"),
     ),
 }
-
-
-def cpu_name() -> str:
-    model = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "")
-    return "xeon" if "Xeon" in model else "epyc" if "EPYC" in model else "cpu"
 
 
 # ----- running one seed -----------------------------------------------------------------------------------------
@@ -469,7 +466,6 @@ def plot(combined: dict, path: Path) -> None:
 
 
 def report(output_dir: Path, out_stem: Path, command: str) -> None:
-    from cringe.demo.pipeline import machine_description
     from cringe.durable.files import read_json, write_atomic
 
     seeds = {}
@@ -486,7 +482,7 @@ def report(output_dir: Path, out_stem: Path, command: str) -> None:
     meta = {
         "date": datetime.date.today().isoformat(),
         "command": command,
-        "machine": f"{cpu_name()} ({machine_description()})",
+        "machine": f"{cpu_label()} ({machine_description()})",
         "seeds": sorted(seeds),
         "grid": json.dumps({k: v for k, v in grid.items() if k != "seed"}),
         "grpo": json.dumps(grpo),
@@ -511,7 +507,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     grid = GRIDS[args.grid]
     if args.report:
-        stem = args.out or RESULTS / f"instructions_compare-{datetime.date.today().isoformat()}-{cpu_name()}"
+        stem = args.out or RESULTS / f"instructions_compare-{datetime.date.today().isoformat()}-{cpu_label()}"
         report(args.output_dir, stem, "python bench/research/instructions_compare.py " + " ".join(sys.argv[1:]))
         return
     methods = [m for m in args.methods.split(",") if m]

@@ -18,12 +18,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from cringe.machine import cpu_label
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-
-
-def cpu_name() -> str:
-    model = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "")
-    return "xeon" if "Xeon" in model else "epyc" if "EPYC" in model else "cpu"
 
 
 def pass_at(outcomes: list[bool], n: int) -> bool:
@@ -153,7 +150,7 @@ def main() -> None:
             f"strict {r['strict']}, loose {r['loose']}, {s.finish_reason}",
             "",
         ]
-    out = args.out or RESULTS / f"instructions_start-{datetime.date.today()}-{cpu_name()}.md"
+    out = args.out or RESULTS / f"instructions_start-{datetime.date.today()}-{cpu_label()}.md"
     write_atomic(out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out}")

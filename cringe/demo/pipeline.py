@@ -19,13 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from cringe.demo import methods
 from cringe.demo.online import OnlineSettings, run_online
@@ -37,6 +33,7 @@ from cringe.loop.run import IterativeRun
 from cringe.loop.rundir import RunDir
 from cringe.loop.stages import per_sample
 from cringe.losses import PairwiseCringeSettings
+from cringe.machine import machine_description  # bench/ scripts import it from here too
 from cringe.models import cpu_prefers_bf16, resolve_path
 from cringe.registry import LOSSES, loss_spec
 from cringe.report import write_report
@@ -592,18 +589,3 @@ def pairwise_cringe_settings() -> dict:
     """The library defaults every Pairwise Cringe method of the demo trains with (the report quotes them)."""
     settings = dataclasses.asdict(PairwiseCringeSettings())
     return {k: settings[k] for k in ("alpha", "k", "margin", "temperature", "margin_on", "detach_gate")}
-
-
-def machine_description() -> str:
-
-    memory = ""
-    try:
-        with open("/proc/meminfo") as f:
-            memory = f", {int(f.readline().split()[1]) / 2**20:.0f} GiB"
-    except OSError:
-        pass
-    return (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores{memory}, "
-        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
