@@ -85,11 +85,11 @@ def test_sample_resumes_from_finished_shards(tmp_path, monkeypatch):
         (shards / f"shard-{start:07d}.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in full if start <= r["prompt_id"] < start + 2)
         )
-    import cringe.cli.sample
+    from cringe.loop import executor
 
     opened = []
-    original = stages.open_sampler  # the verb's: `cringe sample` opens the sampler
-    monkeypatch.setattr(cringe.cli.sample, "open_sampler", lambda *a, **k: opened.append(1) or original(*a, **k))
+    original = stages.open_sampler  # the sampling job's: `cringe sample` runs it
+    monkeypatch.setattr(executor, "open_sampler", lambda *a, **k: opened.append(1) or original(*a, **k))
     main(args + ["--output", str(tmp_path / "part.jsonl")])
     assert opened == [1] and read(tmp_path / "part.jsonl") == full and not shards.exists()
 

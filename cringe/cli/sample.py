@@ -1,20 +1,17 @@
 """`cringe sample`: N completions per prompt from a model, to a JSONL file with token ids, text, finish reason and
 seed (transformers on the GPU or CPU, or one vLLM engine: --backend vllm, engine options as --vllm.KEY VALUE).
-Rerun to resume: finished shards of 64 prompts are kept. The loop runs its sampling stage through this verb when
-the stage gets a process of its own."""
+Rerun to resume: finished shards of 64 prompts are kept. It runs the loop's sampling job
+(cringe.loop.executor.SampleJob), so the verb and the loop's stage sample alike."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cringe.config import device_field, dtype_field, make_parser, parse_with_sections, trust_remote_code_field
-from cringe.data import load_prompts
 from cringe.generation import SamplingConfig
-from cringe.loop.processes import distributed_state
-from cringe.loop.stages import open_sampler, sample_to_file, select_prompts
-from cringe.models import load_tokenizer, resolve_device
+from cringe.loop.executor import Loaded, SampleJob
 
 
 @dataclass
@@ -52,38 +49,26 @@ def parsers() -> dict:
 
 def run_sample(args: SampleArguments, sampling: SamplingConfig, engine_options: dict | None = None):
     """The sampling stage: prompts read and tokenised as for training, sampled, written to args.output. Under
-    `accelerate launch` each process samples its share of the shards (one GPU each)."""
-    tokenizer = load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
-    prompts = load_prompts(
-        args.prompts,
-        tokenizer,
+    `accelerate launch` each process samples its share of the shards (one GPU each). Returns the samples (on
+    process 0; [] on the others)."""
+    job = SampleJob(
+        model=args.model,
+        tokenizer=args.tokenizer or args.model,
+        prompts=args.prompts,
+        output=args.output,
+        sampling=dataclasses.asdict(sampling),
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        start=args.start,
+        count=args.count,
+        max_prompts=args.max_prompts,
         max_prompt_length=args.max_prompt_length,
-        limit=args.max_prompts,
         on_invalid=args.on_invalid,
+        trust_remote_code=args.trust_remote_code,
+        engine_options=engine_options or {},
     )
-    prompts = select_prompts(prompts, args.start, args.count)
-    rank, world, local, barrier = distributed_state(args.device)
-    device = args.device
-    if world > 1 and resolve_device(device) == "cuda":
-        device = f"cuda:{local}"
-    return sample_to_file(
-        prompts,
-        sampling,
-        Path(args.output),
-        lambda: open_sampler(
-            args.backend,
-            args.model,
-            tokenizer,
-            device=device,
-            dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code,
-            engine_options=engine_options,
-            new_tokens=len(prompts) * sampling.n * sampling.max_new_tokens,
-        ),
-        rank=rank,
-        world=world,
-        barrier=barrier,
-    )
+    return job.run(Loaded())
 
 
 def main(argv: list[str]) -> None:

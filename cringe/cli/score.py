@@ -32,16 +32,15 @@ def parsers() -> dict:
 
 def run_score(args: ScoreArguments, reward_spec: dict) -> list[float]:
     # Imported here: they import torch, which `cringe score --help` does without.
+    from cringe.loop.executor import Loaded, ScoreJob
     from cringe.loop.rundir import RunDir
-    from cringe.loop.stages import score_to_file
-    from cringe.rewards import load_reward_source
 
     if not Path(args.samples).exists():
         raise UserError(f"samples {args.samples}: no such file")
     samples = RunDir.samples(args.samples)
     if not samples:
         raise UserError(f"{args.samples}: no samples")
-    return score_to_file(load_reward_source(reward_spec, device=args.device), samples, Path(args.output))
+    return ScoreJob(samples=args.samples, output=args.output, reward=reward_spec, device=args.device).run(Loaded())
 
 
 def main(argv: list[str]) -> None:

@@ -136,13 +136,14 @@ class SampleJob:
         )
         return select_prompts(everything, self.start, self.count)
 
-    def run(self, loaded: Loaded, on_log=None) -> None:
-        """Under `accelerate launch` each process samples its share of the shards (one GPU each)."""
+    def run(self, loaded: Loaded, on_log=None) -> list:
+        """Under `accelerate launch` each process samples its share of the shards (one GPU each). Returns the
+        samples (on process 0; [] on the others)."""
         prompts = self.prompt_list(loaded)
         sampling = SamplingConfig(**self.sampling)
         rank, world, local, barrier = distributed_state(self.device)
         device = f"cuda:{local}" if world > 1 and resolve_device(self.device) == "cuda" else self.device
-        sample_to_file(
+        return sample_to_file(
             prompts,
             sampling,
             Path(self.output),
@@ -175,10 +176,11 @@ class ScoreJob:
     reward: dict
     device: str = "auto"
 
-    def run(self, loaded: Loaded, on_log=None) -> None:
+    def run(self, loaded: Loaded, on_log=None) -> list[float]:
         reward = loaded.reward(self.reward, self.device)
-        score_to_file(reward, rundir.RunDir.samples(self.samples), Path(self.output))
+        scores = score_to_file(reward, rundir.RunDir.samples(self.samples), Path(self.output))
         loaded.release_rewards()
+        return scores
 
     def replay_log(self, on_log) -> None:
         pass
