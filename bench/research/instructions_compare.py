@@ -13,6 +13,7 @@ same model and gets the same number of sampled completions (ROUNDS x ROUND_PROMP
     iterative_dpo, iterative_pairwise_cringe, iterative_sft
                                            ROUNDS rounds of ROUND_PROMPTS fresh prompts; round 1 reuses M0's samples
     grpo                                   TRL's GRPOTrainer on every training prompt once, SAMPLES generations each
+    grpo_loop_lr                           the same at the loop methods' learning rate instead of TRL's 1e-6
     best_of_n                              the start model, the verifier picking the best of n held-out samples
 Held-out prompts share neither a topic nor a combination of instruction types with the training prompts. Each
 method is reported with IFEval's four accuracies (95% intervals resampling prompts), KL to the start model, answer
@@ -48,7 +49,9 @@ LOOP_METHODS = {
     "iterative_pairwise_cringe": ("pairwise_cringe", True),
     "iterative_sft": ("sft", True),
 }
-METHODS = (*LOOP_METHODS, "grpo")
+# TRL's GRPOTrainer: at its default lr (1e-6) and, for a matched-KL point, at the loop methods' lr
+ONLINE_METHODS = ("grpo", "grpo_loop_lr")
+METHODS = (*LOOP_METHODS, *ONLINE_METHODS)
 # the one retune: at the grid's lr binary Cringe collapsed on seed 0 (most of its rows are negatives here: few samples
 # follow every instruction strictly), so it is also reported at a tenth of it
 LEARNING_RATES = {"binary_cringe_low_lr": 1e-5}
@@ -62,6 +65,7 @@ LABELS = {
     "iterative_pairwise_cringe": "Iterative Pairwise Cringe",
     "iterative_sft": "Iterative SFT on the best sample",
     "grpo": "GRPO (TRL GRPOTrainer)",
+    "grpo_loop_lr": "GRPO at the loop methods' lr",
 }
 BEST_OF = (1, 2, 4, 8, 16)
 
@@ -193,12 +197,13 @@ class Comparison:
             m0_dir=self.out / "m0",
         )
 
-    def grpo_settings(self):
+    def grpo_settings(self, name: str = "grpo"):
         """TRL's GRPOConfig defaults (1.16: num_generations 8, beta 0, loss_type dapo, lr 1e-6, linear decay,
         temperature 1, scale_rewards group), except what a CPU and this comparison need, all listed here."""
         from cringe.demo.online import OnlineSettings
 
         g = self.grid
+        lr = 1e-3 if g.policy == "tiny-random-llama" else g.learning_rate if name == "grpo_loop_lr" else None
         return OnlineSettings(
             num_generations=g.samples,  # = TRL's default 8 on the default grid
             max_completion_length=g.max_new_tokens,  # TRL: 512; the testbed's answers
@@ -207,17 +212,17 @@ class Comparison:
             gradient_checkpointing=False,  # TRL: True; a 135M model fits, and recomputing costs CPU time
             save_steps=g.grpo_save_steps,  # checkpoints to resume from
             seed=self.seed,
-            overrides={"learning_rate": 1e-3} if g.policy == "tiny-random-llama" else {},
+            overrides={"learning_rate": lr} if lr else {},
         )
 
     def run_method(self, name: str) -> None:
         from cringe.loop.run import IterativeRun
 
         run = IterativeRun(self.method_config(name))
-        if name == "grpo":
+        if name in ONLINE_METHODS:
             from cringe.demo.online import run_online
 
-            run_online(run, "grpo", self.grpo_settings())
+            run_online(run, "grpo", self.grpo_settings(name))
         else:
             run.run()
 
@@ -310,7 +315,7 @@ def collect_seed(out: Path, seed: int) -> dict:
                     ),
                     "kl": evaluation["kl"]["mean"],
                     # the start model's shared samples count for every loop method (its round 1 trains on them)
-                    "seconds": own + (m0_seconds if name != "grpo" else 0.0),
+                    "seconds": own + (m0_seconds if name not in ONLINE_METHODS else 0.0),
                 }
             )
         if curve:
