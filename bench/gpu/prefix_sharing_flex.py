@@ -5,7 +5,8 @@ and as a FlexAttention BlockMask (`cringe.prefix_sharing.block_mask`), forward +
     python bench/gpu/prefix_sharing_flex.py --device cpu --tiny      (the smoke path: seconds on a CPU)
 
 On a lent GPU machine, from the repository root: `source bench/gpu/gpu_env.sh` first (cringe on PYTHONPATH), then
-`"$PY" bench/gpu/prefix_sharing_flex.py --results-dir "$RESULTS_DIR"`; about 3-5 minutes, most of it compiling.
+`"$PY" bench/gpu/prefix_sharing_flex.py --results-dir "$RESULTS_DIR"`. Its time on a GPU is unknown: FlexAttention
+compiles per new batch shape (forward and backward), which likely dominates; `--shapes long,uf` halves it.
 
 Written for a lent GPU; not run on one yet. Nothing is downloaded: the model is a random Llama of
 SmolLM2-135M's shape (30 layers, hidden 576, 9 heads / 3 KV heads, 49,152-token vocabulary, tied head; the shapes
