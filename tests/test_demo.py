@@ -189,9 +189,33 @@ def test_a_directory_made_with_another_preset_is_refused_before_anything_is_rewr
     Demo(old_quick, str(out)).check_preset()
     with pytest.raises(UserError, match=r"eval_prompts \(48 prompts, this preset 6\)"):
         Demo(dataclasses.replace(old_quick, eval_prompts=6), str(out)).check_preset()
-    # the old quick preset's counts equal today's (24 and 48): its proxy's length and its rounds tell them apart
+    # the old quick preset's counts equal those of a preset with 48 evaluation prompts (24 and 48): its proxy's
+    # length and its rounds tell them apart
     write_json(out / "m0" / "state.json", {"config": {"reward": {"max_length": 40}}})
     (out / "methods" / "iterative_dpo").mkdir(parents=True)
     write_json(out / "methods" / "iterative_dpo" / "state.json", {"config": {"rounds": 2}})
-    with pytest.raises(UserError, match=r"proxy_max_length \(40, this preset 48\), iterative_dpo rounds \(2, this "):
-        Demo(PRESETS["quick"], str(out)).check_preset()
+    with pytest.raises(UserError, match=r"differences: proxy_max_length \(40, this preset 48\), iterative_dpo rounds"):
+        Demo(dataclasses.replace(PRESETS["quick"], eval_prompts=48), str(out)).check_preset()
+
+
+def test_the_proxys_training_is_part_of_the_preset_a_directory_is_checked_against(tmp_path):
+    # A quick directory whose proxy was fine-tuned whole labels its samples differently: refused. A preset.json
+    # written before proxy_trained_layers existed reads as None, the default preset's value: it still resumes.
+    import dataclasses
+
+    from cringe.demo.pipeline import PRESET_FILE, Demo
+    from cringe.durable.files import write_json
+    from cringe.errors import UserError
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    quick = PRESETS["quick"]
+    whole_proxy = dataclasses.replace(quick, proxy_trained_layers=None)
+    write_json(out / PRESET_FILE, Demo(whole_proxy, str(out)).recorded_preset())
+    with pytest.raises(UserError, match=r"differences: proxy_trained_layers\)"):
+        Demo(quick, str(out)).check_preset()
+
+    before_the_field = Demo(PRESETS["default"], str(out)).recorded_preset()
+    del before_the_field["proxy_trained_layers"]
+    write_json(out / PRESET_FILE, before_the_field)
+    Demo(PRESETS["default"], str(out)).check_preset()

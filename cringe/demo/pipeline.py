@@ -92,6 +92,9 @@ class Preset:
     # policy's continuations are shorter than this anyway).
     proxy_max_length: int = 64
     proxy_learning_rate: float = 1e-4
+    # None: the whole proxy is fine-tuned; N: its top N layers, pooler and head only (sentiment.train_top_layers).
+    # None is also what a preset.json from before this field reads as, so those directories still resume.
+    proxy_trained_layers: int | None = None
     rloo_beta: float = 0.05  # RLOO's KL penalty to the start (TRL's default); 0 loads no reference model
     sizes: SplitSizes = field(default_factory=SplitSizes)
     methods: tuple[str, ...] = tuple(m for m in METHODS if m not in OPT_IN)
@@ -113,26 +116,36 @@ PRESETS = {
     # Cringe and one-round Pairwise Cringe stay in the default preset: with them, at 2 rounds of 12 prompts and 48
     # evaluation prompts, the quick demo took 307-362 s cold on 2 cores and Iterative Pairwise Cringe's interval
     # cleared 0.5 on 1 of 3 seeds (docs/results/demo.md). The time they cost buys a third round (iterating is what
-    # makes Pairwise Cringe work) and a proxy that clears 0.75. 3 rounds of 8 prompts and 48 evaluation prompts,
-    # not 12 or 10 prompts with 96 or 64: those cleared 0.5 with room to spare (Iterative Pairwise Cringe's
-    # interval low 0.72 and 0.81, seeds 1 and 0) but took 344 s and 327 s cold.
-    # Its proxy: 2,400 reviews' last 48 tokens at lr 3e-4. 40 tokens gave 0.752-0.780 held-out accuracy over seeds
-    # 0-2, 64 tokens 0.764-0.792 for 20 s more, and one seed's accuracy moved by up to 0.018 run to run
-    # (bench/research/proxy_reward.py, 2026-12-03). Scored on 1,000 held-out reviews rather than 500: a standard
+    # makes Pairwise Cringe work) and a proxy that clears 0.75. 3 rounds of 8 prompts, not 12 or 10 (with 96 or 64
+    # evaluation prompts those cleared 0.5 with room to spare, Iterative Pairwise Cringe's interval low 0.72 and
+    # 0.81 on seeds 1 and 0, but took 344 s and 327 s cold).
+    # Its proxy: 2,400 reviews' last 48 tokens. Only MiniLM's top 2 layers, pooler and head are trained, for 2
+    # epochs at lr 1e-3, on the lower layers' output computed once (sentiment.train_top_layers), with no dropout to
+    # make runs differ: held-out accuracy 0.792 on seed 2 (seeds 0 and 1 to be measured), in 36 s of training where
+    # fine-tuning the whole model took about 100 s of the cold run. One epoch was 25 s but gave 0.745-0.767 over seeds 0-2; the top 3 layers at
+    # lr 1e-3, 0.699 on seed 2; the whole fine-tune at lr 3e-4 gave 0.759-0.784 and moved by up to 0.018 between runs
+    # of one seed; a head alone on frozen features about 0.68-0.73 on seed 0
+    # (bench/results/proxy_reward-2026-12-03-xeon.md). Scored on 1,000 held-out reviews rather than 500: a standard
     # error of 0.013 instead of 0.019 on an accuracy that must clear 0.75.
+    # 80 evaluation prompts, not 48: the interval narrows by a fifth. The proxy's saved ~60 s pays for them: the
+    # three evaluations and M0's held-out samples took 50 s for 48 prompts in a 305 s cold run
+    # (bench/results/quick_cold-2026-12-03-xeon.md), so 32 more cost at most ~35 s, for about 275 s in all.
     # The policy's lr 3e-4: at 1e-4 Iterative Pairwise Cringe scored 0.375 (2-3 steps a round barely move it); at
-    # 3e-4, 0.708 (bench/research/quick_preset.py, 2026-11-27). Measured cold on 3 seeds:
-    # bench/results/quick_cold-2026-12-03-xeon.md (bench/research/quick_cold.py).
+    # 3e-4, 0.708 (bench/research/quick_preset.py, 2026-11-27). Measured cold on 3 seeds with the whole-model proxy
+    # and 48 evaluation prompts (these settings: to be measured): bench/results/quick_cold-2026-12-03-xeon.md
+    # (bench/research/quick_cold.py).
     "quick": Preset(
         rounds=3,
         round_prompts=8,
         max_new_tokens=16,
-        eval_prompts=48,
+        eval_prompts=80,
         eval_every=3,  # the last round only: each evaluation costs as much as a round's training
         learning_rate=3e-4,
         pairs_per_step=4,  # two steps a round from 8 prompts, as 12 prompts at 8 pairs a step gave (8 + 4)
         proxy_max_length=48,
-        proxy_learning_rate=3e-4,
+        proxy_epochs=2,
+        proxy_learning_rate=1e-3,
+        proxy_trained_layers=2,
         sizes=SplitSizes(proxy_train=2400, gold_train=5000, classifier_test=1000),
         methods=("dpo", "iterative_dpo", "iterative_pairwise_cringe"),
     ),
@@ -241,6 +254,7 @@ class Demo:
             epochs=p.proxy_epochs,
             max_length=p.proxy_max_length,
             learning_rate=p.proxy_learning_rate,
+            trained_layers=p.proxy_trained_layers,
         )
         self.progress.finish(
             "proxy reward model",
