@@ -59,13 +59,13 @@ LABELS = {
     "start": "Start model (SmolLM2-135M-Instruct)",
     "dpo": "DPO",
     "binary_cringe": "Binary Cringe (pass/fail labels)",
-    "binary_cringe_low_lr": "Binary Cringe (pass/fail labels), lr 1e-5",
+    "binary_cringe_low_lr": "Binary Cringe, lr 1e-5 (pass/fail labels)",
     "pairwise_cringe": "Pairwise Cringe",
     "iterative_dpo": "Iterative DPO",
     "iterative_pairwise_cringe": "Iterative Pairwise Cringe",
     "iterative_sft": "Iterative SFT on the best sample",
     "grpo": "GRPO (TRL GRPOTrainer)",
-    "grpo_loop_lr": "GRPO at the loop methods' lr",
+    "grpo_loop_lr": "GRPO, lr 1e-4 (the loop methods')",
 }
 BEST_OF = (1, 2, 4, 8, 16)
 
