@@ -121,8 +121,8 @@ PRESETS = {
     # 0.81 on seeds 1 and 0, but took 344 s and 327 s cold).
     # Its proxy: 2,400 reviews' last 48 tokens. Only MiniLM's top 2 layers, pooler and head are trained, for 2
     # epochs at lr 1e-3, on the lower layers' output computed once (sentiment.train_top_layers), with no dropout to
-    # make runs differ: held-out accuracy 0.792 on seed 2 (seeds 0 and 1 to be measured), in 36 s of training where
-    # fine-tuning the whole model took about 100 s of the cold run. One epoch was 25 s but gave 0.745-0.767 over seeds 0-2; the top 3 layers at
+    # make runs differ: held-out accuracy 0.784, 0.774 and 0.792 on seeds 0-2, in 36 s of training where fine-tuning
+    # the whole model took about 100 s of the cold run. One epoch was 25 s but gave 0.745-0.767 over seeds 0-2; the top 3 layers at
     # lr 1e-3, 0.699 on seed 2; the whole fine-tune at lr 3e-4 gave 0.759-0.784 and moved by up to 0.018 between runs
     # of one seed; a head alone on frozen features about 0.68-0.73 on seed 0
     # (bench/results/proxy_reward-2026-12-03-xeon.md). Scored on 1,000 held-out reviews rather than 500: a standard
