@@ -142,3 +142,18 @@ def test_training_the_top_layers_learns_leaves_the_rest_and_repeats(tiny_bert, t
         assert (tensor == b[name]).all(), name  # the same seed, the same model
     scores = RewardModel(str(tmp_path / "a"), input="completion").score(["", ""], ["wonderful film", "awful film"])
     assert scores[0] - scores[1] > 0.3  # an untrained head scores both near 0
+
+
+def test_a_cut_review_keeps_the_cls_token_its_classifier_reads(tiny_bert):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from cringe.rewards import RewardModel
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    review = "a long and winding review " * 10 + "and in the end I loved it"
+    full = RewardModel(model, tok, input="completion").token_ids("", review)
+    cut = RewardModel(model, tok, max_length=12, input="completion")
+    kept = cut.token_ids("", review)
+    assert len(kept) == 12 and cut.truncated == 1
+    assert kept[0] == tok.cls_token_id and kept[1:] == full[-11:]  # [CLS], then the review's end and [SEP]

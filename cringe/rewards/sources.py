@@ -333,7 +333,9 @@ class RewardModel:
                 ids = [bos] + ids
         if len(ids) > self.max_length:
             self.truncated += 1
-            head = [ids[0]] if bos is not None and ids[0] == bos else []
+            # the leading BOS or [CLS] survives the cut: a BERT-style classifier reads its score off [CLS]
+            leading = {t for t in (bos, tok.cls_token_id) if t is not None}
+            head = [ids[0]] if ids[0] in leading else []
             ids = head + ids[len(ids) - self.max_length + len(head) :]
         return ids
 
