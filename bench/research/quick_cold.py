@@ -1,6 +1,6 @@
 """`cringe demo --quick` from an empty cache, seed by seed: the quick preset's aims measured as a user meets them.
 
-    python bench/research/quick_cold.py --seeds 0 1 2 [--out bench/results/quick_cold-2026-12-03-xeon.md]
+    python bench/research/quick_cold.py --seeds 0 1 2 [--out bench/results/quick_cold-<date>-<cpu>.md]
     python bench/research/quick_cold.py --seeds        (no run: rewrites the markdown from the JSON)
 
 Each seed runs `cringe demo --quick --seed S` in a subprocess with CRINGE_CACHE pointed at a new empty folder and a
@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cringe.machine import cpu_label, cpu_model
+
 AIM_SECONDS, AIM_PROXY, AIM_LOW = 300.0, 0.75, 0.5
 CHECKED = "iterative_pairwise_cringe"
 # what tells the presets apart in the table (the runs before the proxy's settings were recorded lack the proxy's)
@@ -35,13 +37,6 @@ PRESET_KEYS += ("proxy_trained_layers", "proxy_learning_rate", "proxy_max_length
 
 def git(*args: str) -> str:
     return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
-
-
-def cpu_model() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def run_cold(seed: int) -> dict:
@@ -172,7 +167,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
-    parser.add_argument("--out", default="bench/results/quick_cold-2026-12-03-xeon.md")
+    parser.add_argument("--out", default=f"bench/results/quick_cold-{time.strftime('%Y-%m-%d')}-{cpu_label()}.md")
     args = parser.parse_args()
     store = Path(args.out).with_suffix(".json")
     rows = json.loads(store.read_text()) if store.exists() else []
