@@ -167,7 +167,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
-    parser.add_argument("--out", default=f"bench/results/quick_cold-{time.strftime('%Y-%m-%d')}-{cpu_label()}.md")
+    results = Path(__file__).resolve().parents[1] / "results"
+    parser.add_argument("--out", default=results / f"quick_cold-{time.strftime('%Y-%m-%d')}-{cpu_label()}.md")
     args = parser.parse_args()
     store = Path(args.out).with_suffix(".json")
     rows = json.loads(store.read_text()) if store.exists() else []
