@@ -132,7 +132,8 @@ PRESETS = {
     # (bench/results/quick_cold-2026-12-03-xeon.md), so 32 more cost at most ~35 s, for about 275 s in all.
     # The policy's lr 3e-4: at 1e-4 Iterative Pairwise Cringe scored 0.375 (2-3 steps a round barely move it); at
     # 3e-4, 0.708 (bench/research/quick_preset.py, 2026-11-27). Measured cold on 3 seeds with the whole-model proxy
-    # and 48 evaluation prompts (these settings: to be measured): bench/results/quick_cold-2026-12-03-xeon.md
+    # and 48 evaluation prompts, then with these settings (232-274 s, proxy 0.777-0.788, Iterative Pairwise Cringe's
+    # interval low 0.500, 0.575, 0.750 on seeds 0-2): bench/results/quick_cold-2026-12-03-xeon.md
     # (bench/research/quick_cold.py).
     "quick": Preset(
         rounds=3,
