@@ -239,12 +239,18 @@ def _additive_mask(attention_mask):
     return (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
 
 
-def _bert_layers_from(model, first: int, hidden, attention_mask):
-    """Layers first.. of a BertForSequenceClassification, its pooler and classifier: the logit."""
+def _run_layers(layers, hidden, attention_mask):
+    """BERT encoder layers applied in turn to hidden states under a padding mask."""
     mask = _additive_mask(attention_mask)
-    for layer in model.base_model.encoder.layer[first:]:
+    for layer in layers:
         out = layer(hidden, attention_mask=mask)
         hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def _bert_layers_from(model, first: int, hidden, attention_mask):
+    """Layers first.. of a BertForSequenceClassification, its pooler and classifier: the logit."""
+    hidden = _run_layers(model.base_model.encoder.layer[first:], hidden, attention_mask)
     return model.classifier(model.base_model.pooler(hidden))[:, 0]
 
 
@@ -297,11 +303,7 @@ def train_top_layers(
         for start in range(0, len(rows), 64):
             part = {k: v[start : start + 64] for k, v in encoded.items()}
             hidden = model.base_model.embeddings(input_ids=part["input_ids"], token_type_ids=part["token_type_ids"])
-            mask = _additive_mask(part["attention_mask"])
-            for layer in layers[:first]:
-                out = layer(hidden, attention_mask=mask)
-                hidden = out[0] if isinstance(out, tuple) else out
-            states.append(hidden)
+            states.append(_run_layers(layers[:first], hidden, part["attention_mask"]))
     states = torch.cat(states)
 
     optimizer = torch.optim.AdamW(trained, lr=learning_rate, weight_decay=0.0)
