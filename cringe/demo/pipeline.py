@@ -127,9 +127,10 @@ PRESETS = {
     # of one seed; a head alone on frozen features about 0.68-0.73 on seed 0
     # (bench/results/proxy_reward-2026-12-03-xeon.md). Scored on 1,000 held-out reviews rather than 500: a standard
     # error of 0.013 instead of 0.019 on an accuracy that must clear 0.75.
-    # 80 evaluation prompts, not 48: the interval narrows by a fifth. The proxy's saved ~60 s pays for them: the
+    # 96 evaluation prompts, not 48: the interval narrows by 30%. The proxy's saved ~60 s pays for them: the
     # three evaluations and M0's held-out samples took 50 s for 48 prompts in a 305 s cold run
-    # (bench/results/quick_cold-2026-12-03-xeon.md), so 32 more cost at most ~35 s, for about 275 s in all.
+    # (bench/results/quick_cold-2026-12-03-xeon.md), so 48 more cost at most ~50 s. At 80, seed 0's Iterative
+    # Pairwise Cringe interval low was exactly 0.500 and the slowest seed took 274 s.
     # The policy's lr 3e-4: at 1e-4 Iterative Pairwise Cringe scored 0.375 (2-3 steps a round barely move it); at
     # 3e-4, 0.708 (bench/research/quick_preset.py, 2026-11-27). Measured cold on 3 seeds with the whole-model proxy
     # and 48 evaluation prompts, then with these settings (232-274 s, proxy 0.777-0.788, Iterative Pairwise Cringe's
@@ -139,7 +140,7 @@ PRESETS = {
         rounds=3,
         round_prompts=8,
         max_new_tokens=16,
-        eval_prompts=80,
+        eval_prompts=96,
         eval_every=3,  # the last round only: each evaluation costs as much as a round's training
         learning_rate=3e-4,
         pairs_per_step=4,  # two steps a round from 8 prompts, as 12 prompts at 8 pairs a step gave (8 + 4)
