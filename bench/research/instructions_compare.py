@@ -168,18 +168,13 @@ class Comparison:
 
     def best_of_n(self) -> None:
         """max(BEST_OF) samples of the start model on every held-out prompt, scored."""
-        from cringe.loop import rundir
+        from cringe.demo.methods import sample_and_score
         from cringe.loop.run import IterateConfig, IterativeRun
 
         config = {**self.base_config(), "prompts": str(self.eval_file)}
         run = IterativeRun(IterateConfig(**config, output_dir=str(self.out / "best_of_n"), rounds=1))
         with run.session():
-            samples, scores = run.dir / rundir.SAMPLES, run.dir / rundir.SCORES
-            prompts = run.prompts()
-            if not samples.exists():
-                run.sample(0, prompts, samples, n=max(BEST_OF), stream="eval", evaluation=True)
-            if not scores.exists():
-                run.score(prompts, run.run_dir.samples(samples), scores, evaluation=True)
+            sample_and_score(run, run.prompts(), n=max(BEST_OF), evaluation=True, stream="eval")
 
     def method_config(self, name: str):
         from cringe.demo.methods import method_config

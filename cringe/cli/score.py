@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cringe.config import device_field, make_parser, parse_with_sections, pop_flag, read_yaml
 from cringe.errors import UserError
@@ -33,13 +32,7 @@ def parsers() -> dict:
 def run_score(args: ScoreArguments, reward_spec: dict) -> list[float]:
     # Imported here: they import torch, which `cringe score --help` does without.
     from cringe.loop.executor import Loaded, ScoreJob
-    from cringe.loop.rundir import RunDir
 
-    if not Path(args.samples).exists():
-        raise UserError(f"samples {args.samples}: no such file")
-    samples = RunDir.samples(args.samples)
-    if not samples:
-        raise UserError(f"{args.samples}: no samples")
     return ScoreJob(samples=args.samples, output=args.output, reward=reward_spec, device=args.device).run(Loaded())
 
 

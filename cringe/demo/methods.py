@@ -72,6 +72,18 @@ def method_config(
     )
 
 
+def sample_and_score(run: IterativeRun, prompts, n: int | None = None, stream="train", evaluation=False) -> bool:
+    """M_0's samples on `prompts` into the run directory's top (samples.jsonl), then their scores (scores.jsonl),
+    each kept when already there; inside the run's session. True when the scores were written in this call."""
+    samples_path, scores_path = run.dir / rundir.SAMPLES, run.dir / rundir.SCORES
+    if not samples_path.exists():
+        run.sample(0, prompts, samples_path, n=n, stream=stream, evaluation=evaluation)
+    if scores_path.exists():
+        return False
+    run.score(prompts, run.run_dir.samples(samples_path), scores_path, evaluation=evaluation)
+    return True
+
+
 def draw_m0(
     base: dict,
     m0_dir: str | Path,
@@ -85,14 +97,8 @@ def draw_m0(
     on_held_out, the seconds of the held-out samples."""
     run = IterativeRun(IterateConfig(**base, output_dir=str(m0_dir), rounds=1))
     with run.session():
-        samples_path, scores_path = run.dir / rundir.SAMPLES, run.dir / rundir.SCORES
         t0 = time.time()
-        prompts = run.prompts()
-        scored_now = not scores_path.exists()
-        if not samples_path.exists():
-            run.sample(0, prompts, samples_path)
-        if scored_now:
-            run.score(prompts, run.run_dir.samples(samples_path), scores_path)
+        scored_now = sample_and_score(run, run.prompts())
         if on_samples is not None:
             on_samples(time.time() - t0, scored_now)
         t0 = time.time()

@@ -177,8 +177,13 @@ class ScoreJob:
     device: str = "auto"
 
     def run(self, loaded: Loaded, on_log=None) -> list[float]:
+        if not Path(self.samples).exists():
+            raise UserError(f"samples {self.samples}: no such file")
+        samples = rundir.RunDir.samples(self.samples)
+        if not samples:  # before a reward model loads
+            raise UserError(f"{self.samples}: no samples")
         reward = loaded.reward(self.reward, self.device)
-        scores = score_to_file(reward, rundir.RunDir.samples(self.samples), Path(self.output))
+        scores = score_to_file(reward, samples, Path(self.output))
         loaded.release_rewards()
         return scores
 
