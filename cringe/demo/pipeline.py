@@ -115,8 +115,8 @@ PRESETS = {
     # The iterative comparison only: the start model, DPO, Iterative DPO and Iterative Pairwise Cringe. Binary
     # Cringe and one-round Pairwise Cringe stay in the default preset: with them, at 2 rounds of 12 prompts and 48
     # evaluation prompts, the quick demo took 307-362 s cold on 2 cores and Iterative Pairwise Cringe's interval
-    # cleared 0.5 on 1 of 3 seeds (docs/results/demo.md). The time they cost buys a third round (iterating is what
-    # makes Pairwise Cringe work) and a proxy that clears 0.75. 3 rounds of 8 prompts, not 12 or 10 (with 96 or 64
+    # cleared 0.5 on 1 of 3 seeds (docs/results/demo.md). The time they cost buys more rounds (iterating is what
+    # makes Pairwise Cringe work) and a proxy that clears 0.75. Rounds of 8 prompts, not 12 or 10 (with 96 or 64
     # evaluation prompts those cleared 0.5 with room to spare, Iterative Pairwise Cringe's interval low 0.72 and
     # 0.81 on seeds 1 and 0, but took 344 s and 327 s cold).
     # Its proxy: 2,400 reviews' last 48 tokens. Only MiniLM's top 2 layers, pooler and head are trained, for 2
@@ -129,19 +129,20 @@ PRESETS = {
     # error of 0.013 instead of 0.019 on an accuracy that must clear 0.75.
     # 96 evaluation prompts, not 48: the interval narrows by 30%. The proxy's saved ~60 s pays for them: the
     # three evaluations and M0's held-out samples took 50 s for 48 prompts in a 305 s cold run
-    # (bench/results/quick_cold-2026-12-03-xeon.md), so 48 more cost at most ~50 s. At 80, seed 0's Iterative
-    # Pairwise Cringe interval low was exactly 0.500 and the slowest seed took 274 s.
+    # (bench/results/quick_cold-2026-12-03-xeon.md), so 48 more cost at most ~50 s. A fourth round: with 3 rounds,
+    # at 80 and at 96 evaluation prompts, seed 0's Iterative Pairwise Cringe interval low was exactly 0.500 (its KL
+    # 31 against Iterative DPO's 53: it moves less per round).
     # The policy's lr 3e-4: at 1e-4 Iterative Pairwise Cringe scored 0.375 (2-3 steps a round barely move it); at
     # 3e-4, 0.708 (bench/research/quick_preset.py, 2026-11-27). Measured cold on 3 seeds with the whole-model proxy
     # and 48 evaluation prompts, then with these settings (232-274 s, proxy 0.777-0.788, Iterative Pairwise Cringe's
     # interval low 0.500, 0.575, 0.750 on seeds 0-2): bench/results/quick_cold-2026-12-03-xeon.md
     # (bench/research/quick_cold.py).
     "quick": Preset(
-        rounds=3,
+        rounds=4,
         round_prompts=8,
         max_new_tokens=16,
         eval_prompts=96,
-        eval_every=3,  # the last round only: each evaluation costs as much as a round's training
+        eval_every=4,  # the last round only: each evaluation costs as much as a round's training
         learning_rate=3e-4,
         pairs_per_step=4,  # two steps a round from 8 prompts, as 12 prompts at 8 pairs a step gave (8 + 4)
         proxy_max_length=48,
