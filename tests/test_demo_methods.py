@@ -150,11 +150,13 @@ class FakeRun:
     def samples(self, path):
         return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
-    def sample(self, k, prompts, path):
+    def sample(self, k, prompts, path, n=None, stream="train", evaluation=False):
+        assert (k, n, stream, evaluation) == (0, None, "train", False), "M0's training samples: the training stream"
         self.calls.append("sample")
         Path(path).write_text('{"completion": "c"}\n')
 
-    def score(self, prompts, samples, path):
+    def score(self, prompts, samples, path, evaluation=False):
+        assert not evaluation, "M0's training samples are scored with the training reward"
         self.calls.append("score")
         Path(path).write_text('{"score": 1.0}\n')
 
