@@ -112,31 +112,17 @@ class Preset:
 
 PRESETS = {
     "default": Preset(),
-    # The iterative comparison only: the start model, DPO, Iterative DPO and Iterative Pairwise Cringe. Binary
-    # Cringe and one-round Pairwise Cringe stay in the default preset: with them, at 2 rounds of 12 prompts and 48
-    # evaluation prompts, the quick demo took 307-362 s cold on 2 cores and Iterative Pairwise Cringe's interval
-    # cleared 0.5 on 1 of 3 seeds (docs/results/demo.md). The time they cost buys more rounds (iterating is what
-    # makes Pairwise Cringe work) and a proxy that clears 0.75. Rounds of 8 prompts, not 12 or 10 (with 96 or 64
-    # evaluation prompts those cleared 0.5 with room to spare, Iterative Pairwise Cringe's interval low 0.72 and
-    # 0.81 on seeds 1 and 0, but took 344 s and 327 s cold).
-    # Its proxy: 2,400 reviews' last 48 tokens. Only MiniLM's top 2 layers, pooler and head are trained, for 2
-    # epochs at lr 1e-3, on the lower layers' output computed once (sentiment.train_top_layers), with no dropout to
-    # make runs differ: held-out accuracy 0.784, 0.774 and 0.792 on seeds 0-2, in 36 s of training where fine-tuning
-    # the whole model took about 100 s of the cold run. One epoch was 25 s but gave 0.745-0.767 over seeds 0-2; the top 3 layers at
-    # lr 1e-3, 0.699 on seed 2; the whole fine-tune at lr 3e-4 gave 0.759-0.784 and moved by up to 0.018 between runs
-    # of one seed; a head alone on frozen features about 0.68-0.73 on seed 0
-    # (bench/results/proxy_reward-2026-12-03-xeon.md). Scored on 1,000 held-out reviews rather than 500: a standard
-    # error of 0.013 instead of 0.019 on an accuracy that must clear 0.75.
-    # 96 evaluation prompts, not 48: the interval narrows by 30%. The proxy's saved ~60 s pays for them: the
-    # three evaluations and M0's held-out samples took 50 s for 48 prompts in a 305 s cold run
-    # (bench/results/quick_cold-2026-12-03-xeon.md), so 48 more cost at most ~50 s. A fourth round: with 3 rounds,
-    # at 80 and at 96 evaluation prompts, seed 0's Iterative Pairwise Cringe interval low was exactly 0.500 (its KL
-    # 31 against Iterative DPO's 53: it moves less per round).
-    # The policy's lr 3e-4: at 1e-4 Iterative Pairwise Cringe scored 0.375 (2-3 steps a round barely move it); at
-    # 3e-4, 0.708 (bench/research/quick_preset.py, 2026-11-27). Measured cold on 3 seeds with the whole-model proxy
-    # and 48 evaluation prompts, then with these settings (232-274 s, proxy 0.777-0.788, Iterative Pairwise Cringe's
-    # interval low 0.500, 0.575, 0.750 on seeds 0-2): bench/results/quick_cold-2026-12-03-xeon.md
-    # (bench/research/quick_cold.py).
+    # The iterative comparison only (start model, DPO, Iterative DPO, Iterative Pairwise Cringe): with Binary Cringe
+    # and one-round Pairwise Cringe too it took 307-362 s cold on 2 cores. Aims, on 3 seeds from an empty cache:
+    # <= 300 s, proxy accuracy >= 0.75, Iterative Pairwise Cringe's interval above 0.5; how each setting below was
+    # chosen, and every cold run, are in docs/results/demo.md ("The quick preset") and
+    # bench/results/quick_cold-2026-12-03-xeon.md. In short:
+    # - the proxy trains MiniLM's top 2 layers, pooler and head on the lower layers' output computed once
+    #   (sentiment.train_top_layers): 36 s instead of ~100 s for the whole model, 0.774-0.792 over seeds 0-2, and no
+    #   dropout to make runs of one seed differ; scored on 1,000 reviews (standard error 0.013 against 0.75);
+    # - 4 rounds of 8 prompts at lr 3e-4 (at 1e-4, 2-3 steps a round barely move the policy): with 3 rounds seed 0's
+    #   Iterative Pairwise Cringe interval low was exactly 0.500, since it moves less per round than Iterative DPO;
+    # - 96 evaluation prompts, paid for by the proxy's saved time: the interval 30% narrower than at 48.
     "quick": Preset(
         rounds=4,
         round_prompts=8,
