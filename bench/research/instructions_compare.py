@@ -313,8 +313,12 @@ def collect_seed(out: Path, seed: int) -> dict:
                     "seconds": own + (m0_seconds if name not in ONLINE_METHODS else 0.0),
                 }
             )
-        if curve:
+        iterative = LOOP_METHODS.get(name, (None, False))[1]
+        expected = read_json(out / "grid.json")["rounds"] if iterative else 1
+        if curve and curve[-1]["round"] == expected:
             points[name] = curve
+        elif curve:  # an interrupted run: its last round evaluated so far is not the method's result
+            print(f"seed {seed}: {name} left out, evaluated through round {curve[-1]['round']} of {expected}")
     return points
 
 
