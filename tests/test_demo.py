@@ -189,13 +189,13 @@ def test_a_directory_made_with_another_preset_is_refused_before_anything_is_rewr
     Demo(old_quick, str(out)).check_preset()
     with pytest.raises(UserError, match=r"eval_prompts \(48 prompts, this preset 6\)"):
         Demo(dataclasses.replace(old_quick, eval_prompts=6), str(out)).check_preset()
-    # the old quick preset's counts equal those of a preset with 48 evaluation prompts (24 and 48): its proxy's
-    # length and its rounds tell them apart
+    # the old quick preset's counts equal those of a 3-round preset with 48 evaluation prompts (24 and 48): its
+    # proxy's length and its rounds tell them apart
     write_json(out / "m0" / "state.json", {"config": {"reward": {"max_length": 40}}})
     (out / "methods" / "iterative_dpo").mkdir(parents=True)
     write_json(out / "methods" / "iterative_dpo" / "state.json", {"config": {"rounds": 2}})
     with pytest.raises(UserError, match=r"differences: proxy_max_length \(40, this preset 48\), iterative_dpo rounds"):
-        Demo(dataclasses.replace(PRESETS["quick"], eval_prompts=48), str(out)).check_preset()
+        Demo(dataclasses.replace(PRESETS["quick"], rounds=3, eval_prompts=48), str(out)).check_preset()
 
 
 def test_the_proxys_training_is_part_of_the_preset_a_directory_is_checked_against(tmp_path):
