@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         flush_denormals()
     try:
         verb_module(verb).main(argv[1:])
+        if "torch.distributed" in sys.modules:  # only a verb that ran under `accelerate launch` can have a group
+            from cringe.loop.processes import end_distributed
+
+            end_distributed()
     except UserError as err:
         if debug:
             raise

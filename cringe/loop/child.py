@@ -15,6 +15,7 @@ from cringe.denormals import flush_denormals
 from cringe.durable.interrupt import Interrupted, signals_interrupt
 from cringe.errors import UserError
 from cringe.loop.executor import Loaded, read_job
+from cringe.loop.processes import end_distributed
 
 
 def main(argv: list[str]) -> None:
@@ -29,6 +30,7 @@ def main(argv: list[str]) -> None:
         job = read_job(argv[0])
         with signals_interrupt():
             job.run(Loaded())
+        end_distributed()
     except UserError as err:
         print(f"cringe: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -23,6 +23,16 @@ def distributed_state(device: str = "auto"):
     return state.process_index, state.num_processes, state.local_process_index, state.wait_for_everyone
 
 
+def end_distributed() -> None:
+    """Take down this process's torch.distributed group, if it has one, before the interpreter exits. Left to
+    interpreter shutdown, a gloo group's threads are destroyed still joinable and a rank aborts ("terminate called
+    without an active exception", SIGABRT) after its work is done: 1 run in 4 of a 2-process CPU train did."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class StageFailed(UserError):
     """A step's own process exited with an error; it printed its own message."""
 
