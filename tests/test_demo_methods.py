@@ -192,3 +192,52 @@ def test_the_demo_reports_both_m0_stages_even_when_cached(tmp_path, monkeypatch)
         demo.m0()
         assert set(demo.progress.seconds) == {"M0 samples", "M0 held-out"}
     assert FakeRun.made[-1].calls == ["baseline"]
+
+
+def _row(strict: float, loose: float, seeds: int) -> dict:
+    """A report table row as `combine` writes it (only what merging and the markdown read)."""
+
+    def acc(mean):
+        return {"mean": mean, "ci_low": mean - 0.05, "ci_high": mean + 0.05, "n": 128 * seeds}
+
+    return {
+        "prompt_level_strict": acc(strict),
+        "instruction_level_loose": acc(loose),
+        "prompt_level_loose": acc(strict),
+        "instruction_level_strict": acc(loose),
+        "tokens": 100.0,
+        "cut": 0.5,
+        "kl": 1.0,
+        "seconds": 60.0,
+        "seeds": seeds,
+        "per_seed_prompt_strict": [strict] * seeds,
+        "per_type": {"punctuation:no_comma": {"n": 10, "loose": loose, "strict": strict}},
+    }
+
+
+def _report(rows: dict, date: str = "2026-12-03") -> dict:
+    return {
+        "meta": {"date": date, "machine": "xeon (2 cores)"},
+        "table": rows,
+        "curves": {
+            name: [{"round": 1, "prompt_level_strict": 0.1, "instruction_level_loose": 0.2, "kl": 1.0, "seeds": 1}]
+            for name in rows
+        },
+    }
+
+
+def test_an_earlier_report_fills_in_the_methods_not_rerun_and_shows_the_reruns_beside_it():
+    compare = load_comparison()
+    earlier = _report({"start": _row(0.26, 0.45, 3), "dpo": _row(0.31, 0.52, 3), "grpo": _row(0.30, 0.50, 1)})
+    here = _report({"start": _row(0.28, 0.46, 3), "grpo": _row(0.35, 0.55, 3)}, date="2026-12-07")
+    merged = compare.merge_earlier({"table": here["table"], "curves": here["curves"]}, earlier)
+    assert list(merged["table"]) == ["start", "dpo", "grpo"]  # the report's order, not the files'
+    assert merged["table"]["dpo"]["source"] == "2026-12-03, xeon (2 cores)"
+    assert merged["curves"]["dpo"] == earlier["curves"]["dpo"]
+    grpo = merged["table"]["grpo"]
+    assert "source" not in grpo and grpo["seeds"] == 3 and grpo["prompt_level_strict"]["mean"] == 0.35
+    assert grpo["earlier"]["prompt_level_strict"] == 0.30 and grpo["earlier"]["seeds"] == 1
+    page = compare.markdown(merged, {**here["meta"], "command": "c", "seeds": [0, 1, 2], "grid": "{}", "grpo": "{}"})
+    assert "| DPO * |" in page and "| GRPO (TRL GRPOTrainer) |" in page
+    assert "from the earlier report (2026-12-03, xeon (2 cores))" in page
+    assert "| GRPO (TRL GRPOTrainer) | 30.0 | 35.0 | 50.0 | 55.0 | 30 | 35, 35, 35 |" in page

@@ -3,6 +3,7 @@
     python bench/research/instructions_compare.py --seed 0            # one seed (resumes; about an hour on 2 cores)
     python bench/research/instructions_compare.py --seed 0 --methods dpo,grpo   # a subset, e.g. one per call
     python bench/research/instructions_compare.py --report            # the table over every seed run so far
+    python bench/research/instructions_compare.py --report --with bench/results/EARLIER.json   # + earlier rows
 
 The testbed is `cringe.testbeds.instructions`: SmolLM2-135M-Instruct answers prompts generated the way IFEval's
 were, and IFEval's own checkers (`reward: {type: instructions}`) score each answer: the reward is the fraction of
@@ -370,6 +371,30 @@ def combine(seeds: dict[int, dict]) -> dict:
     return {"table": table, "curves": curves}
 
 
+def merge_earlier(combined: dict, earlier: dict) -> dict:
+    """`combined` with the rows and curves of the methods it lacks taken from an earlier report's JSON (each such
+    row names its source in "source"), so that a method rerun on its own (run directories do not outlive the
+    machine they ran on) joins the rest. A method in both keeps this run's row, with the earlier one's means
+    beside it under "earlier": whether the two runs agree is then on the page."""
+    meta = earlier["meta"]
+    source = f"{meta['date']}, {meta['machine']}"
+    table, curves = {}, {}
+    for name in sorted({*combined["table"], *earlier["table"]}, key=_order):
+        if name in combined["table"]:
+            table[name], curves[name] = dict(combined["table"][name]), combined["curves"][name]
+            if name in earlier["table"]:
+                then = earlier["table"][name]
+                table[name]["earlier"] = {
+                    "source": source,
+                    "seeds": then["seeds"],
+                    "per_seed_prompt_strict": then["per_seed_prompt_strict"],
+                    **{key: then[key]["mean"] for key in ("prompt_level_strict", "instruction_level_loose")},
+                }
+        else:
+            table[name], curves[name] = {**earlier["table"][name], "source": source}, earlier["curves"][name]
+    return {"table": table, "curves": curves}
+
+
 def _order(name: str) -> tuple:
     order = ["start", *(f"best_of_{n}" for n in BEST_OF), *METHODS]
     return (order.index(name) if name in order else len(order), name)
@@ -405,10 +430,31 @@ def markdown(combined: dict, meta: dict) -> str:
     for name, row in table.items():
         per_seed = ", ".join(f"{100 * v:.0f}" for v in row["per_seed_prompt_strict"])
         lines.append(
-            f"| {_label(name)} | {_ci(row['prompt_level_strict'])} | {_ci(row['instruction_level_loose'])} | "
+            f"| {_label(name)}{' *' if 'source' in row else ''} | {_ci(row['prompt_level_strict'])} | {_ci(row['instruction_level_loose'])} | "
             f"{_ci(row['prompt_level_loose'])} | {_ci(row['instruction_level_strict'])} | {row['kl']:.3f} | "
             f"{row['tokens']:.0f} | {100 * row['cut']:.0f}% | {row['seconds']:.0f} | {row['seeds']} | {per_seed} |"
         )
+    sources = sorted({row["source"] for row in table.values() if "source" in row})
+    if sources:
+        lines += ["", f"\\* from the earlier report ({'; '.join(sources)}); its times are that machine's."]
+    again = {name: row["earlier"] for name, row in table.items() if "earlier" in row}
+    if again:
+        lines += [
+            "",
+            "## Run here and in the earlier report",
+            "",
+            "| method | earlier: prompt strict | here | earlier: instruction loose | here | earlier per seed | here per seed |",
+            "|---|---:|---:|---:|---:|---|---|",
+        ]
+        for name, then in again.items():
+            now = table[name]
+            lines.append(
+                f"| {_label(name)} | {100 * then['prompt_level_strict']:.1f} | "
+                f"{100 * now['prompt_level_strict']['mean']:.1f} | {100 * then['instruction_level_loose']:.1f} | "
+                f"{100 * now['instruction_level_loose']['mean']:.1f} | "
+                f"{', '.join(f'{100 * v:.0f}' for v in then['per_seed_prompt_strict'])} | "
+                f"{', '.join(f'{100 * v:.0f}' for v in now['per_seed_prompt_strict'])} |"
+            )
     types = sorted({t for row in table.values() for t in row["per_type"]})
     shown = [n for n in table if not n.startswith("best_of_") or n == "best_of_8"]
     lines += [
@@ -469,7 +515,7 @@ def plot(combined: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def report(output_dir: Path, out_stem: Path, command: str) -> None:
+def report(output_dir: Path, out_stem: Path, command: str, earlier: Path | None = None) -> None:
     from cringe.durable.files import read_json, write_atomic
 
     seeds = {}
@@ -479,6 +525,8 @@ def report(output_dir: Path, out_stem: Path, command: str) -> None:
     if not seeds:
         raise SystemExit(f"no seed-* directories under {output_dir}")
     combined = combine(seeds)
+    if earlier is not None:
+        combined = merge_earlier(combined, json.loads(earlier.read_text()))
     first = output_dir / f"seed-{min(seeds)}" / "grid.json"
     grid = read_json(first) if first.exists() else {}
     comparison = Comparison(Grid(**{k: v for k, v in grid.items() if k in Grid.__dataclass_fields__}), output_dir, 0)
@@ -508,11 +556,19 @@ def main(argv=None) -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("runs/instructions_compare"))
     parser.add_argument("--report", action="store_true", help="write the table over every seed run so far")
     parser.add_argument("--out", type=Path, default=None, help="results stem (default bench/results/...)")
+    parser.add_argument(
+        "--with",
+        dest="earlier",
+        type=Path,
+        default=None,
+        help="--report: an earlier report's .json; its rows fill in the methods not run under --output-dir",
+    )
     args = parser.parse_args(argv)
     grid = GRIDS[args.grid]
     if args.report:
         stem = args.out or RESULTS / f"instructions_compare-{datetime.date.today().isoformat()}-{cpu_label()}"
-        report(args.output_dir, stem, "python bench/research/instructions_compare.py " + " ".join(sys.argv[1:]))
+        command = "python bench/research/instructions_compare.py " + " ".join(sys.argv[1:])
+        report(args.output_dir, stem, command, args.earlier)
         return
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in ("best_of_n", *METHODS)]
