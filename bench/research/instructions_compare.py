@@ -3,7 +3,7 @@
     python bench/research/instructions_compare.py --seed 0            # one seed (resumes; about an hour on 2 cores)
     python bench/research/instructions_compare.py --seed 0 --methods dpo,grpo   # a subset, e.g. one per call
     python bench/research/instructions_compare.py --report            # the table over every seed run so far
-    python bench/research/instructions_compare.py --report --with bench/results/EARLIER.json   # + earlier rows
+    python bench/research/instructions_compare.py --report --with bench/results/<earlier>.json   # + its rows
 
 The testbed is `cringe.testbeds.instructions`: SmolLM2-135M-Instruct answers prompts generated the way IFEval's
 were, and IFEval's own checkers (`reward: {type: instructions}`) score each answer: the reward is the fraction of
