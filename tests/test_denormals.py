@@ -110,6 +110,7 @@ def test_every_cringe_process_flushes_unless_turned_off():
     ]
 
 
+@pytest.mark.slow  # about 8 s (2 launched processes); make test-slow runs it
 def test_every_accelerate_launched_rank_flushes():
     from cringe.loop.processes import launch_command
 

@@ -139,6 +139,7 @@ def test_the_gpu_benchmark_measures_the_cpu_benchmarks_shapes():
     assert gpu.SHAPES == cpu.SHAPES
 
 
+@pytest.mark.slow  # about 7 s (a subprocess); make test-slow runs it
 def test_the_gpu_benchmarks_smoke_path_runs(tmp_path):
     """bench/gpu/prefix_sharing_flex.py --device cpu --tiny: every variant that runs on a CPU (forward only), its
     parity check passing, and the table written."""
