@@ -242,6 +242,7 @@ def train_job(tmp_path, tokenizer, name: str):
     )
 
 
+@pytest.mark.slow  # about 15 s (a child process and 2 launched ranks); make test-slow runs it
 def test_one_train_job_trains_the_same_model_in_this_process_in_a_child_and_under_accelerate_launch(
     tmp_path, tokenizer, monkeypatch
 ):
