@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         flush_denormals()
     try:
         verb_module(verb).main(argv[1:])
-        if "torch.distributed" in sys.modules:  # only a verb that ran under `accelerate launch` can have a group
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_initialized():
+            # a verb under `accelerate launch`; cringe.loop.processes.end_distributed says why. Checked here first:
+            # importing cringe.loop costs seconds, and a verb without a group should not pay them on its way out.
             from cringe.loop.processes import end_distributed
 
             end_distributed()
